@@ -1,0 +1,9 @@
+//! walwatch: PostgreSQL WAL capture. Opens a logical replication connection, decodes `pgoutput`
+//! into typed row events, filters them and fans them out to sinks.
+
+pub mod decode;
+pub mod event;
+pub mod pg;
+pub mod scratch;
+
+pub use event::{Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value};

@@ -1,0 +1,6 @@
+//! The only code that does replication I/O: the connection, the slot and the CopyBoth stream.
+
+pub mod conn;
+pub mod error;
+pub mod params;
+pub mod stream;
