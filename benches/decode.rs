@@ -1,1 +1,227 @@
-fn main() {}
+//! Decoder throughput on a recorded-looking pgoutput stream: one Relation, Begin, 10,000
+//! Inserts into `orders(id bigserial pk, user_id int, item text, status text,
+//! amount numeric(10,2), created_at timestamptz)`, Commit.
+//!
+//! `decode+json` is the hot path of `walwatch --format json`: bytes -> events -> JSONL.
+//! `decode` isolates the decoder (and value parsing) from serialisation; `json only` is the
+//! serialisation of already-decoded events; `decode streamed` is the same transaction sent with
+//! `streaming on` (buffered as bytes, replayed at Stream Commit).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use walwatch::Lsn;
+use walwatch::decode::{Decoder, TypeRegistry};
+
+const ROWS: u64 = 10_000;
+const ORDERS: u32 = 16_384;
+
+fn cstr(o: &mut Vec<u8>, s: &str) {
+    o.extend_from_slice(s.as_bytes());
+    o.push(0);
+}
+
+/// The stream as (WAL start, XLogData payload) pairs, per "Logical Replication Message Formats".
+fn stream() -> Vec<(Lsn, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut lsn = 0x1_0000_0000u64;
+    let commit_lsn = lsn + ROWS * 120 + 0x100;
+    let ts: i64 = 848_000_000_000_000;
+
+    let mut rel = vec![b'R'];
+    rel.extend_from_slice(&ORDERS.to_be_bytes());
+    cstr(&mut rel, "public");
+    cstr(&mut rel, "orders");
+    rel.push(b'd');
+    let cols: [(u8, &str, u32, i32); 6] = [
+        (1, "id", 20, -1),
+        (0, "user_id", 23, -1),
+        (0, "item", 25, -1),
+        (0, "status", 25, -1),
+        (0, "amount", 1700, (10 << 16 | 2) + 4),
+        (0, "created_at", 1184, -1),
+    ];
+    rel.extend_from_slice(&(cols.len() as i16).to_be_bytes());
+    for (flags, name, oid, typmod) in cols {
+        rel.push(flags);
+        cstr(&mut rel, name);
+        rel.extend_from_slice(&oid.to_be_bytes());
+        rel.extend_from_slice(&typmod.to_be_bytes());
+    }
+
+    let mut begin = vec![b'B'];
+    begin.extend_from_slice(&commit_lsn.to_be_bytes());
+    begin.extend_from_slice(&ts.to_be_bytes());
+    begin.extend_from_slice(&751u32.to_be_bytes());
+    out.push((Lsn(lsn), begin));
+    out.push((Lsn(lsn), rel));
+
+    for i in 0..ROWS {
+        lsn += 120;
+        let id = (12_345 + i).to_string();
+        let values = [
+            id.as_str(),
+            "42",
+            "book",
+            "shipped",
+            "12.50",
+            "2026-11-22 03:22:01.123456+00",
+        ];
+        let mut m = vec![b'I'];
+        m.extend_from_slice(&ORDERS.to_be_bytes());
+        m.push(b'N');
+        m.extend_from_slice(&(values.len() as i16).to_be_bytes());
+        for v in values {
+            m.push(b't');
+            m.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            m.extend_from_slice(v.as_bytes());
+        }
+        out.push((Lsn(lsn), m));
+    }
+
+    let mut commit = vec![b'C', 0];
+    commit.extend_from_slice(&commit_lsn.to_be_bytes());
+    commit.extend_from_slice(&(commit_lsn + 0x30).to_be_bytes());
+    commit.extend_from_slice(&ts.to_be_bytes());
+    out.push((Lsn(commit_lsn), commit));
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let msgs = stream();
+    let events = ROWS + 2;
+    let mut g = c.benchmark_group("pgoutput");
+    g.throughput(Throughput::Elements(events));
+
+    g.bench_function("decode+json", |b| {
+        let mut buf = Vec::with_capacity(1 << 20);
+        b.iter(|| {
+            let mut dec = Decoder::new(TypeRegistry::new());
+            buf.clear();
+            for (lsn, m) in &msgs {
+                dec.decode(*lsn, m, &mut |e| {
+                    e.write_json(&mut buf);
+                    buf.push(b'\n');
+                })
+                .expect("fixture decodes");
+            }
+            black_box(buf.len())
+        })
+    });
+
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            let mut dec = Decoder::new(TypeRegistry::new());
+            let mut n = 0usize;
+            for (lsn, m) in &msgs {
+                dec.decode(*lsn, m, &mut |e| {
+                    n += 1;
+                    black_box(e);
+                })
+                .expect("fixture decodes");
+            }
+            black_box(n)
+        })
+    });
+
+    // Serialisation alone (event.rs), to show how the decode+json figure splits.
+    let mut decoded = Vec::with_capacity(msgs.len());
+    let mut dec = Decoder::new(TypeRegistry::new());
+    for (lsn, m) in &msgs {
+        dec.decode(*lsn, m, &mut |e| decoded.push(e))
+            .expect("fixture decodes");
+    }
+    g.bench_function("json only", |b| {
+        let mut buf = Vec::with_capacity(1 << 20);
+        b.iter(|| {
+            buf.clear();
+            for e in &decoded {
+                e.write_json(&mut buf);
+                buf.push(b'\n');
+            }
+            black_box(buf.len())
+        })
+    });
+
+    // Every column null: the decoder's own per-event cost, without UTF-8 checks and value
+    // parsing (value.rs) — parse, relation lookup, row/key building, Arc name clones.
+    let nulls: Vec<(Lsn, Vec<u8>)> = msgs
+        .iter()
+        .map(|(lsn, m)| match m.first() {
+            Some(b'I') => {
+                let mut n = m[..8].to_vec(); // tag, OID, 'N', column count
+                n.extend(std::iter::repeat_n(b'n', 6));
+                (*lsn, n)
+            }
+            _ => (*lsn, m.clone()),
+        })
+        .collect();
+    g.bench_function("decode null rows", |b| {
+        b.iter(|| {
+            let mut dec = Decoder::new(TypeRegistry::new());
+            let mut n = 0usize;
+            for (lsn, m) in &nulls {
+                dec.decode(*lsn, m, &mut |e| {
+                    n += 1;
+                    black_box(e);
+                })
+                .expect("fixture decodes");
+            }
+            black_box(n)
+        })
+    });
+
+    // The same transaction streamed (protocol v2): buffered as bytes, replayed at Stream Commit.
+    let streamed = to_streamed(&msgs);
+    g.bench_function("decode streamed", |b| {
+        b.iter(|| {
+            let mut dec = Decoder::new(TypeRegistry::new()).with_protocol(2);
+            let mut n = 0usize;
+            for (lsn, m) in &streamed {
+                dec.decode(*lsn, m, &mut |e| {
+                    n += 1;
+                    black_box(e);
+                })
+                .expect("fixture decodes");
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+/// Rewrites the stream as one streamed transaction: Stream Start, Relation and Inserts with a
+/// leading xid, Stream Stop, Stream Commit.
+fn to_streamed(msgs: &[(Lsn, Vec<u8>)]) -> Vec<(Lsn, Vec<u8>)> {
+    let xid = 751u32;
+    let mut out = Vec::new();
+    let first = msgs.first().map_or(Lsn(0), |m| m.0);
+    let mut start = vec![b'S'];
+    start.extend_from_slice(&xid.to_be_bytes());
+    start.push(1);
+    out.push((first, start));
+    let mut commit = None;
+    for (lsn, m) in msgs {
+        match m.first() {
+            Some(b'R' | b'I') => {
+                let mut s = vec![m[0]];
+                s.extend_from_slice(&xid.to_be_bytes());
+                s.extend_from_slice(&m[1..]);
+                out.push((*lsn, s));
+            }
+            Some(b'C') => commit = Some((*lsn, m.clone())),
+            _ => {}
+        }
+    }
+    out.push((first, vec![b'E']));
+    if let Some((lsn, c)) = commit {
+        let mut s = vec![b'c'];
+        s.extend_from_slice(&xid.to_be_bytes());
+        s.extend_from_slice(&c[1..]);
+        out.push((lsn, s));
+    }
+    out
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

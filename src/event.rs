@@ -9,8 +9,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde_json::value::RawValue;
 
 /// A WAL position. Printed as PostgreSQL prints `pg_lsn`: two hex halves, `16/B374D848`.
@@ -152,7 +152,9 @@ impl fmt::Display for Op {
 
 /// The error for a string that names no [`Op`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not an operation: expected one of insert, update, delete, truncate, message, begin, commit")]
+#[error(
+    "`{0}` is not an operation: expected one of insert, update, delete, truncate, message, begin, commit"
+)]
 pub struct OpParseError(pub String);
 
 impl FromStr for Op {
@@ -257,7 +259,9 @@ impl JsonText {
     /// Checks that `text` is one JSON value; returns the text back if it is not.
     pub fn new(text: String) -> Result<JsonText, String> {
         match serde_json::from_str::<&RawValue>(&text) {
-            Ok(_) => Ok(JsonText(RawValue::from_string(text).map_err(|_| String::new())?)),
+            Ok(_) => Ok(JsonText(
+                RawValue::from_string(text).map_err(|_| String::new())?,
+            )),
             Err(_) => Err(text),
         }
     }
@@ -555,7 +559,10 @@ mod tests {
         assert_eq!(json(Value::Float(f64::NAN)), "\"NaN\"");
         assert_eq!(json(Value::Float(f64::NEG_INFINITY)), "\"-Infinity\"");
         assert_eq!(json(Value::Numeric("12.50".into())), "\"12.50\"");
-        assert_eq!(json(Value::Bytea(vec![0xde, 0xad, 0x01])), "\"\\\\xdead01\"");
+        assert_eq!(
+            json(Value::Bytea(vec![0xde, 0xad, 0x01])),
+            "\"\\\\xdead01\""
+        );
         let raw = JsonText::new("{\"a\": [1, 2]}".into()).unwrap();
         assert_eq!(json(Value::Json(raw)), "{\"a\": [1, 2]}");
         assert_eq!(

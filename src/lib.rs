@@ -7,3 +7,13 @@ pub mod pg;
 pub mod scratch;
 
 pub use event::{Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
+#[doc(hidden)]
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod pipeline;
+pub mod session;
+pub mod sink;
+
+pub use error::Error;

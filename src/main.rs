@@ -1,1 +1,93 @@
-fn main() {}
+//! The `walwatch` binary: parse arguments, set up logging, run, map the outcome to an exit
+//! code (0 ok, 1 assertion failed, 2 error). Everything else lives in the library.
+
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use walwatch::cli::{Cli, Command, LogArgs};
+use walwatch::session;
+
+fn init_logging(log: &LogArgs) {
+    let default = match (log.quiet, log.verbose) {
+        (true, _) => "error",
+        (false, 0) => "walwatch=info,warn",
+        (false, 1) => "walwatch=debug,info",
+        (false, _) => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("WALWATCH_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("stopping");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("walwatch: error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Demo(args)) => demo::run(args).await,
+            None => {
+                let config = cli.watch.to_config()?;
+                let outcome = session::run(config, shutdown_signal()).await?;
+                tracing::debug!(?outcome, "done");
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<walwatch::Error>()
+                .is_some_and(|e| e.is_broken_pipe())
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("walwatch: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

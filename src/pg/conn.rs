@@ -1,0 +1,1027 @@
+//! The replication connection: socket, startup with `replication=database`, authentication, and
+//! simple queries / replication commands on it ("Streaming Replication Protocol", "Message Flow").
+//!
+//! Mainline tokio-postgres cannot open a replication connection, so this speaks the protocol
+//! itself with `postgres-protocol`'s message codecs.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::fallible_iterator::FallibleIterator;
+use tokio_util::codec::{Decoder, Encoder, Framed};
+
+use super::error::{ErrorContext, PgError, ServerError};
+use super::params::{ConnParams, Host};
+use super::stream::ReplStream;
+use crate::event::Lsn;
+
+/// Largest backend message accepted. The server never allocates more than 1 GB for a value, so a
+/// larger length can only be a corrupt stream; refuse it instead of allocating.
+const MAX_MESSAGE_LEN: usize = 1 << 30 | 1 << 20;
+
+/// TCP or unix-domain socket.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A backend message. CopyData, CopyBothResponse ('W', which `Message::parse` does not know),
+/// ErrorResponse and NoticeResponse are framed here; the rest go through `Message::parse`.
+pub(crate) enum Backend {
+    /// CopyData payload: a zero-copy slice of the read buffer.
+    CopyData(Bytes),
+    CopyBothResponse,
+    Error(Bytes),
+    Notice(Bytes),
+    Other(Message),
+}
+
+/// Frames backend messages (`Byte1 tag, Int32 length including itself, body`) and writes
+/// already-encoded frontend messages.
+#[derive(Default)]
+pub(crate) struct PgCodec;
+
+impl Decoder for PgCodec {
+    type Item = Backend;
+    type Error = PgError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Backend>, PgError> {
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = buf[0];
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if !(4..=MAX_MESSAGE_LEN).contains(&len) {
+            return Err(PgError::protocol(format!(
+                "backend message '{}' has an impossible length {len}",
+                tag.escape_ascii()
+            )));
+        }
+        if buf.len() < len + 1 {
+            buf.reserve(len + 1 - buf.len());
+            return Ok(None);
+        }
+        let own = |buf: &mut BytesMut| {
+            let mut frame = buf.split_to(len + 1);
+            frame.advance(5);
+            frame.freeze()
+        };
+        Ok(Some(match tag {
+            b'd' => Backend::CopyData(own(buf)),
+            b'W' => {
+                own(buf);
+                Backend::CopyBothResponse
+            }
+            b'E' => Backend::Error(own(buf)),
+            b'N' => Backend::Notice(own(buf)),
+            _ => match Message::parse(buf) {
+                Ok(Some(m)) => Backend::Other(m),
+                Ok(None) => unreachable_frame(tag)?,
+                Err(e) => {
+                    return Err(PgError::protocol(format!(
+                        "malformed backend message '{}': {e}",
+                        tag.escape_ascii()
+                    )));
+                }
+            },
+        }))
+    }
+}
+
+/// `Message::parse` saw a complete frame yet asked for more bytes: never expected; an error, not a
+/// panic.
+fn unreachable_frame(tag: u8) -> Result<Backend, PgError> {
+    Err(PgError::protocol(format!(
+        "could not parse complete backend message '{}'",
+        tag.escape_ascii()
+    )))
+}
+
+impl Encoder<Bytes> for PgCodec {
+    type Error = PgError;
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), PgError> {
+        dst.extend_from_slice(&item);
+        Ok(())
+    }
+}
+
+/// What IDENTIFY_SYSTEM returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemInfo {
+    /// The cluster's system identifier.
+    pub systemid: u64,
+    pub timeline: u32,
+    /// The current WAL flush position. Informational only: never resume from it.
+    pub xlogpos: Lsn,
+    /// The database connected to (None on a physical connection).
+    pub dbname: Option<String>,
+}
+
+/// The last result set of a simple query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The CommandComplete tag of the last command (`SELECT 1`, `CREATE_REPLICATION_SLOT`).
+    pub command_tag: Option<String>,
+}
+
+/// A replication connection (`replication=database`), ready for commands.
+pub struct ReplConn {
+    pub(crate) framed: Framed<Socket, PgCodec>,
+    pub(crate) ctx: ErrorContext,
+    parameters: HashMap<String, String>,
+    backend_key: Option<(i32, i32)>,
+    server_version_num: u32,
+}
+
+impl std::fmt::Debug for ReplConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplConn")
+            .field("target", &self.ctx.target)
+            .field("user", &self.ctx.user)
+            .field("dbname", &self.ctx.dbname)
+            .field("server_version_num", &self.server_version_num)
+            .finish()
+    }
+}
+
+impl ReplConn {
+    /// Opens the socket, sends the startup packet, authenticates and waits for ReadyForQuery.
+    /// `params.connect_timeout` bounds the whole sequence, as in libpq.
+    pub async fn connect(params: &ConnParams) -> Result<ReplConn, PgError> {
+        let fut = Self::connect_inner(params);
+        match params.connect_timeout {
+            Some(t) => tokio::time::timeout(t, fut)
+                .await
+                .map_err(|_| PgError::ConnectTimeout {
+                    target: params.target(),
+                    timeout: t,
+                })?,
+            None => fut.await,
+        }
+    }
+
+    async fn connect_inner(params: &ConnParams) -> Result<ReplConn, PgError> {
+        let ctx = params.error_context();
+        let socket = match &params.host {
+            Host::Tcp(h) => {
+                let s = TcpStream::connect((h.as_str(), params.port))
+                    .await
+                    .map_err(|source| PgError::Connect {
+                        target: ctx.target.clone(),
+                        source,
+                    })?;
+                // Standby status updates are tiny and latency matters (keepalive replies).
+                s.set_nodelay(true)?;
+                Socket::Tcp(s)
+            }
+            Host::Unix(_) => {
+                let path = params.socket_path().unwrap_or_default();
+                let s = UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| PgError::Connect {
+                        target: ctx.target.clone(),
+                        source,
+                    })?;
+                Socket::Unix(s)
+            }
+        };
+        let mut conn = ReplConn {
+            framed: Framed::new(socket, PgCodec),
+            ctx,
+            parameters: HashMap::new(),
+            backend_key: None,
+            server_version_num: 0,
+        };
+        conn.startup(params).await?;
+        Ok(conn)
+    }
+
+    async fn startup(&mut self, params: &ConnParams) -> Result<(), PgError> {
+        // `replication=database`: a logical walsender bound to `database`, which also accepts SQL.
+        // The other settings are pinned because every text value we parse (timestamps,
+        // intervals, floats, and the bytes of any text at all) is parsed assuming exactly these;
+        // a server or role default must not change how we read data.
+        let startup: [(&str, &str); 9] = [
+            ("user", &params.user),
+            ("database", &params.dbname),
+            ("replication", "database"),
+            ("application_name", &params.application_name),
+            ("DateStyle", "ISO"),
+            ("IntervalStyle", "postgres"),
+            ("TimeZone", "UTC"),
+            ("extra_float_digits", "3"),
+            ("client_encoding", "UTF8"),
+        ];
+        let mut buf = BytesMut::new();
+        frontend::startup_message(startup.iter().copied(), &mut buf)?;
+        self.send(buf).await?;
+        self.authenticate(params).await?;
+
+        // After AuthenticationOk: ParameterStatus*, BackendKeyData, then ReadyForQuery
+        // ("Message Flow", "Start-up").
+        loop {
+            match self.recv().await? {
+                Backend::Other(Message::ParameterStatus(body)) => {
+                    let name = body.name().map_err(proto)?.to_string();
+                    let value = body.value().map_err(proto)?.to_string();
+                    self.parameters.insert(name, value);
+                }
+                Backend::Other(Message::BackendKeyData(body)) => {
+                    self.backend_key = Some((body.process_id(), body.secret_key()));
+                }
+                Backend::Other(Message::ReadyForQuery(_)) => break,
+                Backend::Error(body) => return Err(self.server_error(&body)),
+                Backend::Notice(body) => self.notice(&body),
+                other => return Err(unexpected(&other, "startup")),
+            }
+        }
+        self.server_version_num = self
+            .parameters
+            .get("server_version_num")
+            .and_then(|v| v.parse().ok())
+            .or_else(|| {
+                self.parameters
+                    .get("server_version")
+                    .and_then(|v| parse_server_version(v))
+            })
+            .ok_or_else(|| PgError::protocol("server did not report a parsable server_version"))?;
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, params: &ConnParams) -> Result<(), PgError> {
+        let need_password = || {
+            params.password().ok_or_else(|| {
+                PgError::Auth(format!(
+                    "the server requires a password for role \"{}\" but none was given: set \
+                     PGPASSWORD, put it in the DSN, or add a line to ~/.pgpass \
+                     (hostname:port:database:username:password, chmod 0600)",
+                    params.user
+                ))
+            })
+        };
+        loop {
+            match self.recv().await? {
+                Backend::Other(Message::AuthenticationOk) => return Ok(()),
+                Backend::Other(Message::AuthenticationCleartextPassword) => {
+                    let pw = need_password()?;
+                    let mut buf = BytesMut::new();
+                    frontend::password_message(pw.as_bytes(), &mut buf)?;
+                    self.send(buf).await?;
+                }
+                Backend::Other(Message::AuthenticationMd5Password(body)) => {
+                    let pw = need_password()?;
+                    let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), body.salt());
+                    let mut buf = BytesMut::new();
+                    frontend::password_message(hash.as_bytes(), &mut buf)?;
+                    self.send(buf).await?;
+                }
+                Backend::Other(Message::AuthenticationSasl(body)) => {
+                    let mut mechanisms = Vec::new();
+                    let mut it = body.mechanisms();
+                    while let Some(m) = it.next().map_err(proto)? {
+                        mechanisms.push(m.to_string());
+                    }
+                    let pw = need_password()?;
+                    self.scram(pw, &mechanisms).await?;
+                }
+                Backend::Error(body) => return Err(self.server_error(&body)),
+                Backend::Notice(body) => self.notice(&body),
+                Backend::Other(Message::AuthenticationGss)
+                | Backend::Other(Message::AuthenticationGssContinue(_))
+                | Backend::Other(Message::AuthenticationSspi) => {
+                    return Err(unsupported_auth("GSSAPI/SSPI"));
+                }
+                Backend::Other(Message::AuthenticationKerberosV5) => {
+                    return Err(unsupported_auth("Kerberos V5"));
+                }
+                Backend::Other(Message::AuthenticationScmCredential) => {
+                    return Err(unsupported_auth("SCM credential"));
+                }
+                other => return Err(unexpected(&other, "authentication")),
+            }
+        }
+    }
+
+    /// SCRAM-SHA-256 without channel binding ("SASL Authentication"). Channel binding
+    /// (SCRAM-SHA-256-PLUS) needs TLS, which this connection does not do yet.
+    async fn scram(&mut self, password: &str, mechanisms: &[String]) -> Result<(), PgError> {
+        if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+            let offered = mechanisms.join(", ");
+            let why = if mechanisms.iter().any(|m| m == "SCRAM-SHA-256-PLUS") {
+                "SCRAM-SHA-256-PLUS needs channel binding over TLS, which walwatch does not do \
+                 yet; allow plain scram-sha-256 for this connection"
+            } else {
+                "walwatch supports SCRAM-SHA-256"
+            };
+            return Err(PgError::Auth(format!(
+                "the server offers SASL mechanisms [{offered}]: {why}"
+            )));
+        }
+        // `unsupported`: we cannot do channel binding (gs2 header "n,,").
+        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let mut buf = BytesMut::new();
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut buf)?;
+        self.send(buf).await?;
+        loop {
+            match self.recv().await? {
+                Backend::Other(Message::AuthenticationSaslContinue(body)) => {
+                    scram
+                        .update(body.data())
+                        .map_err(|e| PgError::Auth(format!("SCRAM exchange failed: {e}")))?;
+                    let mut buf = BytesMut::new();
+                    frontend::sasl_response(scram.message(), &mut buf)?;
+                    self.send(buf).await?;
+                }
+                Backend::Other(Message::AuthenticationSaslFinal(body)) => {
+                    scram.finish(body.data()).map_err(|e| {
+                        PgError::Auth(format!(
+                            "the server's SCRAM signature did not verify ({e}): it may not be \
+                             the server you meant"
+                        ))
+                    })?;
+                    return Ok(());
+                }
+                Backend::Error(body) => return Err(self.server_error(&body)),
+                Backend::Notice(body) => self.notice(&body),
+                other => return Err(unexpected(&other, "SCRAM authentication")),
+            }
+        }
+    }
+
+    /// Runs one simple query (possibly several `;`-separated statements) and returns the rows of
+    /// the last result set, columns by position, values as text (NULL = None).
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        Ok(self.simple_query_result(sql).await?.rows)
+    }
+
+    /// Like [`simple_query`](Self::simple_query), keeping column names and the command tag.
+    pub async fn simple_query_result(&mut self, sql: &str) -> Result<QueryResult, PgError> {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf)?;
+        self.send(buf).await?;
+        let mut result = QueryResult::default();
+        let mut error = None;
+        loop {
+            match self.recv().await? {
+                Backend::Other(Message::RowDescription(body)) => {
+                    result.columns.clear();
+                    result.rows.clear();
+                    let mut fields = body.fields();
+                    while let Some(f) = fields.next().map_err(proto)? {
+                        result.columns.push(f.name().to_string());
+                    }
+                }
+                Backend::Other(Message::DataRow(body)) => {
+                    let mut row = Vec::with_capacity(result.columns.len());
+                    let mut ranges = body.ranges();
+                    while let Some(r) = ranges.next().map_err(proto)? {
+                        row.push(match r {
+                            None => None,
+                            Some(r) => Some(
+                                std::str::from_utf8(&body.buffer()[r])
+                                    .map_err(|_| PgError::protocol("a text value is not UTF-8"))?
+                                    .to_string(),
+                            ),
+                        });
+                    }
+                    result.rows.push(row);
+                }
+                Backend::Other(Message::CommandComplete(body)) => {
+                    result.command_tag = Some(body.tag().map_err(proto)?.to_string());
+                }
+                Backend::Other(Message::EmptyQueryResponse) => {}
+                Backend::Other(Message::ReadyForQuery(_)) => break,
+                Backend::Error(body) => {
+                    // The server skips the rest and sends ReadyForQuery; keep the first error.
+                    let e = self.server_error(&body);
+                    error.get_or_insert(e);
+                }
+                Backend::Notice(body) => self.notice(&body),
+                Backend::Other(Message::ParameterStatus(body)) => {
+                    let name = body.name().map_err(proto)?.to_string();
+                    let value = body.value().map_err(proto)?.to_string();
+                    self.parameters.insert(name, value);
+                }
+                Backend::CopyBothResponse
+                | Backend::Other(Message::CopyOutResponse(_))
+                | Backend::Other(Message::CopyInResponse(_)) => {
+                    return Err(PgError::protocol(
+                        "the query started a COPY; use start_replication for START_REPLICATION",
+                    ));
+                }
+                other => return Err(unexpected(&other, "a simple query")),
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
+    }
+
+    /// IDENTIFY_SYSTEM: system identifier, timeline, current WAL flush position, database.
+    pub async fn identify_system(&mut self) -> Result<SystemInfo, PgError> {
+        let r = self.simple_query_result("IDENTIFY_SYSTEM").await?;
+        let row = match r.rows.as_slice() {
+            [row] if row.len() >= 4 => row,
+            _ => {
+                return Err(PgError::protocol(format!(
+                    "IDENTIFY_SYSTEM returned {} rows, expected one row of 4 columns",
+                    r.rows.len()
+                )));
+            }
+        };
+        let field = |i: usize| {
+            row[i]
+                .clone()
+                .ok_or_else(|| PgError::protocol(format!("IDENTIFY_SYSTEM column {i} is NULL")))
+        };
+        let systemid = field(0)?;
+        let timeline = field(1)?;
+        let xlogpos = field(2)?;
+        Ok(SystemInfo {
+            systemid: systemid.parse().map_err(|_| {
+                PgError::protocol(format!(
+                    "IDENTIFY_SYSTEM systemid `{systemid}` is not a number"
+                ))
+            })?,
+            timeline: timeline.parse().map_err(|_| {
+                PgError::protocol(format!(
+                    "IDENTIFY_SYSTEM timeline `{timeline}` is not a number"
+                ))
+            })?,
+            xlogpos: xlogpos.parse().map_err(|_| {
+                PgError::protocol(format!("IDENTIFY_SYSTEM xlogpos `{xlogpos}` is not an LSN"))
+            })?,
+            dbname: row[3].clone(),
+        })
+    }
+
+    /// Sends `START_REPLICATION SLOT "slot" LOGICAL X/Y ("k" 'v', ...)` and waits for the
+    /// CopyBothResponse. `start` = [`Lsn::ZERO`] resumes where the slot is confirmed.
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &[(String, String)],
+    ) -> Result<ReplStream, PgError> {
+        self.ctx.slot = Some(slot.to_string());
+        let sql = start_replication_sql(slot, start, options);
+        tracing::debug!(%sql, "starting replication");
+        let mut buf = BytesMut::new();
+        frontend::query(&sql, &mut buf)?;
+        self.send(buf).await?;
+        let mut error = None;
+        loop {
+            match self.recv().await? {
+                Backend::CopyBothResponse if error.is_none() => {
+                    return Ok(ReplStream::new(self));
+                }
+                Backend::Error(body) => {
+                    let e = self.server_error(&body);
+                    error.get_or_insert(e);
+                }
+                Backend::Notice(body) => self.notice(&body),
+                Backend::Other(Message::ParameterStatus(_)) => {}
+                Backend::Other(Message::ReadyForQuery(_)) => {
+                    return Err(error.unwrap_or_else(|| {
+                        PgError::protocol("START_REPLICATION ended without starting a copy")
+                    }));
+                }
+                other => return Err(unexpected(&other, "START_REPLICATION")),
+            }
+        }
+    }
+
+    /// Ends the session politely (Terminate) and closes the socket.
+    pub async fn close(mut self) -> Result<(), PgError> {
+        let mut buf = BytesMut::new();
+        frontend::terminate(&mut buf);
+        self.send(buf).await?;
+        let _ =
+            futures_util::future::poll_fn(|cx| Pin::new(self.framed.get_mut()).poll_shutdown(cx))
+                .await;
+        Ok(())
+    }
+
+    /// `server_version_num` as reported, or derived from `server_version` (15.20 → 150020).
+    pub fn server_version_num(&self) -> u32 {
+        self.server_version_num
+    }
+
+    /// A ParameterStatus value reported by the server (`server_version`, `TimeZone`, ...).
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameters.get(name).map(String::as_str)
+    }
+
+    /// The backend's process id and cancel key (BackendKeyData).
+    pub fn backend_key(&self) -> Option<(i32, i32)> {
+        self.backend_key
+    }
+
+    /// Connection facts for error messages (no password).
+    pub fn error_context(&self) -> &ErrorContext {
+        &self.ctx
+    }
+
+    pub(crate) async fn send(&mut self, buf: BytesMut) -> Result<(), PgError> {
+        self.framed.send(buf.freeze()).await
+    }
+
+    /// Next backend message; a closed socket is a lost connection (transient).
+    pub(crate) async fn recv(&mut self) -> Result<Backend, PgError> {
+        match self.framed.next().await {
+            Some(r) => r,
+            None => Err(PgError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ))),
+        }
+    }
+
+    pub(crate) fn server_error(&self, body: &[u8]) -> PgError {
+        match ServerError::parse(body, &self.ctx) {
+            Ok(e) => e.into(),
+            Err(e) => e,
+        }
+    }
+
+    pub(crate) fn notice(&self, body: &[u8]) {
+        match ServerError::parse(body, &self.ctx) {
+            Ok(n) => tracing::warn!("server {}: {}", n.severity, n.message),
+            Err(e) => tracing::warn!("unparsable server notice: {e}"),
+        }
+    }
+}
+
+fn proto(e: io::Error) -> PgError {
+    PgError::protocol(format!("malformed backend message: {e}"))
+}
+
+fn unsupported_auth(method: &str) -> PgError {
+    PgError::Auth(format!(
+        "the server asks for {method} authentication, which walwatch does not support: use \
+         scram-sha-256, md5, password or trust for this role in pg_hba.conf"
+    ))
+}
+
+pub(crate) fn unexpected(msg: &Backend, during: &str) -> PgError {
+    let what = match msg {
+        Backend::CopyData(_) => "CopyData".to_string(),
+        Backend::CopyBothResponse => "CopyBothResponse".to_string(),
+        Backend::Error(_) => "ErrorResponse".to_string(),
+        Backend::Notice(_) => "NoticeResponse".to_string(),
+        Backend::Other(m) => message_name(m).to_string(),
+    };
+    PgError::protocol(format!("unexpected {what} during {during}"))
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::AuthenticationOk => "AuthenticationOk",
+        Message::BackendKeyData(_) => "BackendKeyData",
+        Message::CommandComplete(_) => "CommandComplete",
+        Message::CopyDone => "CopyDone",
+        Message::CopyInResponse(_) => "CopyInResponse",
+        Message::CopyOutResponse(_) => "CopyOutResponse",
+        Message::DataRow(_) => "DataRow",
+        Message::EmptyQueryResponse => "EmptyQueryResponse",
+        Message::NotificationResponse(_) => "NotificationResponse",
+        Message::ParameterStatus(_) => "ParameterStatus",
+        Message::ReadyForQuery(_) => "ReadyForQuery",
+        Message::RowDescription(_) => "RowDescription",
+        _ => "message",
+    }
+}
+
+/// `15.20 (Debian 15.20-1.pgdg120+1)` → 150020; `9.6.24` → 90624; `17devel` → 170000.
+pub fn parse_server_version(v: &str) -> Option<u32> {
+    let num: String = v
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let mut parts = num
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>());
+    let major = parts.next()?.ok()?;
+    let minor = parts.next().and_then(Result::ok).unwrap_or(0);
+    if major >= 10 {
+        Some(major * 10000 + minor)
+    } else {
+        let patch = parts.next().and_then(Result::ok).unwrap_or(0);
+        Some(major * 10000 + minor * 100 + patch)
+    }
+}
+
+/// `"name"` with embedded `"` doubled (the replication grammar's quoted identifier).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'value'` with embedded `'` doubled (the replication grammar's string literal; it has no
+/// backslash escapes, as with standard_conforming_strings).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The START_REPLICATION command for a logical slot.
+pub fn start_replication_sql(slot: &str, start: Lsn, options: &[(String, String)]) -> String {
+    let mut sql = format!(
+        "START_REPLICATION SLOT {} LOGICAL {start}",
+        quote_ident(slot)
+    );
+    if !options.is_empty() {
+        let opts: Vec<String> = options
+            .iter()
+            .map(|(k, v)| format!("{} {}", quote_ident(k), quote_literal(v)))
+            .collect();
+        sql.push_str(&format!(" ({})", opts.join(", ")));
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::stream::ReplMessage;
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            parse_server_version("15.20 (Debian 15.20-1.pgdg120+1)"),
+            Some(150020)
+        );
+        assert_eq!(parse_server_version("9.6.24"), Some(90624));
+        assert_eq!(parse_server_version("17devel"), Some(170000));
+        assert_eq!(parse_server_version("16beta1"), Some(160000));
+        assert_eq!(parse_server_version("x"), None);
+    }
+
+    #[test]
+    fn start_replication_quoting() {
+        let sql = start_replication_sql(
+            "my\"slot",
+            Lsn(0x16_B374_D848),
+            &[
+                ("proto_version".into(), "3".into()),
+                ("publication_names".into(), "\"p\",'q'".into()),
+            ],
+        );
+        assert_eq!(
+            sql,
+            "START_REPLICATION SLOT \"my\"\"slot\" LOGICAL 16/B374D848 \
+             (\"proto_version\" '3', \"publication_names\" '\"p\",''q''')"
+        );
+        assert_eq!(
+            start_replication_sql("s", Lsn::ZERO, &[]),
+            "START_REPLICATION SLOT \"s\" LOGICAL 0/0"
+        );
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn codec_frames_and_waits() {
+        let mut bytes = frame(b'd', b"wxyz");
+        bytes.extend(frame(b'W', &[0, 0, 0]));
+        bytes.extend(frame(b'Z', b"I"));
+        let mut codec = PgCodec;
+        // Byte-by-byte arrival: nothing until a frame is complete, and no bytes lost.
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in bytes {
+            buf.extend_from_slice(&[b]);
+            while let Some(m) = codec.decode(&mut buf).unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out.len(), 3);
+        assert!(matches!(&out[0], Backend::CopyData(d) if &d[..] == b"wxyz"));
+        assert!(matches!(out[1], Backend::CopyBothResponse));
+        assert!(matches!(out[2], Backend::Other(Message::ReadyForQuery(_))));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn codec_rejects_garbage() {
+        let mut codec = PgCodec;
+        let mut buf = BytesMut::from(&[b'd', 0, 0, 0, 2][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(PgError::Protocol(_))));
+        let mut buf = BytesMut::from(&[b'd', 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(codec.decode(&mut buf), Err(PgError::Protocol(_))));
+        // Unknown tag: an error, not a panic.
+        let mut buf = BytesMut::from(&frame(b'?', b"")[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(PgError::Protocol(_))));
+        // A ReadyForQuery with a trailing byte.
+        let mut buf = BytesMut::from(&frame(b'Z', b"Ix")[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(PgError::Protocol(_))));
+    }
+
+    /// A scripted server on a local TCP port, for what a real server will not readily do.
+    mod fake {
+        use super::*;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpListener;
+
+        pub(super) fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+            super::frame(tag, body)
+        }
+
+        pub(super) fn auth(code: i32, extra: &[u8]) -> Vec<u8> {
+            let mut b = code.to_be_bytes().to_vec();
+            b.extend_from_slice(extra);
+            msg(b'R', &b)
+        }
+
+        /// AuthenticationOk, server_version, BackendKeyData, ReadyForQuery.
+        pub(super) fn ready() -> Vec<u8> {
+            let mut v = auth(0, b"");
+            v.extend(msg(b'S', b"server_version\x0015.4 (Debian)\x00"));
+            v.extend(msg(b'K', &[0, 0, 0, 7, 0, 0, 0, 9]));
+            v.extend(msg(b'Z', b"I"));
+            v
+        }
+
+        pub(super) async fn read_startup(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+            let len = s.read_u32().await.unwrap() as usize;
+            let mut b = vec![0; len - 4];
+            s.read_exact(&mut b).await.unwrap();
+            b
+        }
+
+        pub(super) async fn read_msg(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+            let tag = s.read_u8().await.unwrap();
+            let len = s.read_u32().await.unwrap() as usize;
+            let mut b = vec![0; len - 4];
+            s.read_exact(&mut b).await.unwrap();
+            (tag, b)
+        }
+
+        /// Starts a server running `script` on the first connection; returns client params.
+        pub(super) async fn serve<F, Fut>(dsn_extra: &str, script: F) -> ConnParams
+        where
+            F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+            Fut: std::future::Future<Output = ()> + Send,
+        {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = l.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                script(s).await;
+            });
+            let dsn = format!("host=127.0.0.1 port={port} user=u dbname=d {dsn_extra}");
+            ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap()
+        }
+
+        pub(super) async fn write(s: &mut tokio::net::TcpStream, b: &[u8]) {
+            s.write_all(b).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn startup_packet_and_version() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let p = fake::serve("application_name=app", |mut s| async move {
+            let startup = fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::ready()).await;
+            tx.send(startup).unwrap();
+            let _ = fake::read_msg(&mut s).await; // Terminate
+        })
+        .await;
+        let conn = ReplConn::connect(&p).await.unwrap();
+        assert_eq!(conn.server_version_num(), 150004);
+        assert_eq!(conn.backend_key(), Some((7, 9)));
+        let startup = rx.await.unwrap();
+        // Protocol 3.0, then name\0value\0 pairs, then \0.
+        assert_eq!(&startup[..4], &[0, 3, 0, 0]);
+        let text = String::from_utf8(startup[4..].to_vec()).unwrap();
+        for pair in [
+            "user\0u\0",
+            "database\0d\0",
+            "replication\0database\0",
+            "application_name\0app\0",
+            "DateStyle\0ISO\0",
+            "IntervalStyle\0postgres\0",
+            "TimeZone\0UTC\0",
+            "extra_float_digits\x003\0",
+            "client_encoding\0UTF8\0",
+        ] {
+            assert!(text.contains(pair), "{pair:?} missing in {text:?}");
+        }
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn scram_plus_only_is_a_clear_error() {
+        let p = fake::serve("password=pw", |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::auth(10, b"SCRAM-SHA-256-PLUS\0\0")).await;
+            let _ = fake::read_msg(&mut s).await;
+        })
+        .await;
+        let e = ReplConn::connect(&p).await.unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, PgError::Auth(_)), "{s}");
+        assert!(s.contains("SCRAM-SHA-256-PLUS") && s.contains("TLS"), "{s}");
+    }
+
+    #[tokio::test]
+    async fn unsupported_method_and_missing_password() {
+        let p = fake::serve("password=pw", |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::auth(7, b"")).await;
+            let _ = fake::read_msg(&mut s).await;
+        })
+        .await;
+        let e = ReplConn::connect(&p).await.unwrap_err();
+        assert!(e.to_string().contains("GSSAPI"), "{e}");
+
+        let p = fake::serve("", |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::auth(3, b"")).await;
+            let _ = fake::read_msg(&mut s).await;
+        })
+        .await;
+        let e = ReplConn::connect(&p).await.unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("PGPASSWORD") && s.contains("~/.pgpass"), "{s}");
+        assert!(!e.is_transient());
+    }
+
+    fn xlog(i: u64) -> Vec<u8> {
+        let mut w = vec![b'w'];
+        w.extend_from_slice(&i.to_be_bytes());
+        w.extend_from_slice(&(i + 1).to_be_bytes());
+        w.extend_from_slice(&0i64.to_be_bytes());
+        w.extend_from_slice(format!("I{i}").as_bytes());
+        frame(b'd', &w)
+    }
+
+    /// Frames dribbled one byte at a time while the client polls `next()` inside `select!`
+    /// against a timer that usually wins: every message arrives whole and in order.
+    #[tokio::test]
+    async fn next_is_cancel_safe_and_finish_drains() {
+        const N: u64 = 40;
+        let p = fake::serve("", |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::ready()).await;
+            let (tag, _) = fake::read_msg(&mut s).await;
+            assert_eq!(tag, b'Q');
+            fake::write(&mut s, &frame(b'W', &[0, 0, 0])).await;
+            let mut all = Vec::new();
+            for i in 0..N {
+                all.extend(xlog(i));
+            }
+            for chunk in all.chunks(3) {
+                fake::write(&mut s, chunk).await;
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+            // Wait for the client's CopyDone, then end the command.
+            loop {
+                let (tag, _) = fake::read_msg(&mut s).await;
+                if tag == b'c' {
+                    break;
+                }
+            }
+            fake::write(&mut s, &xlog(99)).await; // still in flight: drained by finish()
+            fake::write(&mut s, &frame(b'c', b"")).await;
+            fake::write(&mut s, &frame(b'C', b"START_STREAMING\0")).await;
+            fake::write(&mut s, &frame(b'Z', b"I")).await;
+            let (tag, _) = fake::read_msg(&mut s).await;
+            assert_eq!(tag, b'X');
+        })
+        .await;
+        let conn = ReplConn::connect(&p).await.unwrap();
+        let mut stream = conn.start_replication("s", Lsn::ZERO, &[]).await.unwrap();
+        let mut got = Vec::new();
+        let mut cancelled = 0;
+        while got.len() < N as usize {
+            tokio::select! {
+                m = stream.next() => got.push(m.unwrap().unwrap()),
+                _ = tokio::task::yield_now() => cancelled += 1,
+            }
+        }
+        assert!(
+            cancelled > 0,
+            "the timer never won; the test proves nothing"
+        );
+        for (i, m) in got.iter().enumerate() {
+            let ReplMessage::XLogData {
+                wal_start, data, ..
+            } = m
+            else {
+                panic!("{m:?}");
+            };
+            assert_eq!(wal_start.0, i as u64);
+            assert_eq!(&data[..], format!("I{i}").as_bytes());
+        }
+        stream
+            .send_status(Lsn(1), Lsn(1), Lsn(1), false)
+            .await
+            .unwrap();
+        let conn = stream.finish().await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stream_errors() {
+        // A truncated XLogData inside a well-framed CopyData.
+        let p = fake::serve("", |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::ready()).await;
+            fake::read_msg(&mut s).await;
+            fake::write(&mut s, &frame(b'W', &[0, 0, 0])).await;
+            fake::write(&mut s, &frame(b'd', b"w\0\0\0")).await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        })
+        .await;
+        let conn = ReplConn::connect(&p).await.unwrap();
+        let mut stream = conn.start_replication("s", Lsn::ZERO, &[]).await.unwrap();
+        let e = stream.next().await.unwrap_err();
+        assert!(
+            matches!(e, PgError::Protocol(ref m) if m.contains("truncated XLogData")),
+            "{e}"
+        );
+
+        // The server shutting down mid-stream: a transient server error.
+        let p = fake::serve("", |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::ready()).await;
+            fake::read_msg(&mut s).await;
+            fake::write(&mut s, &frame(b'W', &[0, 0, 0])).await;
+            fake::write(
+                &mut s,
+                &frame(
+                    b'E',
+                    b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0",
+                ),
+            )
+            .await;
+        })
+        .await;
+        let conn = ReplConn::connect(&p).await.unwrap();
+        let mut stream = conn.start_replication("s", Lsn::ZERO, &[]).await.unwrap();
+        let e = stream.next().await.unwrap_err();
+        assert_eq!(e.code(), Some("57P01"));
+        assert!(e.is_transient());
+        // And then the socket closes: a lost connection, also transient.
+        let e = stream.next().await.unwrap_err();
+        assert!(matches!(e, PgError::Io(_)), "{e}");
+        assert!(e.is_transient());
+    }
+}

@@ -1,6 +1,8 @@
 //! The only code that does replication I/O: the connection, the slot and the CopyBoth stream.
 
+pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod params;
+pub mod slot;
 pub mod stream;

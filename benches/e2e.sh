@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# End-to-end drain benchmark: walwatch vs pg_recvlogical on identical slots, in the same run.
+#
+#   bash benches/e2e.sh [REPS]        (default 3 repetitions; medians are reported)
+#
+# Starts a throwaway PostgreSQL (wal_level=logical, TCP + SCRAM), creates
+#   orders(id bigserial pk, user_id int, item text, status text, amount numeric(10,2), created_at timestamptz)
+# and for each workload -- one 1,000,000-row transaction, and 100,000 single-row transactions --
+# creates both slots BEFORE the workload, runs it, then times:
+#   pg_recvlogical -P pgoutput (same protocol options) draining its slot to /dev/null
+#   walwatch --endpos draining its slot to a JSONL file (typed decode + JSON + write)
+# and walwatch's peak RSS. Target: walwatch within 1.25x of pg_recvlogical.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${1:-3}
+ROWS_BIG=${ROWS_BIG:-1000000}
+TXNS_SMALL=${TXNS_SMALL:-100000}
+
+bash tests/install-postgres.sh
+cargo build --release --quiet
+WALWATCH=$PWD/target/release/walwatch
+BIN=${WALWATCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
+
+WORK=$(mktemp -d /tmp/walwatch-e2e.XXXXXX)
+chmod 755 "$WORK"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; fi
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cleanup() {
+  as_pg "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "== starting PostgreSQL ($BIN, port $PORT)" >&2
+as_pg "$BIN/initdb" -D "$WORK/data" -U postgres -E UTF8 --locale=C --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+cat >>"$WORK/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$WORK'
+wal_level = logical
+max_replication_slots = 16
+max_wal_senders = 16
+shared_buffers = 512MB
+max_wal_size = 4GB
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$WORK/data/pg_hba.conf"
+as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
+psql_admin() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench "$@"; }
+"$BIN/psql" -X -q -h "$WORK" -p "$PORT" -U postgres -d postgres -c "CREATE ROLE bench LOGIN REPLICATION SUPERUSER PASSWORD 'bench'" -c "CREATE DATABASE bench OWNER bench"
+psql_admin -c "CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int, item text, status text, amount numeric(10,2), created_at timestamptz)"
+DSN="postgres://bench:bench@127.0.0.1:$PORT/bench"
+export PGPASSWORD=bench
+
+# run_timed OUTFILE CMD...: wall seconds and the child's peak RSS (MB), as "secs rss".
+run_timed() {
+  python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t = time.monotonic()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
+dt = time.monotonic() - t
+if r.returncode != 0:
+    sys.exit(f"command failed ({r.returncode}): {sys.argv[1:]}")
+print(f"{dt:.3f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024}")
+PY
+}
+
+workload() {
+  case "$1" in
+    big) psql_admin -c "INSERT INTO orders (user_id, item, status, amount, created_at)
+           SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(1, $ROWS_BIG) g" ;;
+    small) psql_admin -c "DO \$\$ BEGIN FOR i IN 1..$TXNS_SMALL LOOP
+           INSERT INTO orders (user_id, item, status, amount, created_at) VALUES (i % 1000, 'item-' || i, 'new', 12.50, now());
+           COMMIT; END LOOP; END \$\$" ;;
+  esac
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+results=()
+for w in big small; do
+  ww_times=(); pr_times=(); rss=()
+  for rep in $(seq 1 "$REPS"); do
+    psql_admin -c "TRUNCATE orders" >/dev/null
+    "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos now
+    "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --create-slot -P pgoutput
+    workload "$w" >/dev/null
+    END=$(psql_admin -c "SELECT pg_current_wal_flush_lsn()")
+    read -r pr _ < <(run_timed "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --start --no-loop \
+        -E "$END" -o proto_version=3 -o publication_names=walwatch_ww_$w -o messages=true -o streaming=on -f /dev/null)
+    read -r ww mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos "$END" --output "$WORK/out.jsonl")
+    lines=$(wc -l <"$WORK/out.jsonl")
+    rm -f "$WORK/out.jsonl"
+    psql_admin -c "SELECT pg_drop_replication_slot('ww_$w'), pg_drop_replication_slot('pr_$w')" >/dev/null
+    echo "$w rep $rep: pg_recvlogical ${pr}s, walwatch ${ww}s (${lines} lines, peak RSS ${mb} MB)" >&2
+    ww_times+=("$ww"); pr_times+=("$pr"); rss+=("$mb")
+  done
+  ww_med=$(printf '%s\n' "${ww_times[@]}" | median)
+  pr_med=$(printf '%s\n' "${pr_times[@]}" | median)
+  rss_max=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n 1)
+  ratio=$(python3 -c "print(f'{$ww_med/$pr_med:.2f}')")
+  results+=("$(printf '%-6s pg_recvlogical %7.2fs  walwatch %7.2fs  ratio %5sx  walwatch peak RSS %4s MB' "$w" "$pr_med" "$ww_med" "$ratio" "$rss_max")")
+done
+
+echo
+echo "medians of $REPS (big = one ${ROWS_BIG}-row transaction, small = ${TXNS_SMALL} single-row transactions):"
+printf '%s\n' "${results[@]}"

@@ -1,0 +1,217 @@
+//! A validated run configuration, built from the command line (or the library builder) before
+//! any I/O happens: every argument error is reported here, with exit code 2, without touching
+//! the network.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::event::{Lsn, Op};
+use crate::filter::{OpSet, TablePattern};
+use crate::pg::params::ConnParams;
+
+/// Where to stop streaming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndPos {
+    /// The server's WAL flush position when walwatch starts.
+    Now,
+    /// A fixed position.
+    At(Lsn),
+}
+
+impl std::str::FromStr for EndPos {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("now") {
+            return Ok(EndPos::Now);
+        }
+        s.parse::<Lsn>()
+            .map(EndPos::At)
+            .map_err(|e| Error::Config(format!("--endpos: {e}, or `now`")))
+    }
+}
+
+/// How events are printed on standard output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One readable line per change, transaction rules, colour if `color`.
+    Terminal { color: bool },
+    /// JSONL: one event object per line.
+    Json,
+}
+
+/// One destination every event reaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    Stdout(Format),
+    /// JSONL appended to a file, fsync'd before its position is confirmed to the server.
+    Jsonl(PathBuf),
+}
+
+impl SinkSpec {
+    /// Parse a `--sink` argument: `jsonl:PATH`, `stdout`, `stdout:json`, `stdout:terminal`.
+    pub fn parse(spec: &str, stdout_format: Format) -> Result<SinkSpec> {
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        match kind {
+            "jsonl" if !rest.is_empty() => Ok(SinkSpec::Jsonl(PathBuf::from(rest))),
+            "jsonl" => Err(Error::Config(
+                "--sink jsonl needs a path: --sink jsonl:events.jsonl".into(),
+            )),
+            "stdout" => match rest {
+                "" => Ok(SinkSpec::Stdout(stdout_format)),
+                "json" => Ok(SinkSpec::Stdout(Format::Json)),
+                "terminal" => Ok(SinkSpec::Stdout(Format::Terminal { color: false })),
+                other => Err(Error::Config(format!(
+                    "--sink stdout:{other}: the format must be json or terminal"
+                ))),
+            },
+            _ => Err(Error::Config(format!(
+                "--sink `{spec}`: unknown sink; this build supports jsonl:PATH and stdout[:json|:terminal]"
+            ))),
+        }
+    }
+}
+
+/// The slot to read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotMode {
+    /// A temporary slot, created for this run and gone when the connection closes: sees only
+    /// changes committed after start-up.
+    Temporary,
+    /// A permanent slot by name, created if missing; a restart resumes where it was confirmed.
+    Permanent(String),
+}
+
+/// Everything a run needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub conn: ConnParams,
+    /// Tables to watch; empty means every table.
+    pub tables: Vec<TablePattern>,
+    pub ops: OpSet,
+    pub slot: SlotMode,
+    /// An existing publication to use instead of creating one.
+    pub publication: Option<String>,
+    pub endpos: Option<EndPos>,
+    pub sinks: Vec<SinkSpec>,
+    /// How often a standby status update is sent even when nothing changed. Must be well under
+    /// the server's `wal_sender_timeout` (60 s by default).
+    pub status_interval: Duration,
+}
+
+/// Checks a replication slot name as the server would: lower-case letters, digits and
+/// underscores, at most 63 bytes (PostgreSQL docs, 27.2.6 "Replication Slots").
+pub fn validate_slot_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "--slot `{name}`: a slot name may contain only lower-case letters, digits and underscores (at most 63)"
+        )))
+    }
+}
+
+/// Checks a publication name: a non-empty identifier of at most 63 bytes.
+pub fn validate_publication_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 63 || name.contains('\0') {
+        return Err(Error::Config(format!(
+            "--publication `{name}`: not a valid name (1 to 63 bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `--tables a,b,'sales.*'` into patterns.
+pub fn parse_tables(list: &[String]) -> Result<Vec<TablePattern>> {
+    let mut out = Vec::new();
+    for item in list.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        out.push(TablePattern::parse(item).map_err(|e| Error::Config(format!("--tables: {e}")))?);
+    }
+    Ok(out)
+}
+
+/// Parses `--ops insert,delete` into a set; empty input means every op.
+pub fn parse_ops(list: &[String]) -> Result<OpSet> {
+    let mut ops = OpSet::empty();
+    let mut any = false;
+    for item in list.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let op: Op = item
+            .parse()
+            .map_err(|e| Error::Config(format!("--ops: {e}")))?;
+        ops.insert(op);
+        any = true;
+    }
+    Ok(if any { ops } else { OpSet::all() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpos_parses_now_and_lsns() {
+        assert_eq!("now".parse::<EndPos>().unwrap(), EndPos::Now);
+        assert_eq!("NOW".parse::<EndPos>().unwrap(), EndPos::Now);
+        assert_eq!(
+            "0/16B3748".parse::<EndPos>().unwrap(),
+            EndPos::At(Lsn(0x16B3748))
+        );
+        let err = "later".parse::<EndPos>().unwrap_err().to_string();
+        assert!(err.contains("--endpos") && err.contains("now"), "{err}");
+    }
+
+    #[test]
+    fn slot_names_follow_the_server_rules() {
+        assert!(validate_slot_name("orders_cdc_1").is_ok());
+        for bad in ["", "Orders", "a-b", "a b", &"x".repeat(64)] {
+            assert!(validate_slot_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sink_specs_parse() {
+        let term = Format::Terminal { color: false };
+        assert_eq!(
+            SinkSpec::parse("jsonl:/tmp/x.jsonl", term).unwrap(),
+            SinkSpec::Jsonl("/tmp/x.jsonl".into())
+        );
+        assert_eq!(
+            SinkSpec::parse("stdout:json", term).unwrap(),
+            SinkSpec::Stdout(Format::Json)
+        );
+        assert!(SinkSpec::parse("jsonl", term).is_err());
+        let err = SinkSpec::parse("carrier-pigeon://x", term)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown sink"), "{err}");
+    }
+
+    #[test]
+    fn ops_parse_and_default_to_all() {
+        let ops = parse_ops(&["insert, DELETE".into()]).unwrap();
+        assert!(ops.contains(Op::Insert) && ops.contains(Op::Delete));
+        assert!(!ops.contains(Op::Update));
+        assert_eq!(parse_ops(&[]).unwrap(), OpSet::all());
+        assert!(parse_ops(&["upsert".into()]).is_err());
+    }
+
+    #[test]
+    fn tables_split_on_commas() {
+        let t = parse_tables(&["orders,users".into(), "sales.*".into()]).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[2].to_string(), "sales.*");
+    }
+}

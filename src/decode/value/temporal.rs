@@ -1,0 +1,368 @@
+//! Date/time values: the server's ISO text -> ISO-8601 strings, and the binary send formats ->
+//! the same strings.
+//!
+//! With `DateStyle=ISO` (8.5.2 Date/Time Output) the server prints `YYYY-MM-DD`,
+//! `HH:MM:SS[.ffffff]`, `YYYY-MM-DD HH:MM:SS[.ffffff]` and for timestamptz/timetz a numeric UTC
+//! offset `+HH[:MM[:SS]]` (with `TimeZone=UTC` every timestamptz prints `+00`). Trailing zeros of
+//! the fraction are dropped and a zero fraction is omitted. Years before 1 AD print as the
+//! positive year with a trailing ` BC` (8.5.1.1 Dates; there is no year 0); years past 9999
+//! print with more digits. `infinity` and `-infinity` are special values
+//! (8.5.1.4 Special Values).
+//!
+//! Output here: the text, with `T` for the date/time space, `Z` for a zero offset, other offsets
+//! as `+HH:MM` (`+HH:MM:SS` only for a seconds part, which ISO-8601 cannot express); ` BC` and
+//! the infinities are kept. A timestamptz with a non-zero offset (not possible under the pinned
+//! TimeZone, but handled) is converted to UTC.
+
+use std::fmt::Write;
+
+use crate::event::civil_from_days;
+
+/// Days from 1970-01-01 to 2000-01-01, the PostgreSQL epoch of the binary formats.
+const PG_EPOCH_DAYS: i64 = 10_957;
+const USECS_PER_DAY: i64 = 86_400_000_000;
+
+/// Exactly `n` ASCII digits at `b[at..]`.
+fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
+    let d = b.get(at..at + n)?;
+    let mut v = 0u32;
+    for &c in d {
+        let x = c.wrapping_sub(b'0');
+        if x > 9 {
+            return None;
+        }
+        v = v * 10 + u32::from(x);
+    }
+    Some(v)
+}
+
+/// A scanned `YYYY-MM-DD` (year of 4 or more digits).
+struct Ymd {
+    year: i64,
+    month: u32,
+    day: u32,
+}
+
+/// `YYYY-MM-DD` at the start of `b`; returns it and the bytes used.
+fn scan_date(b: &[u8]) -> Option<(Ymd, usize)> {
+    let ylen = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    // PostgreSQL's largest year is 5874897 (date); 4 digits minimum.
+    if !(4..=7).contains(&ylen) {
+        return None;
+    }
+    let year = i64::from(digits(b, 0, ylen)?);
+    if b.get(ylen) != Some(&b'-') || b.get(ylen + 3) != Some(&b'-') {
+        return None;
+    }
+    let month = digits(b, ylen + 1, 2)?;
+    let day = digits(b, ylen + 4, 2)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year == 0 {
+        return None;
+    }
+    Some((Ymd { year, month, day }, ylen + 6))
+}
+
+/// A scanned `HH:MM:SS[.f+]`: seconds of the day and the bytes used.
+fn scan_time(b: &[u8]) -> Option<(i64, usize)> {
+    let h = digits(b, 0, 2)?;
+    let m = digits(b, 3, 2)?;
+    let s = digits(b, 6, 2)?;
+    if b[2] != b':' || b[5] != b':' || m > 59 || s > 60 || h > 24 {
+        return None;
+    }
+    let mut used = 8;
+    if b.get(8) == Some(&b'.') {
+        let n = b[9..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        used = 9 + n;
+    }
+    Some((i64::from(h * 3600 + m * 60 + s), used))
+}
+
+/// A UTC offset `+HH[:MM[:SS]]` filling all of `b`: seconds east of Greenwich.
+fn scan_offset(b: &[u8]) -> Option<i32> {
+    let sign = match b.first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let h = digits(b, 1, 2)?;
+    let (m, s) = match b.len() {
+        3 => (0, 0),
+        6 if b[3] == b':' => (digits(b, 4, 2)?, 0),
+        9 if b[3] == b':' && b[6] == b':' => (digits(b, 4, 2)?, digits(b, 7, 2)?),
+        _ => return None,
+    };
+    if m > 59 || s > 59 {
+        return None;
+    }
+    Some(sign * (h * 3600 + m * 60 + s) as i32)
+}
+
+/// Append an offset as `+HH:MM`, or `+HH:MM:SS` when it has seconds.
+fn push_offset(out: &mut String, east: i32) {
+    let a = east.unsigned_abs();
+    let _ = write!(
+        out,
+        "{}{:02}:{:02}",
+        if east < 0 { '-' } else { '+' },
+        a / 3600,
+        a / 60 % 60
+    );
+    if !a.is_multiple_of(60) {
+        let _ = write!(out, ":{:02}", a % 60);
+    }
+}
+
+/// date: `YYYY-MM-DD[ BC]`, `infinity`, `-infinity` -> unchanged.
+pub(super) fn date_text(text: &str) -> Option<String> {
+    if matches!(text, "infinity" | "-infinity") {
+        return Some(text.to_owned());
+    }
+    let b = text.as_bytes();
+    let (_, n) = scan_date(b)?;
+    matches!(&b[n..], b"" | b" BC").then(|| text.to_owned())
+}
+
+/// time: `HH:MM:SS[.f]` -> unchanged.
+pub(super) fn time_text(text: &str) -> Option<String> {
+    let (_, n) = scan_time(text.as_bytes())?;
+    (n == text.len()).then(|| text.to_owned())
+}
+
+/// timetz: `HH:MM:SS[.f]+HH[:MM[:SS]]` -> the offset as `+HH:MM`.
+pub(super) fn timetz_text(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let (_, n) = scan_time(b)?;
+    let east = scan_offset(&b[n..])?;
+    let mut out = String::with_capacity(n + 6);
+    out.push_str(&text[..n]);
+    push_offset(&mut out, east);
+    Some(out)
+}
+
+/// timestamp `YYYY-MM-DD HH:MM:SS[.f][ BC]` -> `YYYY-MM-DDTHH:MM:SS[.f][ BC]`;
+/// timestamptz `... HH:MM:SS[.f]+00[ BC]` -> `...THH:MM:SS[.f]Z[ BC]` (converted to UTC when the
+/// offset is not zero).
+pub(super) fn timestamp_text(text: &str, tz: bool) -> Option<String> {
+    if matches!(text, "infinity" | "-infinity") {
+        return Some(text.to_owned());
+    }
+    let b = text.as_bytes();
+    let (ymd, d) = scan_date(b)?;
+    if b.get(d) != Some(&b' ') {
+        return None;
+    }
+    let (sod, t) = scan_time(&b[d + 1..])?;
+    let t = d + 1 + t;
+    let (body, bc) = match b.strip_suffix(b" BC") {
+        Some(body) => (body, true),
+        None => (b, false),
+    };
+    if body.len() < t {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + 1);
+    if !tz {
+        if body.len() != t {
+            return None;
+        }
+        out.push_str(&text[..d]);
+        out.push('T');
+        out.push_str(&text[d + 1..]);
+        return Some(out);
+    }
+    let east = scan_offset(&body[t..])?;
+    if east == 0 {
+        out.push_str(&text[..d]);
+        out.push('T');
+        out.push_str(&text[d + 1..t]);
+        out.push('Z');
+        if bc {
+            out.push_str(" BC");
+        }
+        return Some(out);
+    }
+    // Not UTC: shift by the offset (whole seconds, so the fraction is unchanged).
+    let year = if bc { 1 - ymd.year } else { ymd.year };
+    let secs = days_from_civil(year, ymd.month, ymd.day) * 86_400 + sod - i64::from(east);
+    push_datetime(
+        &mut out,
+        secs.div_euclid(86_400),
+        secs.rem_euclid(86_400),
+        |o| {
+            // The fraction, as printed, follows the seconds.
+            let frac_start = d + 1 + 8;
+            o.push_str(&text[frac_start..t]);
+        },
+        true,
+    );
+    Some(out)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (year 0 = 1 BC); the inverse of
+/// [`civil_from_days`] (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Append `YYYY-MM-DD` for days since 1970, returning whether the year is BC.
+fn push_date(out: &mut String, days: i64) -> bool {
+    let (y, m, d) = civil_from_days(days);
+    let bc = y <= 0;
+    let y = if bc { 1 - y } else { y };
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}");
+    bc
+}
+
+/// Append `YYYY-MM-DDTHH:MM:SS`, the fraction, `Z` when `tz`, then ` BC` for years before 1.
+fn push_datetime(out: &mut String, days: i64, sod: i64, frac: impl FnOnce(&mut String), tz: bool) {
+    let bc = push_date(out, days);
+    let _ = write!(
+        out,
+        "T{:02}:{:02}:{:02}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    );
+    frac(out);
+    if tz {
+        out.push('Z');
+    }
+    if bc {
+        out.push_str(" BC");
+    }
+}
+
+/// Append `.ffffff` without trailing zeros, or nothing for 0 (the server's AppendSeconds).
+fn push_frac(out: &mut String, micros: i64) {
+    if micros == 0 {
+        return;
+    }
+    let mut buf = [0u8; 7];
+    buf[0] = b'.';
+    let mut v = micros;
+    for i in (1..7).rev() {
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    let mut end = 7;
+    while buf[end - 1] == b'0' {
+        end -= 1;
+    }
+    // Only ASCII digits and '.' were written.
+    out.push_str(std::str::from_utf8(&buf[..end]).unwrap_or_default());
+}
+
+/// Binary date (date_send): int4 days since 2000-01-01; `i32::MAX`/`MIN` are ±infinity.
+pub(super) fn date_binary(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".to_owned(),
+        i32::MIN => "-infinity".to_owned(),
+        _ => {
+            let mut out = String::with_capacity(13);
+            if push_date(&mut out, i64::from(days) + PG_EPOCH_DAYS) {
+                out.push_str(" BC");
+            }
+            out
+        }
+    }
+}
+
+/// Append `HH:MM:SS[.f]` for microseconds of the day (24:00:00 allowed).
+fn push_time(out: &mut String, us: i64) {
+    let s = us / 1_000_000;
+    let _ = write!(out, "{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    push_frac(out, us % 1_000_000);
+}
+
+/// Binary time (time_send): int8 microseconds since midnight.
+pub(super) fn time_binary(us: i64) -> Option<String> {
+    if !(0..=USECS_PER_DAY).contains(&us) {
+        return None;
+    }
+    let mut out = String::with_capacity(15);
+    push_time(&mut out, us);
+    Some(out)
+}
+
+/// Binary timetz (timetz_send): int8 microseconds, then int4 zone in seconds *west* of UTC.
+pub(super) fn timetz_binary(us: i64, west: i32) -> Option<String> {
+    // TZDISP_LIMIT: offsets are within ±15:59:59.
+    if !(-57_599..=57_599).contains(&west) {
+        return None;
+    }
+    let mut out = time_binary(us)?;
+    push_offset(&mut out, -west);
+    Some(out)
+}
+
+/// Binary timestamp/timestamptz (timestamp_send): int8 microseconds since 2000-01-01 00:00 (UTC
+/// for timestamptz); `i64::MAX`/`MIN` are ±infinity.
+pub(super) fn timestamp_binary(us: i64, tz: bool) -> String {
+    match us {
+        i64::MAX => "infinity".to_owned(),
+        i64::MIN => "-infinity".to_owned(),
+        _ => {
+            let secs = us.div_euclid(1_000_000);
+            let micros = us.rem_euclid(1_000_000);
+            let mut out = String::with_capacity(28);
+            push_datetime(
+                &mut out,
+                secs.div_euclid(86_400) + PG_EPOCH_DAYS,
+                secs.rem_euclid(86_400),
+                |o| push_frac(o, micros),
+                tz,
+            );
+            out
+        }
+    }
+}
+
+/// Binary interval (interval_send): int8 microseconds, int4 days, int4 months, printed in the
+/// `postgres` IntervalStyle as the server's EncodeInterval does (8.5.5 Interval Output):
+/// `1 year 2 mons -3 days +04:05:06.5`. A field is signed only when it is negative or follows a
+/// negative field; the time is printed when non-zero or when everything is zero.
+pub(super) fn interval_binary(us: i64, days: i32, months: i32) -> String {
+    fn part(out: &mut String, v: i64, unit: &str, is_before: &mut bool) {
+        if v == 0 {
+            return;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        let plus = if *is_before && v > 0 { "+" } else { "" };
+        let s = if v != 1 { "s" } else { "" };
+        let _ = write!(out, "{plus}{v} {unit}{s}");
+        *is_before = v < 0;
+    }
+    let mut out = String::with_capacity(32);
+    let mut is_before = false;
+    let months = i64::from(months);
+    part(&mut out, months / 12, "year", &mut is_before);
+    part(&mut out, months % 12, "mon", &mut is_before);
+    part(&mut out, i64::from(days), "day", &mut is_before);
+    if out.is_empty() || us != 0 {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if us < 0 {
+            out.push('-');
+        } else if is_before {
+            out.push('+');
+        }
+        let a = us.unsigned_abs();
+        let s = a / 1_000_000;
+        let _ = write!(out, "{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+        push_frac(&mut out, (a % 1_000_000) as i64);
+    }
+    out
+}

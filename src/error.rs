@@ -1,0 +1,124 @@
+//! The library's error type, grouped by what the user can do about it.
+//!
+//! * Definite errors (bad arguments, missing privilege, server misconfigured, table missing) say
+//!   what to fix; retrying without a change cannot help.
+//! * Transient errors (connection lost, server restarting) may succeed if retried.
+//!
+//! Every message is one readable sentence (or two: what happened, what to do) because the CLI
+//! prints it as-is on stderr before exiting with code 2.
+
+use std::path::PathBuf;
+
+use crate::decode::DecodeError;
+use crate::pg::error::PgError;
+use crate::pg::params::ParamsError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line or builder was given something unusable. Fix the arguments.
+    #[error("{0}")]
+    Config(String),
+
+    /// Connection parameters could not be resolved (bad DSN, unreadable pgpass...).
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+
+    /// The replication connection failed or the server refused a command.
+    #[error(transparent)]
+    Pg(#[from] PgError),
+
+    /// The metadata connection (tokio-postgres) failed.
+    #[error("metadata query failed: {}", describe_db_error(.0))]
+    Meta(#[from] tokio_postgres::Error),
+
+    /// The server's setup does not allow what was asked: the message says what to change.
+    #[error("{0}")]
+    Setup(String),
+
+    /// A table named on the command line does not exist.
+    #[error("{0}")]
+    NoSuchTable(String),
+
+    /// The server sent a pgoutput message walwatch could not decode.
+    #[error("cannot decode the replication stream: {0}")]
+    Decode(#[from] DecodeError),
+
+    /// A sink could not write. Nothing past the last durable event was confirmed to the server.
+    #[error("cannot write to {target}: {source}{hint}", hint = io_hint(.source))]
+    Sink {
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The demo's or a test's throwaway cluster failed.
+    #[error(transparent)]
+    Scratch(#[from] crate::scratch::ScratchError),
+
+    /// A file walwatch needs could not be used.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation unchanged may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Pg(e) => e.is_transient(),
+            Error::Meta(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+
+    /// True when the error is a closed output pipe (`walwatch ... | head`): not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Sink { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// A tokio-postgres error with the server's message, detail and hint when there is one.
+fn describe_db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = db.message().to_string();
+            if let Some(d) = db.detail() {
+                s.push_str(" (");
+                s.push_str(d);
+                s.push(')');
+            }
+            if let Some(h) = db.hint() {
+                s.push_str("; hint: ");
+                s.push_str(h);
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => {
+            "; the disk is full: free space and run again (nothing past the last durable event was confirmed)"
+        }
+        Some(libc::EDQUOT) => "; the disk quota is exceeded: free space and run again",
+        Some(libc::EACCES) | Some(libc::EPERM) => "; check the path's permissions",
+        Some(libc::EIO) => "; an I/O error: check the device",
+        _ => "",
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,374 @@
+//! Catalog work on the metadata connection (tokio-postgres, separate from the replication
+//! connection): checking the server is set up for logical decoding, resolving `--tables`,
+//! managing the publication and loading user types.
+
+use tokio_postgres::Client;
+
+use crate::decode::TypeRegistry;
+use crate::decode::value::TYPE_QUERY;
+use crate::error::{Error, Result};
+use crate::event::Lsn;
+use crate::filter::{OpSet, TablePattern};
+
+/// Facts about the server and the connected role, read once at start-up.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub version_num: u32,
+    pub database: String,
+    pub user: String,
+    pub is_superuser: bool,
+    pub search_path: Vec<String>,
+}
+
+/// `"ident"`: a double-quoted SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'literal'`: a single-quoted SQL string (standard_conforming_strings is on since 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Reads server facts and refuses a server that cannot do logical decoding.
+pub async fn check_server(client: &Client) -> Result<ServerInfo> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('wal_level'), current_setting('server_version_num')::int4, \
+                    current_database()::text, current_user::text, \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    current_schemas(false)::text[]",
+            &[],
+        )
+        .await?;
+    let wal_level: String = row.get(0);
+    let version_num: i32 = row.get(1);
+    let info = ServerInfo {
+        version_num: version_num as u32,
+        database: row.get(2),
+        user: row.get(3),
+        is_superuser: row.get::<_, Option<bool>>(4).unwrap_or(false),
+        search_path: row.get(5),
+    };
+    if wal_level != "logical" {
+        return Err(Error::Setup(format!(
+            "the server's wal_level is `{wal_level}`, and logical decoding needs `logical`: \
+             run ALTER SYSTEM SET wal_level = logical (or set it in postgresql.conf) and restart the server"
+        )));
+    }
+    if info.version_num < 100_000 {
+        return Err(Error::Setup(format!(
+            "PostgreSQL {} is too old: walwatch needs the pgoutput plugin of PostgreSQL 10 or later",
+            info.version_num
+        )));
+    }
+    Ok(info)
+}
+
+/// Resolves `--tables` patterns to concrete (schema, table) pairs. A pattern that matches no
+/// table is an error naming what exists instead.
+pub async fn resolve_tables(
+    client: &Client,
+    patterns: &[TablePattern],
+    search_path: &[String],
+) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let all: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for p in patterns {
+        let mut matched = false;
+        for (s, t) in &all {
+            if p.matches(s, t, search_path) {
+                matched = true;
+                if !out.iter().any(|(os, ot)| os == s && ot == t) {
+                    out.push((s.clone(), t.clone()));
+                }
+            }
+        }
+        if !matched {
+            let elsewhere: Vec<String> = all
+                .iter()
+                .filter(|(_, t)| crate::filter::glob_match(&p.table, t))
+                .map(|(s, t)| format!("{s}.{t}"))
+                .take(5)
+                .collect();
+            let scope = match &p.schema {
+                Some(s) => format!("schema `{s}`"),
+                None => format!("the search path ({})", search_path.join(", ")),
+            };
+            let mut msg = format!("--tables: no table matches `{p}` in {scope}");
+            if elsewhere.is_empty() {
+                msg.push_str("; check the name and the database in --dsn");
+            } else {
+                msg.push_str(&format!(
+                    "; did you mean {}? (qualify it with its schema)",
+                    elsewhere.join(", ")
+                ));
+            }
+            return Err(Error::NoSuchTable(msg));
+        }
+    }
+    Ok(out)
+}
+
+/// The SQL that creates or re-targets a publication for `tables` (or all tables) and `ops`.
+fn publication_target(tables: Option<&[(String, String)]>) -> String {
+    match tables {
+        None => "ALL TABLES".to_string(),
+        Some(list) => {
+            let names: Vec<String> = list
+                .iter()
+                .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
+                .collect();
+            format!("TABLE {}", names.join(", "))
+        }
+    }
+}
+
+/// Creates publication `name` if it does not exist; returns whether this call created it.
+/// An existing walwatch-managed publication with a different table set is re-targeted.
+pub async fn ensure_publication(
+    client: &Client,
+    info: &ServerInfo,
+    name: &str,
+    tables: Option<&[(String, String)]>,
+    ops: OpSet,
+) -> Result<bool> {
+    if tables.is_none() && !info.is_superuser {
+        return Err(Error::Setup(format!(
+            "watching every table needs a publication FOR ALL TABLES, which only a superuser can create \
+             (role `{}` is not one): name the tables with --tables, or have an administrator create a \
+             publication and pass it with --publication",
+            info.user
+        )));
+    }
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some();
+    let publish = ops.publish_option();
+    if publish.is_empty() {
+        return Err(Error::Config(
+            "--ops selects no row operation (insert, update, delete, truncate): nothing would be published"
+                .into(),
+        ));
+    }
+    if !exists {
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR {} WITH (publish = {})",
+            quote_ident(name),
+            publication_target(tables),
+            quote_literal(&publish)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| publication_error(e, name, "create", info))?;
+        return Ok(true);
+    }
+    if let Some(list) = tables {
+        let current = publication_tables(client, name).await?;
+        let mut want = list.to_vec();
+        want.sort();
+        if current != want {
+            tracing::info!(
+                publication = name,
+                "re-targeting the publication to the watched tables"
+            );
+            let sql = format!(
+                "ALTER PUBLICATION {} SET {}; ALTER PUBLICATION {} SET (publish = {})",
+                quote_ident(name),
+                publication_target(tables),
+                quote_ident(name),
+                quote_literal(&publish)
+            );
+            client
+                .batch_execute(&sql)
+                .await
+                .map_err(|e| publication_error(e, name, "alter", info))?;
+        }
+    }
+    Ok(false)
+}
+
+fn publication_error(e: tokio_postgres::Error, name: &str, what: &str, info: &ServerInfo) -> Error {
+    match e.as_db_error() {
+        Some(db) if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+            Error::Setup(format!(
+                "cannot {what} publication `{name}`: {}; role `{}` must own the watched tables (or be \
+                 a superuser), or an administrator can create the publication and you pass it with --publication",
+                db.message(),
+                info.user
+            ))
+        }
+        _ => Error::Meta(e),
+    }
+}
+
+/// The (schema, table) pairs a publication publishes, sorted.
+pub async fn publication_tables(client: &Client, name: &str) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+             WHERE pubname = $1 ORDER BY 1, 2",
+            &[&name],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Checks that an existing publication exists and publishes every watched table.
+pub async fn check_publication(
+    client: &Client,
+    info: &ServerInfo,
+    name: &str,
+    tables: Option<&[(String, String)]>,
+) -> Result<()> {
+    let row = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(Error::Setup(format!(
+            "publication `{name}` does not exist in database `{}`: create it (CREATE PUBLICATION {} FOR TABLE ...) \
+             or leave out --publication and walwatch creates one",
+            info.database,
+            quote_ident(name)
+        )));
+    };
+    let all: bool = row.get(0);
+    if let (false, Some(list)) = (all, tables) {
+        let published = publication_tables(client, name).await?;
+        let missing: Vec<String> = list
+            .iter()
+            .filter(|t| !published.contains(t))
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Setup(format!(
+                "publication `{name}` does not publish {}: add it (ALTER PUBLICATION {} ADD TABLE ...) \
+                 or leave out --publication",
+                missing.join(", "),
+                quote_ident(name)
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .await?;
+    Ok(())
+}
+
+/// Loads user-defined types (domains, enums, arrays of them) so they decode as their base
+/// types: pgoutput's Type message names a type but does not say what it is built on (PostgreSQL
+/// docs, 55.9 "Logical Replication Message Formats").
+pub async fn load_types(client: &Client) -> Result<TypeRegistry> {
+    let rows = client.query(TYPE_QUERY, &[]).await?;
+    let mut reg = TypeRegistry::new();
+    for r in rows {
+        let typtype: String = r.get(1);
+        let delim: String = r.get(4);
+        reg.insert_row(r.get(0), &typtype, r.get(2), r.get(3), &delim);
+    }
+    Ok(reg)
+}
+
+/// The server's WAL flush position: what `--endpos now` means. Flush, not insert: the
+/// walsender only sends WAL that is flushed.
+pub async fn current_flush_lsn(client: &Client) -> Result<Lsn> {
+    let row = client
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await?;
+    let text: String = row.get(0);
+    text.parse()
+        .map_err(|e| Error::Setup(format!("the server returned a bad LSN: {e}")))
+}
+
+/// What `pg_replication_slots` says of one slot.
+#[derive(Clone, Debug)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush: Option<Lsn>,
+    pub wal_status: Option<String>,
+}
+
+pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        database: r.get(1),
+        active_pid: r.get(2),
+        confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
+        wal_status: r.get(4),
+    }))
+}
+
+/// Sessions holding a transaction that has written: a logical slot cannot be created until
+/// they finish (it needs a consistent point).
+pub async fn open_writers(client: &Client) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT pid, COALESCE(usename::text, '?'), COALESCE(application_name, ''), \
+                    COALESCE(state, ''), left(query, 80) \
+             FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let pid: i32 = r.get(0);
+            let user: String = r.get(1);
+            let app: String = r.get(2);
+            let state: String = r.get(3);
+            let query: Option<String> = r.get(4);
+            format!(
+                "pid {pid} (user {user}, {app}, {state}): {}",
+                query.unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn publication_targets() {
+        assert_eq!(publication_target(None), "ALL TABLES");
+        let t = vec![("public".to_string(), "Orders".to_string())];
+        assert_eq!(publication_target(Some(&t)), "TABLE \"public\".\"Orders\"");
+    }
+}

@@ -1,0 +1,513 @@
+//! source -> decode -> filter -> fan-out, and the flush position every sink holds.
+//!
+//! Two halves joined by a bounded channel:
+//!
+//! * the replication task (async) owns the socket. It `select!`s over incoming frames, the
+//!   status timer, progress from the decode thread and shutdown. It forwards XLogData and
+//!   keepalives in order; when the channel is full it stops reading the socket, which is the
+//!   backpressure a slow sink applies (memory does not grow).
+//! * the decode thread (blocking) decodes, filters and writes to every sink, flushes them, and
+//!   only then publishes the new durable position. The replication task reports that position
+//!   as `flush` in standby status updates: never a position whose data is not durable.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::decode::Decoder;
+use crate::error::{Error, Result};
+use crate::event::{Event, Lsn, Op};
+use crate::filter::Filter;
+use crate::pg::stream::{ReplMessage, ReplStream};
+use crate::sink::Sink;
+
+/// One frame forwarded from the socket to the decode thread, in stream order.
+enum Frame {
+    Data { lsn: Lsn, data: Bytes },
+    Keepalive { wal_end: Lsn },
+}
+
+/// What the decode thread tells the replication task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Progress {
+    /// Every event before this position is durable in every sink.
+    durable: Lsn,
+    /// The end position was reached: stop.
+    done: bool,
+    /// The thread stopped (finished or failed); its result is in the join handle.
+    stopped: bool,
+}
+
+/// Why a run ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `--endpos` was reached.
+    EndPos,
+    /// Ctrl-C / SIGTERM, or the library caller asked.
+    Shutdown,
+    /// The server ended the stream.
+    ServerClosed,
+    /// Standard output was closed (`walwatch | head`).
+    OutputClosed,
+}
+
+/// What a finished stream reports.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamOutcome {
+    pub reason: StopReason,
+    pub events: u64,
+    pub durable: Lsn,
+}
+
+/// Settings for [`run_stream`].
+pub struct StreamSetup {
+    pub decoder: Decoder,
+    pub filter: Filter,
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub endpos: Option<Lsn>,
+    pub status_interval: Duration,
+}
+
+/// Frames buffered between the socket and the decoder. Each is one pgoutput message (usually
+/// tens to hundreds of bytes), so this bounds memory at a few MB.
+const CHANNEL_FRAMES: usize = 8192;
+
+/// How long the decode thread may go without flushing its sinks while busy.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs the stream until the end position, shutdown, server close, or an error. Sends a final
+/// status update with the durable position before returning the stream to the caller.
+pub async fn run_stream(
+    stream: &mut ReplStream,
+    setup: StreamSetup,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<StreamOutcome> {
+    let (tx, rx) = mpsc::channel::<Frame>(CHANNEL_FRAMES);
+    let (progress_tx, mut progress_rx) = watch::channel(Progress::default());
+    let endpos = setup.endpos;
+    let interval = setup.status_interval;
+    let worker = thread::Builder::new()
+        .name("walwatch-decode".into())
+        .spawn(move || {
+            let mut fanout = Fanout::new(setup, progress_tx.clone());
+            let res = fanout.run(rx);
+            let mut p = *progress_tx.borrow();
+            p.stopped = true;
+            progress_tx.send_replace(p);
+            res.map(|()| fanout.events)
+        })
+        .map_err(|e| Error::Setup(format!("cannot start the decode thread: {e}")))?;
+
+    tokio::pin!(shutdown);
+    let mut status = tokio::time::interval(interval);
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // With an end position, ask the server for a keepalive now and then: on an idle server it
+    // tells us how far WAL has been decoded, which is how an idle stream learns it is done.
+    let mut poke = tokio::time::interval(Duration::from_millis(500));
+    let mut received = Lsn::ZERO;
+    let mut reported = Lsn::ZERO;
+    let mut tx = Some(tx);
+
+    let reason = loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break StopReason::Shutdown,
+            changed = progress_rx.changed() => {
+                let p = *progress_rx.borrow_and_update();
+                if changed.is_err() || p.stopped {
+                    break StopReason::EndPos; // refined below from the thread's result
+                }
+                if p.done {
+                    break StopReason::EndPos;
+                }
+                if p.durable > reported {
+                    reported = p.durable;
+                    stream.send_status(received.max(reported), reported, reported, false).await?;
+                }
+            }
+            msg = stream.next() => {
+                let Some(msg) = msg? else { break StopReason::ServerClosed };
+                let frame = match msg {
+                    ReplMessage::XLogData { wal_start, wal_end, data, .. } => {
+                        received = received.max(wal_end);
+                        Frame::Data { lsn: wal_start, data }
+                    }
+                    ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
+                        received = received.max(wal_end);
+                        if reply_requested {
+                            // The server asks for a reply now (docs, 55.4 "Primary keepalive
+                            // message"): not answering gets the connection closed at
+                            // wal_sender_timeout.
+                            let durable = progress_rx.borrow().durable;
+                            stream.send_status(received.max(durable), durable, durable, false).await?;
+                        }
+                        Frame::Keepalive { wal_end }
+                    }
+                };
+                let Some(sender) = &tx else { continue };
+                if sender.send(frame).await.is_err() {
+                    tx = None; // the thread stopped; its result says why
+                }
+            }
+            _ = status.tick() => {
+                let durable = progress_rx.borrow().durable;
+                stream.send_status(received.max(durable), durable, durable, false).await?;
+                reported = durable;
+            }
+            _ = poke.tick(), if endpos.is_some() => {
+                let durable = progress_rx.borrow().durable;
+                stream.send_status(received.max(durable), durable, durable, true).await?;
+            }
+        }
+    };
+
+    // Stop the thread: closing the channel ends its loop after what is queued. On shutdown,
+    // what is queued is still written and flushed; only then is its position confirmed.
+    drop(tx);
+    let joined = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .map_err(|e| Error::Setup(format!("decode thread join failed: {e}")))?;
+    let (events, thread_err) = match joined {
+        Ok(Ok(n)) => (n, None),
+        Ok(Err(e)) => (0, Some(e)),
+        Err(_) => {
+            return Err(Error::Setup(
+                "the decode thread panicked: this is a bug in walwatch, please report it".into(),
+            ));
+        }
+    };
+    let p = *progress_rx.borrow();
+    let reason = match (&thread_err, reason) {
+        (Some(e), _) if e.is_broken_pipe() => StopReason::OutputClosed,
+        (Some(_), _) => StopReason::ServerClosed,
+        (None, r) => r,
+    };
+    // Confirm what is durable (even on a broken pipe: everything before it was written).
+    let _ = stream
+        .send_status(received.max(p.durable), p.durable, p.durable, false)
+        .await;
+    match thread_err {
+        Some(e) if !e.is_broken_pipe() => Err(e),
+        _ => Ok(StreamOutcome {
+            reason,
+            events,
+            durable: p.durable,
+        }),
+    }
+}
+
+/// The decode thread's state: the decoder, and everything its events flow into.
+struct Fanout {
+    decoder: Decoder,
+    out: Output,
+    events: u64,
+}
+
+/// Filter, sinks and positions: separate from the decoder so the decoder's emit callback can
+/// borrow it while the decoder is borrowed too.
+struct Output {
+    filter: Filter,
+    sinks: Vec<Box<dyn Sink>>,
+    endpos: Option<Lsn>,
+    progress: watch::Sender<Progress>,
+    /// BEGIN held back until the transaction's first accepted change, so transactions with
+    /// nothing to show (filtered out, or empty) print nothing.
+    pending_begin: Option<Event>,
+    begun: bool,
+    /// End of the last transaction handed to the sinks, or an idle keepalive position.
+    candidate: Lsn,
+    durable: Lsn,
+    done: bool,
+    written: u64,
+    error: Option<Error>,
+}
+
+impl Fanout {
+    fn new(setup: StreamSetup, progress: watch::Sender<Progress>) -> Fanout {
+        Fanout {
+            decoder: setup.decoder,
+            out: Output {
+                filter: setup.filter,
+                sinks: setup.sinks,
+                endpos: setup.endpos,
+                progress,
+                pending_begin: None,
+                begun: false,
+                candidate: Lsn::ZERO,
+                durable: Lsn::ZERO,
+                done: false,
+                written: 0,
+                error: None,
+            },
+            events: 0,
+        }
+    }
+
+    fn run(&mut self, mut rx: mpsc::Receiver<Frame>) -> Result<()> {
+        let res = self.run_inner(&mut rx);
+        self.events = self.out.written;
+        res
+    }
+
+    fn run_inner(&mut self, rx: &mut mpsc::Receiver<Frame>) -> Result<()> {
+        while let Some(frame) = rx.blocking_recv() {
+            self.handle(frame)?;
+            let started = Instant::now();
+            while !self.out.done && started.elapsed() < FLUSH_EVERY {
+                match rx.try_recv() {
+                    Ok(frame) => self.handle(frame)?,
+                    Err(_) => break,
+                }
+            }
+            self.out.flush()?;
+            if self.out.done {
+                break;
+            }
+        }
+        self.out.flush()
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<()> {
+        if self.out.done {
+            return Ok(());
+        }
+        match frame {
+            Frame::Data { lsn, data } => {
+                let out = &mut self.out;
+                self.decoder.decode(lsn, &data, &mut |ev| out.emit(ev))?;
+                if let Some(e) = self.out.error.take() {
+                    return Err(e);
+                }
+            }
+            Frame::Keepalive { wal_end } => {
+                // Idle (no transaction open or buffered) and every sink caught up once flushed:
+                // everything the server decoded up to wal_end has been received, so confirming
+                // it is safe and keeps an idle slot from pinning WAL.
+                if !self.decoder.in_transaction() && self.decoder.open_streams() == 0 {
+                    self.out.candidate = self.out.candidate.max(wal_end);
+                    if self.out.endpos.is_some_and(|end| wal_end >= end) {
+                        self.out.done = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Output {
+    /// Called for every decoded event, in order.
+    fn emit(&mut self, ev: Event) {
+        if self.done || self.error.is_some() {
+            return;
+        }
+        match ev.op {
+            Op::Begin => {
+                if self.endpos.is_some_and(|end| ev.commit_lsn >= end) {
+                    // Commits at or after the end position are not part of this run.
+                    self.done = true;
+                    return;
+                }
+                self.begun = false;
+                self.pending_begin = self.filter.accepts(&ev).then_some(ev);
+            }
+            Op::Commit => {
+                let end = ev.end_lsn.unwrap_or(ev.commit_lsn);
+                if self.begun && self.filter.accepts(&ev) {
+                    self.write(&ev);
+                }
+                self.begun = false;
+                self.pending_begin = None;
+                self.candidate = self.candidate.max(end);
+                if self.endpos.is_some_and(|e| end >= e) {
+                    self.done = true;
+                }
+            }
+            _ => {
+                if !self.filter.accepts(&ev) {
+                    return;
+                }
+                if let Some(begin) = self.pending_begin.take() {
+                    self.write(&begin);
+                }
+                self.begun = true;
+                self.write(&ev);
+            }
+        }
+    }
+
+    fn write(&mut self, ev: &Event) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.write(ev) {
+                self.error = Some(e);
+                self.done = true;
+                return;
+            }
+        }
+        self.written += 1;
+    }
+
+    /// Flush every sink, then publish the new durable position.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        for sink in &mut self.sinks {
+            sink.flush()?;
+        }
+        if self.candidate > self.durable {
+            self.durable = self.candidate;
+        }
+        let p = Progress {
+            durable: self.durable,
+            done: self.done,
+            stopped: false,
+        };
+        self.progress.send_if_modified(|cur| {
+            let changed = *cur != p;
+            *cur = p;
+            changed
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::OpSet;
+    use std::sync::{Arc, Mutex};
+
+    /// A sink that records what it is given, and can be told to fail.
+    struct Collect(Arc<Mutex<Vec<Event>>>);
+
+    impl Sink for Collect {
+        fn write(&mut self, e: &Event) -> Result<()> {
+            self.0.lock().unwrap().push(e.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "collect".into()
+        }
+    }
+
+    fn output(filter: Filter, endpos: Option<Lsn>) -> (Output, Arc<Mutex<Vec<Event>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (progress, _rx) = watch::channel(Progress::default());
+        let out = Output {
+            filter,
+            sinks: vec![Box::new(Collect(seen.clone()))],
+            endpos,
+            progress,
+            pending_begin: None,
+            begun: false,
+            candidate: Lsn::ZERO,
+            durable: Lsn::ZERO,
+            done: false,
+            written: 0,
+            error: None,
+        };
+        (out, seen)
+    }
+
+    fn txn(commit: u64, end: u64, tables: &[&str]) -> Vec<Event> {
+        let mut begin = Event::new(Op::Begin, Lsn(commit - 10));
+        begin.commit_lsn = Lsn(commit);
+        let mut v = vec![begin];
+        for (i, t) in tables.iter().enumerate() {
+            let mut e = Event::new(Op::Insert, Lsn(commit - 9 + i as u64));
+            e.schema = Some(Arc::from("public"));
+            e.table = Some(Arc::from(*t));
+            e.commit_lsn = Lsn(commit);
+            v.push(e);
+        }
+        let mut c = Event::new(Op::Commit, Lsn(commit));
+        c.commit_lsn = Lsn(commit);
+        c.end_lsn = Some(Lsn(end));
+        v.push(c);
+        v
+    }
+
+    fn ops(seen: &Arc<Mutex<Vec<Event>>>) -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {}", e.op, e.table()))
+            .collect()
+    }
+
+    #[test]
+    fn transactions_with_nothing_accepted_print_nothing() {
+        let f = Filter::new(
+            Some(&[("public".to_string(), "orders".to_string())]),
+            OpSet::all(),
+        );
+        let (mut out, seen) = output(f, None);
+        for e in txn(100, 110, &["users"])
+            .into_iter()
+            .chain(txn(200, 210, &["orders"]))
+        {
+            out.emit(e);
+        }
+        assert_eq!(ops(&seen), vec!["BEGIN ", "INSERT orders", "COMMIT "]);
+        // Both transactions count towards the durable position, shown or not.
+        out.flush().unwrap();
+        assert_eq!(out.durable, Lsn(210));
+    }
+
+    #[test]
+    fn endpos_stops_before_later_commits() {
+        let (mut out, seen) = output(Filter::new(None, OpSet::all()), Some(Lsn(205)));
+        for e in txn(100, 110, &["a"])
+            .into_iter()
+            .chain(txn(200, 210, &["b"]))
+            .chain(txn(300, 310, &["c"]))
+        {
+            out.emit(e);
+        }
+        assert!(out.done);
+        // The commit at 200 is before the end position, so it is included; 300 is not.
+        assert_eq!(
+            ops(&seen),
+            vec![
+                "BEGIN ", "INSERT a", "COMMIT ", "BEGIN ", "INSERT b", "COMMIT "
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failing_sink_stops_and_confirms_nothing_after_it() {
+        struct Broken;
+        impl Sink for Broken {
+            fn write(&mut self, _: &Event) -> Result<()> {
+                Err(Error::Sink {
+                    target: "disk".into(),
+                    source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+                })
+            }
+            fn flush(&mut self) -> Result<()> {
+                Ok(())
+            }
+            fn describe(&self) -> String {
+                "broken".into()
+            }
+        }
+        let (mut out, _) = output(Filter::new(None, OpSet::all()), None);
+        out.sinks = vec![Box::new(Broken)];
+        for e in txn(100, 110, &["a"]) {
+            out.emit(e);
+        }
+        let err = out.flush().unwrap_err().to_string();
+        assert!(err.contains("disk is full"), "{err}");
+        assert_eq!(
+            out.durable,
+            Lsn::ZERO,
+            "nothing may be confirmed past a failed write"
+        );
+    }
+}

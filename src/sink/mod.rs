@@ -1,0 +1,26 @@
+//! Sinks: where events go. Each sink is small and in its own file.
+//!
+//! A sink is written to from the pipeline's decode thread. `write` may buffer; `flush` makes
+//! everything written so far as durable as the sink can make it (fsync for files). The pipeline
+//! confirms a WAL position to the server only after every sink has flushed past it, so a sink
+//! that fails to flush stops the run before anything it lost is confirmed.
+
+mod jsonl;
+mod terminal;
+
+pub use jsonl::JsonlSink;
+pub use terminal::TerminalSink;
+
+use crate::error::Result;
+use crate::event::Event;
+
+pub trait Sink: Send {
+    /// Accept one event (already filtered).
+    fn write(&mut self, event: &Event) -> Result<()>;
+
+    /// Make everything written so far durable (or at least delivered, for stdout).
+    fn flush(&mut self) -> Result<()>;
+
+    /// A short name for messages: `stdout`, the file path, the broker list.
+    fn describe(&self) -> String;
+}

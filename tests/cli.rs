@@ -1,0 +1,228 @@
+//! The command line against a real server: help, errors with exit code 2 and one clear line,
+//! a live run stopped by SIGTERM that leaves nothing behind, and a closed stdout pipe.
+
+mod harness;
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use harness::{dsn, run_expecting, sql, walwatch};
+use walwatch::scratch::{ScratchCluster, ScratchOptions};
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The error line walwatch prints (the last line of stderr), checked to be one line.
+fn error_line(out: &std::process::Output) -> String {
+    let err = stderr_of(out);
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("walwatch: error:"))
+        .unwrap_or_else(|| panic!("no `walwatch: error:` line in stderr:\n{err}"));
+    line.to_string()
+}
+
+#[test]
+fn help_lists_the_options_and_examples() {
+    let out = run_expecting(&["--help"], 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "--dsn", "--tables", "--ops", "--slot", "--endpos", "--format", "demo", "Examples",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_dsn_is_a_clear_error() {
+    let out = run_expecting(
+        &[
+            "--dsn",
+            "postgres://u@127.0.0.1:notaport/db",
+            "--tables",
+            "t",
+        ],
+        2,
+    );
+    let line = error_line(&out);
+    assert!(line.contains("port"), "{line}");
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    // Port 1 on loopback: nothing listens there.
+    let out = run_expecting(
+        &[
+            "--dsn",
+            "postgres://u:secret@127.0.0.1:1/db",
+            "--tables",
+            "t",
+        ],
+        2,
+    );
+    let line = error_line(&out);
+    assert!(
+        line.contains("127.0.0.1") && line.contains("running"),
+        "expected a hint that the server may not be running: {line}"
+    );
+    assert!(
+        !stderr_of(&out).contains("secret"),
+        "the password leaked: {}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_role_without_replication_is_told_how_to_fix_it() {
+    let c = support::cluster();
+    let dsn = format!(
+        "postgres://walwatch_norepl:walwatch-test-password@127.0.0.1:{}/walwatch",
+        c.port()
+    );
+    let out = run_expecting(&["--dsn", &dsn, "--tables", "t"], 2);
+    let line = error_line(&out);
+    assert!(line.contains("REPLICATION"), "{line}");
+}
+
+#[test]
+fn a_server_without_logical_wal_level_is_refused() {
+    let cluster = ScratchCluster::start(ScratchOptions {
+        wal_level: "replica".into(),
+        ..ScratchOptions::default()
+    })
+    .expect("start a wal_level=replica cluster");
+    let out = run_expecting(&["--dsn", &cluster.dsn("walwatch"), "--tables", "t"], 2);
+    let line = error_line(&out);
+    assert!(
+        line.contains("wal_level") && line.contains("logical"),
+        "{line}"
+    );
+    cluster.stop().expect("stop cluster");
+}
+
+/// Reads stdout lines on a thread so the test can wait on them with a deadline.
+fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until walwatch (by PID) has created its temporary slot: from then on, every commit
+/// reaches it.
+fn wait_for_slot(pid: u32) -> String {
+    support::wait_until("walwatch's temporary slot", Duration::from_secs(30), || {
+        let out = support::cluster()
+            .psql(
+                "walwatch",
+                &format!(
+                    "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'walwatch\\_{pid}\\_%'"
+                ),
+            )
+            .ok()?;
+        let name = out.trim().to_string();
+        (!name.is_empty()).then_some(name)
+    })
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    support::wait_until("walwatch to exit", within, || {
+        child.try_wait().ok().flatten()
+    })
+}
+
+#[test]
+fn live_run_stops_on_sigterm_and_leaves_nothing_behind() {
+    let t = support::unique_name("live");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, item text);"
+    ));
+    let mut child = walwatch()
+        .args(["--dsn", &dsn(), "--tables", &t, "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch");
+    let pid = child.id();
+    let lines = line_reader(&mut child);
+    let slot = wait_for_slot(pid);
+    sql(&format!("INSERT INTO {t} VALUES (1, 'book');"));
+    let insert = support::wait_until("the INSERT on stdout", Duration::from_secs(30), || {
+        lines
+            .try_recv()
+            .ok()
+            .filter(|l| l.contains("\"op\":\"INSERT\""))
+    });
+    let event: serde_json::Value = serde_json::from_str(&insert).unwrap();
+    harness::assert_valid(&event);
+    assert_eq!(event["data"], serde_json::json!({"id": 1, "item": "book"}));
+
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    let leftovers = support::cluster()
+        .psql(
+            "walwatch",
+            &format!(
+                "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE slot_name = '{slot}'
+                 UNION ALL SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'walwatch\\_{pid}\\_%'"
+            ),
+        )
+        .unwrap();
+    assert_eq!(leftovers.trim(), "", "walwatch left these behind");
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let t = support::unique_name("pipe");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let mut child = walwatch()
+        .args(["--dsn", &dsn(), "--tables", &t, "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch");
+    let pid = child.id();
+    let lines = line_reader(&mut child);
+    wait_for_slot(pid);
+    sql(&format!("INSERT INTO {t} VALUES (1);"));
+    support::wait_until("the first line", Duration::from_secs(30), || {
+        lines.try_recv().ok()
+    });
+    drop(lines); // like `| head -1`: the reader goes away and the pipe closes
+    // Keep writing until walwatch notices the closed pipe.
+    let mut n = 2;
+    let status = support::wait_until(
+        "walwatch to exit on the closed pipe",
+        Duration::from_secs(30),
+        || {
+            sql(&format!(
+                "INSERT INTO {t} SELECT g FROM generate_series({n}, {}) g;",
+                n + 999
+            ));
+            n += 1000;
+            child.try_wait().ok().flatten()
+        },
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a closed pipe is not an error; stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("error"), "stderr:\n{stderr}");
+}

@@ -1,0 +1,162 @@
+//! Helpers for integration tests that run the `walwatch` binary against the shared test
+//! cluster: create a slot, run a workload, drain the slot to JSON, validate against the schema.
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::support;
+
+/// The `walwatch` binary built for this test run.
+pub fn walwatch() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_walwatch"));
+    // Tests must not pick up the developer's libpq settings.
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGPASSFILE",
+        "PGSERVICE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    cmd
+}
+
+/// Runs walwatch to completion and returns its output; panics with stderr if it exited
+/// with another code than `expect_code`.
+pub fn run_expecting(args: &[&str], expect_code: i32) -> Output {
+    let out = walwatch().args(args).output().expect("spawn walwatch");
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(
+        code,
+        expect_code,
+        "walwatch {args:?} exited {code}, expected {expect_code}\nstderr:\n{}\nstdout (first 2000 bytes):\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+            .chars()
+            .take(2000)
+            .collect::<String>()
+    );
+    out
+}
+
+/// The DSN of the shared cluster's test database, as the non-superuser replication role.
+pub fn dsn() -> String {
+    support::cluster().dsn("walwatch")
+}
+
+/// Runs SQL as the table-owning role `walwatch` (so it may create publications on the tables).
+pub fn sql(statements: &str) -> String {
+    support::cluster()
+        .psql("walwatch", &format!("SET ROLE walwatch;\n{statements}"))
+        .unwrap_or_else(|e| panic!("SQL failed: {e}\n--- SQL ---\n{statements}"))
+}
+
+/// Creates permanent slot `slot` for `tables` (walwatch --slot S --endpos now exits at once).
+pub fn create_slot(slot: &str, tables: &str) {
+    run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            slot,
+            "--tables",
+            tables,
+            "--endpos",
+            "now",
+        ],
+        0,
+    );
+}
+
+/// Drains `slot` up to the current WAL position as JSON events (each validated against
+/// `schemas/event.schema.json`), then drops the slot and its publication.
+pub fn drain(slot: &str, tables: &str, extra: &[&str]) -> Vec<Value> {
+    let dsn = dsn();
+    let mut args = vec![
+        "--dsn", &dsn, "--slot", slot, "--tables", tables, "--endpos", "now", "--format", "json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_expecting(&args, 0);
+    let events = parse_jsonl(&out.stdout);
+    drop_slot(slot);
+    events
+}
+
+/// Parses JSONL and validates every line against the event schema.
+pub fn parse_jsonl(bytes: &[u8]) -> Vec<Value> {
+    let text = std::str::from_utf8(bytes).expect("output is UTF-8");
+    text.lines()
+        .map(|line| {
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert_valid(&v);
+            v
+        })
+        .collect()
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/event.schema.json"))
+            .expect("schema is JSON");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    })
+}
+
+/// Panics with every violation if `event` does not match the schema.
+pub fn assert_valid(event: &Value) {
+    let errors: Vec<String> = validator()
+        .iter_errors(event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "event violates schemas/event.schema.json:\n{}\nevent: {event}",
+        errors.join("\n")
+    );
+}
+
+/// Drops a slot and walwatch's publication for it, ignoring either being gone.
+pub fn drop_slot(slot: &str) {
+    support::cluster()
+        .psql(
+            "walwatch",
+            &format!(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';
+                 DROP PUBLICATION IF EXISTS walwatch_{slot};"
+            ),
+        )
+        .expect("drop slot");
+}
+
+/// The change events (no BEGIN/COMMIT) of a list.
+pub fn changes(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| !matches!(e["op"].as_str(), Some("BEGIN" | "COMMIT")))
+        .collect()
+}
+
+/// `op table` summaries, for readable assertions on order.
+pub fn summary(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["table"].as_str() {
+            Some(t) => format!(
+                "{} {}.{}",
+                e["op"].as_str().unwrap(),
+                e["schema"].as_str().unwrap(),
+                t
+            ),
+            None => e["op"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
