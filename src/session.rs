@@ -173,7 +173,7 @@ async fn stream_with_publication(
                     slot: slot_name,
                 });
             }
-            Some(catalog::current_flush_lsn(meta).await?)
+            Some(catalog::current_wal_lsn(meta).await?)
         }
     };
 

@@ -289,11 +289,13 @@ pub async fn load_types(client: &Client) -> Result<TypeRegistry> {
     Ok(reg)
 }
 
-/// The server's WAL flush position: what `--endpos now` means. Flush, not insert: the
-/// walsender only sends WAL that is flushed.
-pub async fn current_flush_lsn(client: &Client) -> Result<Lsn> {
+/// The server's WAL insert position: what `--endpos now` means. Insert, not flush: with
+/// `synchronous_commit = off` a commit returns before its WAL is flushed, and "now" must still
+/// include it. The walsender sends it once the WAL writer has flushed it (within
+/// 3 x wal_writer_delay).
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
     let row = client
-        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await?;
     let text: String = row.get(0);
     text.parse()

@@ -94,22 +94,21 @@ impl ServerError {
 }
 
 impl fmt::Display for ServerError {
+    /// One line, because the CLI prints errors as one line: what the server said, what to do,
+    /// then the server's own detail and hint.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "server {}: {} (SQLSTATE {})",
-            self.severity, self.message, self.code
-        )?;
+        write!(f, "{}", self.message)?;
+        if let Some(a) = &self.advice {
+            write!(f, ": {a}")?;
+        }
+        write!(f, " (server {} {}", self.severity, self.code)?;
         if let Some(d) = &self.detail {
-            write!(f, "\n  detail: {d}")?;
+            write!(f, "; detail: {}", d.replace('\n', " "))?;
         }
         if let Some(h) = &self.hint {
-            write!(f, "\n  hint: {h}")?;
+            write!(f, "; hint: {}", h.replace('\n', " "))?;
         }
-        if let Some(a) = &self.advice {
-            write!(f, "\n  what to do: {a}")?;
-        }
-        Ok(())
+        f.write_str(")")
     }
 }
 
@@ -449,6 +448,6 @@ mod tests {
         // Unknown errors carry no advice but keep the server's text.
         let s = err("42601", "syntax error at or near \"x\"").to_string();
         assert!(!s.contains("what to do"));
-        assert!(s.contains("SQLSTATE 42601"));
+        assert!(s.contains("42601"), "{s}");
     }
 }
