@@ -39,7 +39,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let cluster = tokio::task::spawn_blocking(|| ScratchCluster::start(ScratchOptions::default()))
         .await
         .context("the cluster start-up task failed")??;
-    tracing::info!(port = cluster.port(), "PostgreSQL is up");
+    tracing::info!(
+        "PostgreSQL is up on 127.0.0.1:{}, data directory {}",
+        cluster.port(),
+        cluster.handle().root_dir().display()
+    );
     let result = watch(&cluster, &args).await;
     tracing::info!("stopping PostgreSQL and removing its directory");
     tokio::task::spawn_blocking(move || cluster.stop())
@@ -126,7 +130,7 @@ async fn traffic(client: tokio_postgres::Client) -> anyhow::Result<()> {
                  COMMIT;",
             )
             .await?;
-        if tick % 7 == 0 {
+        if tick.is_multiple_of(7) {
             client
                 .execute(
                     "DELETE FROM orders WHERE id = (SELECT min(id) FROM orders)",

@@ -22,9 +22,38 @@ impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
 }
 
+impl Lsn {
+    /// Writes the `16/B374D848` form into `buf`, returning the used prefix.
+    pub(crate) fn format_into(self, buf: &mut [u8; 17]) -> &str {
+        const HEXU: &[u8; 16] = b"0123456789ABCDEF";
+        fn half(mut v: u32, out: &mut [u8]) -> usize {
+            let mut tmp = [0u8; 8];
+            let mut n = 0;
+            loop {
+                tmp[n] = HEXU[(v & 15) as usize];
+                n += 1;
+                v >>= 4;
+                if v == 0 {
+                    break;
+                }
+            }
+            for i in 0..n {
+                out[i] = tmp[n - 1 - i];
+            }
+            n
+        }
+        let hi = half((self.0 >> 32) as u32, &mut buf[..]);
+        buf[hi] = b'/';
+        let lo = half(self.0 as u32, &mut buf[hi + 1..]);
+        // Only ASCII hex digits and '/' were written.
+        std::str::from_utf8(&buf[..hi + 1 + lo]).unwrap_or("0/0")
+    }
+}
+
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+        let mut buf = [0u8; 17];
+        f.write_str(self.format_into(&mut buf))
     }
 }
 
@@ -49,7 +78,8 @@ impl FromStr for Lsn {
 
 impl Serialize for Lsn {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = [0u8; 17];
+        s.serialize_str(self.format_into(&mut buf))
     }
 }
 
@@ -87,8 +117,48 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+impl Timestamp {
+    /// Writes `YYYY-MM-DDTHH:MM:SS.ffffffZ` into `buf` (years 0 to 9999; others fall back to
+    /// the general formatter).
+    pub(crate) fn format_into(self, buf: &mut [u8; 27]) -> Option<&str> {
+        let us = self.unix_micros();
+        let secs = us.div_euclid(1_000_000);
+        let micros = us.rem_euclid(1_000_000) as u32;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let sod = secs.rem_euclid(86_400) as u32;
+        fn put(buf: &mut [u8], mut v: u32, width: usize) {
+            for i in (0..width).rev() {
+                buf[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        }
+        put(&mut buf[0..4], y as u32, 4);
+        buf[4] = b'-';
+        put(&mut buf[5..7], m, 2);
+        buf[7] = b'-';
+        put(&mut buf[8..10], d, 2);
+        buf[10] = b'T';
+        put(&mut buf[11..13], sod / 3600, 2);
+        buf[13] = b':';
+        put(&mut buf[14..16], (sod / 60) % 60, 2);
+        buf[16] = b':';
+        put(&mut buf[17..19], sod % 60, 2);
+        buf[19] = b'.';
+        put(&mut buf[20..26], micros, 6);
+        buf[26] = b'Z';
+        std::str::from_utf8(&buf[..]).ok()
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 27];
+        if let Some(s) = self.format_into(&mut buf) {
+            return f.write_str(s);
+        }
         let us = self.unix_micros();
         let secs = us.div_euclid(1_000_000);
         let micros = us.rem_euclid(1_000_000);
@@ -107,7 +177,11 @@ impl fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = [0u8; 27];
+        match self.format_into(&mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -484,10 +558,12 @@ impl Event {
     }
 
     /// Serialise as one line of JSONL (without the newline) into `out`.
+    ///
+    /// The hot path of every JSON sink: written directly, with the envelope's keys as constant
+    /// bytes and positions formatted without `core::fmt`. It produces exactly what the
+    /// `Serialize` impl produces (a test checks both on every kind of value).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Serialising into a Vec<u8> cannot fail: every map key is a string and every number
-        // is finite (non-finite floats are written as strings).
-        serde_json::to_writer(out, self).expect("event serialisation into memory cannot fail");
+        crate::event_json::write_event(self, out);
     }
 
     /// The event as a JSON string.

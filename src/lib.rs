@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod event;
+mod event_json;
 pub mod pg;
 pub mod scratch;
 

@@ -53,6 +53,22 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("stopping");
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the message already
+/// holds (walwatch's own errors already say what their source said).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
@@ -86,7 +102,7 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("walwatch: error: {e:#}");
+            eprintln!("walwatch: error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }

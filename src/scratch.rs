@@ -27,6 +27,7 @@
 //! `WALWATCH_PG_BIN` when set, else from the highest `/usr/lib/postgresql/<version>/bin`, else from
 //! `pg_config --bindir`, else from the `PATH`.
 
+pub use crate::pg::quote::{quote_ident, quote_literal};
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt::Write as _;
 use std::fs;
@@ -272,16 +273,6 @@ fn run(mut cmd: Command) -> Result<Output, ScratchError> {
             output,
         })
     }
-}
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes an SQL (or postgresql.conf) string literal.
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// Quotes a libpq key=value connection-string value.

@@ -11,13 +11,6 @@ mod support;
 use harness::{changes, create_slot, drain, sql, summary};
 use serde_json::{Value, json};
 
-fn row_of<'a>(events: &'a [&'a Value], op: &str) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["op"] == op)
-        .unwrap_or_else(|| panic!("no {op} in {:#?}", events))
-}
-
 #[test]
 fn every_type_is_decoded_to_its_exact_value() {
     let t = support::unique_name("types");
@@ -307,4 +300,158 @@ fn logical_messages_arrive_in_order() {
     );
     // Every event of a transaction carries its commit LSN.
     assert_eq!(events[1]["commit_lsn"], events[4]["commit_lsn"]);
+}
+
+#[test]
+fn terminal_format_is_one_readable_line_per_change() {
+    let t = support::unique_name("term");
+    let slot = support::unique_name("slot");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, item text, amount numeric(10,2), status text);
+         ALTER TABLE {t} REPLICA IDENTITY FULL;"
+    ));
+    create_slot(&slot, &t);
+    sql(&format!(
+        "INSERT INTO {t} VALUES (1, 'book', 12.50, 'new');
+         UPDATE {t} SET status = 'shipped' WHERE id = 1;
+         DELETE FROM {t} WHERE id = 1;"
+    ));
+    let dsn = harness::dsn();
+    let out = harness::run_expecting(
+        &[
+            "--dsn", &dsn, "--slot", &slot, "--tables", &t, "--endpos", "now", "--format",
+            "terminal",
+        ],
+        0,
+    );
+    harness::drop_slot(&slot);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("MESSAGE") && !l.is_empty())
+        .collect();
+    let changes: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("──"))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            format!("INSERT public.{t} id=1 item='book' amount=12.50 status='new'"),
+            format!("UPDATE public.{t} id=1 status: 'new' → 'shipped'"),
+            format!("DELETE public.{t} id=1 item='book' amount=12.50 status='shipped'"),
+        ],
+        "terminal output:\n{text}"
+    );
+    assert!(lines[0].starts_with("── BEGIN xid "), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
+}
+
+#[test]
+fn an_existing_publication_is_used_and_checked() {
+    let t = support::unique_name("pubd");
+    let u = support::unique_name("unpub");
+    let p = support::unique_name("pub");
+    let slot = support::unique_name("slot");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY); CREATE TABLE {u} (id int PRIMARY KEY);
+         CREATE PUBLICATION {p} FOR TABLE {t};"
+    ));
+    // A table the publication does not publish: a definite error naming the fix.
+    let out = harness::run_expecting(
+        &[
+            "--dsn",
+            &harness::dsn(),
+            "--tables",
+            &u,
+            "--publication",
+            &p,
+        ],
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&u) && err.contains("ALTER PUBLICATION"),
+        "{err}"
+    );
+    // A publication that does not exist.
+    let out = harness::run_expecting(
+        &[
+            "--dsn",
+            &harness::dsn(),
+            "--tables",
+            &t,
+            "--publication",
+            "no_such_pub",
+        ],
+        2,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no_such_pub") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    harness::run_expecting(
+        &[
+            "--dsn",
+            &harness::dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--publication",
+            &p,
+            "--endpos",
+            "now",
+        ],
+        0,
+    );
+    sql(&format!(
+        "INSERT INTO {t} VALUES (1); INSERT INTO {u} VALUES (1);"
+    ));
+    let events = drain(&slot, &t, &["--publication", &p]);
+    let ch = changes(&events);
+    assert_eq!(ch.len(), 1, "{ch:#?}");
+    assert_eq!(ch[0]["table"], t.as_str());
+    sql(&format!("DROP PUBLICATION {p};"));
+}
+
+#[test]
+fn watching_every_table_needs_a_superuser_or_a_publication() {
+    // The test role is not a superuser: a clear error naming both ways out.
+    let out = harness::run_expecting(&["--dsn", &harness::dsn()], 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FOR ALL TABLES") && err.contains("--tables") && err.contains("--publication"),
+        "{err}"
+    );
+
+    // A superuser may: every table's changes arrive, and the publication is dropped after.
+    let c = support::cluster();
+    let admin = c.admin_dsn("walwatch");
+    let t = support::unique_name("anyt");
+    let slot = support::unique_name("slot");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    harness::run_expecting(&["--dsn", &admin, "--slot", &slot, "--endpos", "now"], 0);
+    sql(&format!("INSERT INTO {t} VALUES (42);"));
+    let out = harness::run_expecting(
+        &[
+            "--dsn", &admin, "--slot", &slot, "--endpos", "now", "--format", "json", "--ops",
+            "insert",
+        ],
+        0,
+    );
+    harness::drop_slot(&slot);
+    let events = harness::parse_jsonl(&out.stdout);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["table"] == t.as_str() && e["data"]["id"] == 42),
+        "the insert into {t} is missing from {events:#?}"
+    );
 }

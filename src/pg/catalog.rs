@@ -2,6 +2,7 @@
 //! connection): checking the server is set up for logical decoding, resolving `--tables`,
 //! managing the publication and loading user types.
 
+use crate::pg::quote::{quote_ident, quote_literal};
 use tokio_postgres::Client;
 
 use crate::decode::TypeRegistry;
@@ -18,16 +19,6 @@ pub struct ServerInfo {
     pub user: String,
     pub is_superuser: bool,
     pub search_path: Vec<String>,
-}
-
-/// `"ident"`: a double-quoted SQL identifier.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'literal'`: a single-quoted SQL string (standard_conforming_strings is on since 9.1).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Reads server facts and refuses a server that cannot do logical decoding.
@@ -360,12 +351,6 @@ pub async fn open_writers(client: &Client) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-    }
 
     #[test]
     fn publication_targets() {

@@ -4,6 +4,7 @@
 //! Mainline tokio-postgres cannot open a replication connection, so this speaks the protocol
 //! itself with `postgres-protocol`'s message codecs.
 
+use crate::pg::quote::{quote_ident, quote_literal};
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -661,17 +662,6 @@ pub fn parse_server_version(v: &str) -> Option<u32> {
         let patch = parts.next().and_then(Result::ok).unwrap_or(0);
         Some(major * 10000 + minor * 100 + patch)
     }
-}
-
-/// `"name"` with embedded `"` doubled (the replication grammar's quoted identifier).
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-/// `'value'` with embedded `'` doubled (the replication grammar's string literal; it has no
-/// backslash escapes, as with standard_conforming_strings).
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The START_REPLICATION command for a logical slot.

@@ -4,5 +4,6 @@ pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod params;
+pub mod quote;
 pub mod slot;
 pub mod stream;

@@ -2,8 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::event::Lsn;
-use crate::pg::catalog::{quote_ident, quote_literal};
 use crate::pg::conn::ReplConn;
+use crate::pg::quote::{quote_ident, quote_literal};
 
 /// The highest pgoutput `proto_version` a server supports (PostgreSQL docs, 55.5 "Logical
 /// Streaming Replication Parameters"): 1 from PostgreSQL 10, 2 (streaming of in-progress

@@ -121,47 +121,49 @@ impl<W: Write + Send> TerminalSink<W> {
         }
     }
 
-    /// Key columns first; then, when the old row is known, only the columns that changed as
-    /// `col: old → new`; otherwise every new value.
+    /// The row's label first (its key columns; under REPLICA IDENTITY FULL, where the server
+    /// marks every column as key, the first column); then, when the old row is known, only the
+    /// columns that changed as `col: old → new`; otherwise every other new value.
     fn render_update(&mut self, e: &Event) {
         let Some(new) = &e.data else { return };
-        let key_names: Vec<&str> = e
-            .key
-            .as_ref()
-            .map(|k| k.columns.iter().map(|c| &*c.name).collect())
-            .unwrap_or_default();
-        if let Some(key) = &e.key {
-            push_row(&mut self.line, key, None);
-        }
-        match &e.old {
-            Some(old) if old.len() > key_names.len() => {
-                for c in &new.columns {
-                    match old.get(&c.name) {
-                        Some(before) if before != &c.value => {
-                            let _ = write!(self.line, " {}: ", c.name);
-                            push_value(&mut self.line, before);
-                            self.line.push_str(" → ");
-                            push_value(&mut self.line, &c.value);
-                        }
-                        _ => {}
+        let key_names: Vec<&str> = match &e.key {
+            Some(k) if k.len() < new.len() => k.columns.iter().map(|c| &*c.name).collect(),
+            _ => new.columns.first().map(|c| &*c.name).into_iter().collect(),
+        };
+        for c in &new.columns {
+            if key_names.contains(&&*c.name) {
+                let before = e.old.as_ref().and_then(|o| o.get(&c.name));
+                match before {
+                    Some(b) if b != &c.value => {
+                        let _ = write!(self.line, " {}: ", c.name);
+                        push_value(&mut self.line, b);
+                        self.line.push_str(" → ");
+                        push_value(&mut self.line, &c.value);
+                    }
+                    _ => {
+                        let _ = write!(self.line, " {}=", c.name);
+                        push_value(&mut self.line, &c.value);
                     }
                 }
             }
-            old => {
-                // Old key columns that changed (a 'K' tuple is sent only on a key change).
-                if let Some(old) = old {
-                    for c in &old.columns {
-                        if let Some(now) = new.get(&c.name)
-                            && now != &c.value
-                        {
-                            let _ = write!(self.line, " {}: ", c.name);
-                            push_value(&mut self.line, &c.value);
-                            self.line.push_str(" → ");
-                            push_value(&mut self.line, now);
-                        }
-                    }
+        }
+        let full_old = e.old.as_ref().filter(|o| o.len() >= new.len());
+        for c in &new.columns {
+            if key_names.contains(&&*c.name) {
+                continue;
+            }
+            match full_old.map(|o| o.get(&c.name)) {
+                Some(Some(before)) if before == &c.value => {}
+                Some(Some(before)) => {
+                    let _ = write!(self.line, " {}: ", c.name);
+                    push_value(&mut self.line, before);
+                    self.line.push_str(" → ");
+                    push_value(&mut self.line, &c.value);
                 }
-                push_row(&mut self.line, new, Some(&key_names));
+                _ => {
+                    let _ = write!(self.line, " {}=", c.name);
+                    push_value(&mut self.line, &c.value);
+                }
             }
         }
         for name in &e.unchanged {
@@ -315,6 +317,37 @@ mod tests {
             render(&e),
             "UPDATE public.orders id=1 status: 'new' → 'shipped'\n"
         );
+    }
+
+    #[test]
+    fn update_under_replica_identity_full_is_labelled_by_its_first_column() {
+        let full = |status: &str| {
+            row(&[
+                ("id", Value::Int(1)),
+                ("status", Value::Text(status.into())),
+                ("item", Value::Text("book".into())),
+            ])
+        };
+        let mut e = change(Op::Update);
+        e.key = Some(full("shipped"));
+        e.old = Some(full("new"));
+        e.data = Some(full("shipped"));
+        assert_eq!(
+            render(&e),
+            "UPDATE public.orders id=1 status: 'new' → 'shipped'\n"
+        );
+    }
+
+    #[test]
+    fn a_key_change_shows_old_and_new_key() {
+        let mut e = change(Op::Update);
+        e.key = Some(row(&[("id", Value::Int(2))]));
+        e.old = Some(row(&[("id", Value::Int(1))]));
+        e.data = Some(row(&[
+            ("id", Value::Int(2)),
+            ("status", Value::Text("x".into())),
+        ]));
+        assert_eq!(render(&e), "UPDATE public.orders id: 1 → 2 status='x'\n");
     }
 
     #[test]

@@ -1,0 +1,263 @@
+//! The fast JSON writer for [`Event`]: the hot path of every JSON sink.
+//!
+//! It writes the same bytes as `serde_json::to_writer(event)` through the `Serialize` impls in
+//! `event.rs` (the reference), but without serde's map machinery: the envelope's keys are
+//! constant bytes, integers go through `itoa`, positions and timestamps are formatted on the
+//! stack, and strings are escaped by serde_json's own escaper.
+
+use crate::event::{Event, Row, Value, bytea_hex};
+
+/// A JSON string, escaped exactly as serde_json escapes: `"` and backslash, the short escapes
+/// for backspace, form feed, newline, return and tab, other control characters as `\u00xx`;
+/// everything else verbatim.
+fn string(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 15) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(esc);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(v).as_bytes());
+}
+
+fn row(out: &mut Vec<u8>, r: &Row) {
+    out.push(b'{');
+    for (i, c) in r.columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, &c.name);
+        out.push(b':');
+        value(out, &c.value);
+    }
+    out.push(b'}');
+}
+
+fn opt_row(out: &mut Vec<u8>, r: Option<&Row>) {
+    match r {
+        Some(r) => row(out, r),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Int(i) => int(out, *i),
+        Value::Float(_) => {
+            // Rare enough to go through serde (non-finite values become strings there).
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        Value::Bytea(b) => string(out, &bytea_hex(b)),
+        Value::Json(j) => out.extend_from_slice(j.get().as_bytes()),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                value(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Numeric(t)
+        | Value::Text(t)
+        | Value::Uuid(t)
+        | Value::Date(t)
+        | Value::Time(t)
+        | Value::TimeTz(t)
+        | Value::Timestamp(t)
+        | Value::TimestampTz(t)
+        | Value::Interval(t)
+        | Value::Other(t) => string(out, t),
+    }
+}
+
+pub(crate) fn write_event(e: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"type\":\"wal\",\"op\":\"");
+    out.extend_from_slice(e.op.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"schema\":");
+    opt_string(out, e.schema.as_deref());
+    out.extend_from_slice(b",\"table\":");
+    opt_string(out, e.table.as_deref());
+    let mut lsn = [0u8; 17];
+    out.extend_from_slice(b",\"lsn\":\"");
+    out.extend_from_slice(e.lsn.format_into(&mut lsn).as_bytes());
+    out.extend_from_slice(b"\",\"commit_lsn\":\"");
+    out.extend_from_slice(e.commit_lsn.format_into(&mut lsn).as_bytes());
+    out.extend_from_slice(b"\",\"xid\":");
+    match e.xid {
+        Some(x) => int(out, x),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"ts\":");
+    match e.ts {
+        Some(ts) => {
+            let mut buf = [0u8; 27];
+            match ts.format_into(&mut buf) {
+                Some(text) => {
+                    out.push(b'"');
+                    out.extend_from_slice(text.as_bytes());
+                    out.push(b'"');
+                }
+                None => string(out, &ts.to_string()),
+            }
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"data\":");
+    match &e.message {
+        Some(m) => {
+            let _ = serde_json::to_writer(&mut *out, m);
+        }
+        None => opt_row(out, e.data.as_ref()),
+    }
+    out.extend_from_slice(b",\"old\":");
+    opt_row(out, e.old.as_ref());
+    out.extend_from_slice(b",\"key\":");
+    opt_row(out, e.key.as_ref());
+    out.extend_from_slice(b",\"unchanged\":[");
+    for (i, name) in e.unchanged.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, name);
+    }
+    out.extend_from_slice(b"]}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::event::{Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
+
+    fn row(cols: Vec<(&str, Value)>) -> Row {
+        Row {
+            columns: cols
+                .into_iter()
+                .map(|(n, value)| Column {
+                    name: Arc::from(n),
+                    value,
+                })
+                .collect(),
+        }
+    }
+
+    /// The fast writer and the serde reference agree on every kind of value and field.
+    #[test]
+    fn fast_writer_matches_the_serde_reference() {
+        let values = vec![
+            ("null", Value::Null),
+            ("t", Value::Bool(true)),
+            ("f", Value::Bool(false)),
+            ("min", Value::Int(i64::MIN)),
+            ("max", Value::Int(i64::MAX)),
+            ("float", Value::Float(0.1)),
+            ("neg0", Value::Float(-0.0)),
+            ("nan", Value::Float(f64::NAN)),
+            ("inf", Value::Float(f64::INFINITY)),
+            ("num", Value::Numeric("-12.50".into())),
+            (
+                "text",
+                Value::Text("quote \" backslash \\ nl \n tab \t ctrl \u{1} é ✓".into()),
+            ),
+            ("bytea", Value::Bytea(vec![0, 0xff, 0x10])),
+            (
+                "json",
+                Value::Json(JsonText::new("{\"a\":[1,{\"b\":null}]}".into()).unwrap()),
+            ),
+            (
+                "uuid",
+                Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            ),
+            ("date", Value::Date("0044-03-15 BC".into())),
+            ("tstz", Value::TimestampTz("2026-11-22T03:22:01.5Z".into())),
+            (
+                "arr",
+                Value::Array(vec![Value::Int(1), Value::Null, Value::Array(vec![])]),
+            ),
+            ("other", Value::Other("(1,2)".into())),
+            ("名前 \"q\"", Value::Text(String::new())),
+        ];
+        let mut events = Vec::new();
+        for op in [
+            Op::Insert,
+            Op::Update,
+            Op::Delete,
+            Op::Truncate,
+            Op::Begin,
+            Op::Commit,
+        ] {
+            let mut e = Event::new(op, Lsn(0xFFFF_FFFF_0000_0010));
+            e.commit_lsn = Lsn(0x1_0000_0000);
+            e.xid = Some(u32::MAX);
+            e.ts = Some(Timestamp::from_unix_micros(1_795_317_721_000_001));
+            if op.is_change() {
+                e.schema = Some(Arc::from("pub\"lic"));
+                e.table = Some(Arc::from("orders"));
+                e.data = Some(row(values.clone()));
+                e.key = Some(row(vec![("id", Value::Int(1))]));
+                e.old = Some(row(vec![("id", Value::Int(0))]));
+                e.unchanged = vec![Arc::from("big"), Arc::from("b\"ig")];
+            }
+            events.push(e);
+        }
+        let mut m = Event::new(Op::Message, Lsn(0));
+        m.message = Some(LogicalMessage {
+            transactional: false,
+            prefix: "p".into(),
+            content: vec![0xff, 0],
+        });
+        events.push(m);
+        let mut far = Event::new(Op::Begin, Lsn(1));
+        far.ts = Some(Timestamp(i64::MAX / 2)); // beyond year 9999: the general formatter
+        events.push(far);
+        for e in &events {
+            let mut fast = Vec::new();
+            e.write_json(&mut fast);
+            let reference = serde_json::to_vec(e).unwrap();
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                String::from_utf8(reference).unwrap()
+            );
+        }
+    }
+}
