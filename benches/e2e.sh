@@ -78,6 +78,14 @@ workload() {
   esac
 }
 
+# BEGIN + rows + COMMIT per transaction.
+expected_lines() {
+  case "$1" in
+    big) echo $((ROWS_BIG + 2)) ;;
+    small) echo $((TXNS_SMALL * 3)) ;;
+  esac
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 results=()
@@ -88,12 +96,18 @@ for w in big small; do
     "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos now
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --create-slot -P pgoutput
     workload "$w" >/dev/null
-    END=$(psql_admin -c "SELECT pg_current_wal_flush_lsn()")
+    # The insert position: with synchronous_commit=off the flush position can lag the last
+    # commits, and both drains must include every transaction of the workload.
+    END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
     read -r pr _ < <(run_timed "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --start --no-loop \
         -E "$END" -o proto_version=3 -o publication_names=walwatch_ww_$w -o messages=true -o streaming=on -f /dev/null)
     read -r ww mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos "$END" --output "$WORK/out.jsonl")
     lines=$(wc -l <"$WORK/out.jsonl")
     rm -f "$WORK/out.jsonl"
+    if [ "$lines" != "$(expected_lines "$w")" ]; then
+      echo "e2e: walwatch wrote $lines lines for '$w', expected $(expected_lines "$w")" >&2
+      exit 1
+    fi
     psql_admin -c "SELECT pg_drop_replication_slot('ww_$w'), pg_drop_replication_slot('pr_$w')" >/dev/null
     echo "$w rep $rep: pg_recvlogical ${pr}s, walwatch ${ww}s (${lines} lines, peak RSS ${mb} MB)" >&2
     ww_times+=("$ww"); pr_times+=("$pr"); rss+=("$mb")
