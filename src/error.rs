@@ -39,6 +39,12 @@ pub enum Error {
     #[error("{0}")]
     NoSuchTable(String),
 
+    /// The server ended the replication stream before walwatch was done.
+    #[error(
+        "the server ended the replication stream (it may be shutting down or restarting); nothing past the last durable event was confirmed: run walwatch again"
+    )]
+    StreamEnded,
+
     /// The server sent a pgoutput message walwatch could not decode.
     #[error("cannot decode the replication stream: {0}")]
     Decode(#[from] DecodeError),
@@ -70,6 +76,7 @@ impl Error {
         match self {
             Error::Pg(e) => e.is_transient(),
             Error::Meta(e) => e.is_closed() || e.as_db_error().is_none(),
+            Error::StreamEnded => true,
             _ => false,
         }
     }

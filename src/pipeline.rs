@@ -190,6 +190,7 @@ pub async fn run_stream(
         .await;
     match thread_err {
         Some(e) if !e.is_broken_pipe() => Err(e),
+        None if reason == StopReason::ServerClosed => Err(Error::StreamEnded),
         _ => Ok(StreamOutcome {
             reason,
             events,

@@ -226,3 +226,53 @@ fn a_closed_stdout_pipe_ends_quietly() {
     );
     assert!(!stderr.contains("error"), "stderr:\n{stderr}");
 }
+
+#[test]
+fn a_server_restart_mid_stream_is_an_error_not_a_silent_exit() {
+    let cluster = ScratchCluster::start(ScratchOptions::default()).expect("start own cluster");
+    let dsn = cluster.dsn("walwatch");
+    cluster
+        .psql(
+            "walwatch",
+            "SET ROLE walwatch; CREATE TABLE restart_t (id int PRIMARY KEY);",
+        )
+        .unwrap();
+    let mut child = walwatch()
+        .args(["--dsn", &dsn, "--tables", "restart_t", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch");
+    let pid = child.id();
+    let lines = line_reader(&mut child);
+    support::wait_until("walwatch's temporary slot", Duration::from_secs(30), || {
+        let out = cluster
+            .psql(
+                "walwatch",
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'walwatch\\_{pid}\\_%' AND active"),
+            )
+            .ok()?;
+        (out.trim() == "1").then_some(())
+    });
+    cluster
+        .psql("walwatch", "INSERT INTO restart_t VALUES (1);")
+        .unwrap();
+    support::wait_until("the INSERT on stdout", Duration::from_secs(30), || {
+        lines.try_recv().ok().filter(|l| l.contains("INSERT"))
+    });
+    cluster.handle().restart().expect("restart the server");
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "the stream ending under walwatch must be an error; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("walwatch: error:")
+            && (stderr.contains("run walwatch again") || stderr.contains("shutting down")),
+        "{stderr}"
+    );
+    cluster.stop().expect("stop cluster");
+}
