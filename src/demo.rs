@@ -23,7 +23,9 @@ CREATE TABLE orders (
     status text NOT NULL DEFAULT 'new',
     amount numeric(10,2) NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
-);";
+);
+-- Old values on UPDATE, so the view can show what changed (old -> new).
+ALTER TABLE orders REPLICA IDENTITY FULL;";
 
 const ITEMS: &[(&str, &str)] = &[
     ("book", "12.50"),
@@ -77,7 +79,9 @@ async fn watch(cluster: &ScratchCluster, args: &DemoArgs) -> anyhow::Result<()> 
         sinks: vec![SinkSpec::Stdout(stdout_format(args.format, args.color))],
         status_interval: Duration::from_secs(10),
     };
-    tracing::info!("watching public.orders and public.users; Ctrl-C to stop");
+    if args.seconds.is_none() {
+        tracing::info!("Ctrl-C to stop");
+    }
 
     let seconds = args.seconds;
     let stop = async move {
