@@ -120,6 +120,18 @@ fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Starts a live `walwatch --tables TABLE --format json` with its stdout read line by line.
+fn spawn_json(dsn: &str, table: &str) -> (Child, mpsc::Receiver<String>) {
+    let mut child = walwatch()
+        .args(["--dsn", dsn, "--tables", table, "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch");
+    let lines = line_reader(&mut child);
+    (child, lines)
+}
+
 /// Waits until walwatch (by PID) has created its temporary slot: from then on, every commit
 /// reaches it.
 fn wait_for_slot(pid: u32) -> String {
@@ -149,14 +161,8 @@ fn live_run_stops_on_sigterm_and_leaves_nothing_behind() {
     sql(&format!(
         "CREATE TABLE {t} (id int PRIMARY KEY, item text);"
     ));
-    let mut child = walwatch()
-        .args(["--dsn", &dsn(), "--tables", &t, "--format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walwatch");
+    let (mut child, lines) = spawn_json(&dsn(), &t);
     let pid = child.id();
-    let lines = line_reader(&mut child);
     let slot = wait_for_slot(pid);
     sql(&format!("INSERT INTO {t} VALUES (1, 'book');"));
     let insert = support::wait_until("the INSERT on stdout", Duration::from_secs(30), || {
@@ -189,14 +195,8 @@ fn live_run_stops_on_sigterm_and_leaves_nothing_behind() {
 fn a_closed_stdout_pipe_ends_quietly() {
     let t = support::unique_name("pipe");
     sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
-    let mut child = walwatch()
-        .args(["--dsn", &dsn(), "--tables", &t, "--format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walwatch");
+    let (mut child, lines) = spawn_json(&dsn(), &t);
     let pid = child.id();
-    let lines = line_reader(&mut child);
     wait_for_slot(pid);
     sql(&format!("INSERT INTO {t} VALUES (1);"));
     support::wait_until("the first line", Duration::from_secs(30), || {
@@ -237,14 +237,8 @@ fn a_server_restart_mid_stream_is_an_error_not_a_silent_exit() {
             "SET ROLE walwatch; CREATE TABLE restart_t (id int PRIMARY KEY);",
         )
         .unwrap();
-    let mut child = walwatch()
-        .args(["--dsn", &dsn, "--tables", "restart_t", "--format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walwatch");
+    let (mut child, lines) = spawn_json(&dsn, "restart_t");
     let pid = child.id();
-    let lines = line_reader(&mut child);
     support::wait_until("walwatch's temporary slot", Duration::from_secs(30), || {
         let out = cluster
             .psql(

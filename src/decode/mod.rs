@@ -622,17 +622,7 @@ impl Decoder {
             Message::Insert(ins) => {
                 let rel = self.lookup(overlay, ins.oid, "Insert")?;
                 let mut ev = change_event(Op::Insert, lsn, tx, rel);
-                let mut key = key_vec(rel);
-                let data = self.row(
-                    rel,
-                    "Insert",
-                    &ins.new,
-                    false,
-                    key.as_mut(),
-                    &mut ev.unchanged,
-                )?;
-                ev.data = Some(data);
-                ev.key = key.map(|columns| Row { columns });
+                self.full_row(rel, "Insert", &ins.new, &mut ev)?;
                 emit(ev);
             }
             Message::Update(up) => {
@@ -682,19 +672,7 @@ impl Decoder {
                         }
                         ev.data = Some(data);
                     }
-                    OldKind::Full => {
-                        let mut key = key_vec(rel);
-                        let data = self.row(
-                            rel,
-                            "Delete",
-                            &del.old,
-                            false,
-                            key.as_mut(),
-                            &mut ev.unchanged,
-                        )?;
-                        ev.data = Some(data);
-                        ev.key = key.map(|columns| Row { columns });
-                    }
+                    OldKind::Full => self.full_row(rel, "Delete", &del.old, &mut ev)?,
                 }
                 emit(ev);
             }
@@ -713,6 +691,21 @@ impl Decoder {
 
     /// Decodes a tuple into a row of `rel`. `keys_only` keeps only key columns; `key` collects
     /// copies of the key columns; unchanged TOAST columns are left out and named in `unchanged`.
+    /// A whole row into `ev.data`, and its key columns (collected in the same pass) into
+    /// `ev.key`.
+    fn full_row(
+        &self,
+        rel: &Relation,
+        msg: &'static str,
+        t: &TupleData<'_>,
+        ev: &mut Event,
+    ) -> Result<(), DecodeError> {
+        let mut key = key_vec(rel);
+        ev.data = Some(self.row(rel, msg, t, false, key.as_mut(), &mut ev.unchanged)?);
+        ev.key = key.map(|columns| Row { columns });
+        Ok(())
+    }
+
     fn row(
         &self,
         rel: &Relation,
