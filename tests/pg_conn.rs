@@ -1,38 +1,60 @@
-//! Integration tests of the replication connection against a throwaway PostgreSQL server.
+//! Integration tests of the replication connection against scratch PostgreSQL clusters
+//! (`walwatch::scratch`).
 //!
-//! Each test starts its own cluster (temp dir, free port, unix socket inside the temp dir) and
-//! stops/removes it on drop, also when the test fails. The small starter here is a stand-in for
-//! the shared `scratch` module and will be swapped for it.
+//! Tests that need no special server settings use this binary's shared cluster
+//! (`support::cluster()`, roles `walwatch*` and database `walwatch`, see `src/scratch.rs`) with
+//! unique slot names. Tests that need other settings (`wal_sender_timeout`, `wal_level`,
+//! `max_replication_slots`, `pg_hba.conf`) start a cluster of their own, stopped and removed on
+//! drop, also when the test fails.
 //!
-//! Needs PostgreSQL binaries in `/usr/lib/postgresql/15/bin` (or `$PG_BIN`); skipped otherwise.
+//! These tests never skip: without PostgreSQL binaries they fail, and the error says how to
+//! install them or point `WALWATCH_PG_BIN` at them.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+
 use std::time::{Duration, Instant};
 
+use support::{ClusterHandle, ScratchCluster, ScratchOptions, TEST_DATABASE, TEST_PASSWORD};
 use walwatch::Lsn;
 use walwatch::pg::conn::ReplConn;
 use walwatch::pg::error::PgError;
 use walwatch::pg::params::ConnParams;
 use walwatch::pg::stream::ReplMessage;
 
-struct Cluster {
-    bin: PathBuf,
-    data: PathBuf,
-    sock_dir: PathBuf,
-    port: u16,
-    as_root: bool,
-    // Dropped (removed) after `Drop::drop` has stopped the server.
-    _dir: tempfile::TempDir,
+/// The shared cluster of this test binary (starting it blocks: off the runtime's threads).
+async fn shared() -> &'static ClusterHandle {
+    tokio::task::spawn_blocking(support::cluster)
+        .await
+        .expect("starting the shared cluster")
 }
 
-fn pg_bin() -> Option<PathBuf> {
-    let bin = std::env::var_os("PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    bin.join("initdb").exists().then_some(bin)
+/// A cluster of this test's own; panics (no skipping) when PostgreSQL cannot be started.
+async fn own(opts: ScratchOptions) -> ScratchCluster {
+    tokio::task::spawn_blocking(move || support::own_cluster(opts))
+        .await
+        .expect("starting a scratch cluster")
 }
 
+/// Runs `sql` as the superuser through `psql` over the unix socket.
+async fn psql(c: &ClusterHandle, db: &str, sql: &str) -> String {
+    let (c, db, sql) = (c.clone(), db.to_owned(), sql.to_owned());
+    tokio::task::spawn_blocking(move || c.psql(&db, &sql))
+        .await
+        .expect("psql task")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Connection parameters from a DSN alone (no environment, no password file).
+fn params(dsn: &str) -> ConnParams {
+    ConnParams::resolve(Some(dsn), &|_| None, None).unwrap_or_else(|e| panic!("{dsn}: {e}"))
+}
+
+/// `host=127.0.0.1 port=<port of c> <rest>`: TCP, with only the keys of `rest`.
+fn tcp(c: &ClusterHandle, rest: &str) -> ConnParams {
+    params(&format!("host=127.0.0.1 port={} {rest}", c.port()))
+}
+
+/// A TCP port of 127.0.0.1 nobody listens on (free when probed).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -41,177 +63,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-impl Cluster {
-    /// A running cluster with `wal_level=logical`, `wal_sender_timeout=2s`, and one role per
-    /// authentication method, or None when no PostgreSQL is installed.
-    async fn start() -> Option<Cluster> {
-        Self::start_with("wal_level = logical\nmax_replication_slots = 10\n").await
-    }
-
-    /// Like [`start`](Self::start), with `conf` appended to postgresql.conf.
-    async fn start_with(conf: &str) -> Option<Cluster> {
-        let Some(bin) = pg_bin() else {
-            eprintln!("skipping: no PostgreSQL binaries (set PG_BIN)");
-            return None;
-        };
-        let as_root = unsafe { libc::geteuid() } == 0;
-        let dir = tempfile::Builder::new()
-            .prefix("walwatch-pgconn-")
-            .tempdir()
-            .unwrap();
-        if as_root {
-            // initdb refuses to run as root: the server runs as `postgres`.
-            run(Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(dir.path()));
-        }
-        let data = dir.path().join("data");
-        let mut c = Cluster {
-            bin,
-            data,
-            sock_dir: dir.path().to_path_buf(),
-            port: 0,
-            as_root,
-            _dir: dir,
-        };
-        run(c.cmd("initdb").args([
-            "-D",
-            c.data.to_str().unwrap(),
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ]));
-        std::fs::write(
-            c.data.join("pg_hba.conf"),
-            "local all all trust\n\
-             host all trust_user 127.0.0.1/32 trust\n\
-             host all clear_user 127.0.0.1/32 password\n\
-             host all md5_user 127.0.0.1/32 md5\n\
-             host postgres all 127.0.0.1/32 scram-sha-256\n",
-        )
-        .unwrap();
-        let base_conf = std::fs::read_to_string(c.data.join("postgresql.conf")).unwrap();
-        // A free port can be taken between probing and binding: retry a few times.
-        let mut started = false;
-        for _ in 0..3 {
-            c.port = free_port();
-            let conf = format!(
-                "{base_conf}\nport = {}\nlisten_addresses = '127.0.0.1'\n\
-                 unix_socket_directories = '{}'\n\
-                 wal_sender_timeout = '2s'\nmax_wal_senders = 10\nfsync = off\n{conf}",
-                c.port,
-                c.sock_dir.display()
-            );
-            std::fs::write(c.data.join("postgresql.conf"), conf).unwrap();
-            let log = c.sock_dir.join("server.log");
-            let ok = c
-                .cmd("pg_ctl")
-                .args(["-w", "-t", "60", "-D", c.data.to_str().unwrap()])
-                .args(["-l", log.to_str().unwrap(), "start"])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .unwrap()
-                .success();
-            if ok {
-                started = true;
-                break;
-            }
-            eprintln!("{}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        assert!(started, "could not start the test server");
-        c.sql(
-            "CREATE ROLE trust_user LOGIN REPLICATION;
-             CREATE ROLE clear_user LOGIN REPLICATION PASSWORD 'clear pw';
-             SET password_encryption = 'md5';
-             CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'md5 pw';
-             SET password_encryption = 'scram-sha-256';
-             CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'scram pw';
-             CREATE ROLE norepl_user LOGIN PASSWORD 'norepl pw';
-             CREATE TABLE t (id int PRIMARY KEY, v text);
-             GRANT ALL ON t TO scram_user;
-             CREATE PUBLICATION p FOR TABLE t;",
-        )
-        .await;
-        Some(c)
-    }
-
-    fn cmd(&self, prog: &str) -> Command {
-        let path = self.bin.join(prog);
-        if self.as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
-    }
-
-    /// Runs SQL as the superuser over the unix socket (tokio-postgres, like the metadata conn).
-    async fn sql(&self, sql: &str) {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host_path(&self.sock_dir)
-            .port(self.port)
-            .user("postgres")
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        let task = tokio::spawn(conn);
-        client.batch_execute(sql).await.unwrap();
-        drop(client);
-        let _ = task.await;
-    }
-
-    fn params(&self, dsn: &str) -> ConnParams {
-        let dsn = format!("host=127.0.0.1 port={} dbname=postgres {dsn}", self.port);
-        ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self
-            .cmd("pg_ctl")
-            .args([
-                "-w",
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "immediate",
-                "stop",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn connects_with_each_auth_method() {
-    let Some(c) = Cluster::start().await else {
-        return;
-    };
-    for dsn in [
-        "user=trust_user",
-        "user=clear_user password='clear pw'",
-        "user=md5_user password='md5 pw'",
-        "user=scram_user password='scram pw'",
+    let c = shared().await;
+    for (what, p) in [
+        // trust: no password given at all.
+        ("trust", tcp(c, "user=walwatch_trust dbname=walwatch")),
+        (
+            "password",
+            params(&c.dsn_for("walwatch_clear", TEST_DATABASE)),
+        ),
+        ("md5", params(&c.dsn_for("walwatch_md5", TEST_DATABASE))),
+        ("scram-sha-256", params(&c.dsn(TEST_DATABASE))),
     ] {
-        let mut conn = ReplConn::connect(&c.params(dsn))
+        let mut conn = ReplConn::connect(&p)
             .await
-            .unwrap_or_else(|e| panic!("{dsn}: {e}"));
-        assert!(conn.server_version_num() >= 150000, "{dsn}");
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(conn.server_version_num() >= 150000, "{what}");
         assert!(conn.backend_key().is_some());
         // The pinned settings took effect.
         assert_eq!(conn.parameter("DateStyle"), Some("ISO, MDY"));
@@ -227,7 +95,7 @@ async fn connects_with_each_auth_method() {
             .unwrap();
         assert_eq!(rows, vec![vec![Some("1".to_string()), None]]);
         let sys = conn.identify_system().await.unwrap();
-        assert_eq!(sys.dbname.as_deref(), Some("postgres"));
+        assert_eq!(sys.dbname.as_deref(), Some(TEST_DATABASE));
         assert_eq!(sys.timeline, 1);
         assert!(sys.xlogpos > Lsn::ZERO);
         assert!(sys.systemid > 0);
@@ -236,11 +104,10 @@ async fn connects_with_each_auth_method() {
     // Over the unix socket (trust), like psql with host=/dir.
     let dsn = format!(
         "host={} port={} user=postgres",
-        c.sock_dir.display(),
-        c.port
+        c.socket_dir().display(),
+        c.port()
     );
-    let p = ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap();
-    let mut conn = ReplConn::connect(&p).await.unwrap();
+    let mut conn = ReplConn::connect(&params(&dsn)).await.unwrap();
     let r = conn.simple_query_result("SELECT 'a' AS x").await.unwrap();
     assert_eq!(r.columns, vec!["x".to_string()]);
     assert_eq!(r.command_tag.as_deref(), Some("SELECT 1"));
@@ -249,25 +116,26 @@ async fn connects_with_each_auth_method() {
 
 #[tokio::test]
 async fn auth_and_permission_errors_are_mapped() {
-    let Some(c) = Cluster::start().await else {
-        return;
-    };
+    let c = shared().await;
     // Wrong password → 28P01 with advice; never the password itself.
-    let e = ReplConn::connect(&c.params("user=scram_user password='wrong secret'"))
-        .await
-        .unwrap_err();
+    let e = ReplConn::connect(&tcp(
+        c,
+        "user=walwatch password='wrong secret' dbname=walwatch",
+    ))
+    .await
+    .unwrap_err();
     let s = e.to_string();
     assert_eq!(e.code(), Some("28P01"), "{s}");
     assert!(s.contains("check the password"), "{s}");
     assert!(!s.contains("wrong secret"), "{s}");
     assert!(!e.is_transient());
-    let e = ReplConn::connect(&c.params("user=md5_user password=nope"))
+    let e = ReplConn::connect(&tcp(c, "user=walwatch_md5 password=nope dbname=walwatch"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("28P01"), "{e}");
 
     // Password needed but none given.
-    let e = ReplConn::connect(&c.params("user=scram_user"))
+    let e = ReplConn::connect(&tcp(c, "user=walwatch dbname=walwatch"))
         .await
         .unwrap_err();
     let s = e.to_string();
@@ -275,61 +143,50 @@ async fn auth_and_permission_errors_are_mapped() {
     assert!(s.contains("PGPASSWORD") && s.contains("~/.pgpass"), "{s}");
 
     // Role without REPLICATION.
-    let e = ReplConn::connect(&c.params("user=norepl_user password='norepl pw'"))
+    let e = ReplConn::connect(&params(&c.dsn_for("walwatch_norepl", TEST_DATABASE)))
         .await
         .unwrap_err();
     let s = e.to_string();
     assert_eq!(e.code(), Some("42501"), "{s}");
-    assert!(s.contains("ALTER ROLE \"norepl_user\" REPLICATION"), "{s}");
+    assert!(
+        s.contains("ALTER ROLE \"walwatch_norepl\" REPLICATION"),
+        "{s}"
+    );
+    assert!(!s.contains(TEST_PASSWORD), "{s}");
 
     // Missing database.
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=trust_user dbname=nosuchdb",
-        c.port
-    );
-    let p = ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap();
-    let e = ReplConn::connect(&p).await.unwrap_err();
+    let e = ReplConn::connect(&tcp(c, "user=walwatch_trust dbname=nosuchdb"))
+        .await
+        .unwrap_err();
     let s = e.to_string();
     assert_eq!(e.code(), Some("3D000"), "{s}");
     assert!(s.contains("--dsn"), "{s}");
 
-    // No pg_hba.conf line for this database and role.
-    let dsn = format!(
-        "host=127.0.0.1 port={} user=scram_user password='scram pw' dbname=template1",
-        c.port
-    );
-    let p = ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap();
-    let e = ReplConn::connect(&p).await.unwrap_err();
-    let s = e.to_string();
-    assert_eq!(e.code(), Some("28000"), "{s}");
-    assert!(
-        s.contains("add a line such as `host template1 scram_user"),
-        "{s}"
-    );
-    assert!(!s.contains("scram pw"), "{s}");
+    // (No pg_hba.conf line: the shared cluster admits every database, so that case is checked
+    // on a cluster of its own in `server_setup_errors_are_mapped`.)
 
     // Nobody listening.
     let dsn = format!(
         "host=127.0.0.1 port={} user=x connect_timeout=5",
         free_port()
     );
-    let p = ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap();
-    let e = ReplConn::connect(&p).await.unwrap_err();
+    let e = ReplConn::connect(&params(&dsn)).await.unwrap_err();
     let s = e.to_string();
     assert!(s.contains("accepting TCP connections"), "{s}");
     assert!(e.is_transient());
 
     // A missing slot, on a working connection.
-    let conn = ReplConn::connect(&c.params("user=trust_user"))
+    let slot = support::unique_name("no_such_slot");
+    let conn = ReplConn::connect(&tcp(c, "user=walwatch_trust dbname=walwatch"))
         .await
         .unwrap();
     let e = conn
-        .start_replication("no_such_slot", Lsn::ZERO, &[])
+        .start_replication(&slot, Lsn::ZERO, &[])
         .await
         .unwrap_err();
     let s = e.to_string();
     assert_eq!(e.code(), Some("42704"), "{s}");
-    assert!(s.contains("--slot no_such_slot"), "{s}");
+    assert!(s.contains(&format!("--slot {slot}")), "{s}");
 }
 
 /// Reads until `want` says stop, answering keepalives that ask for a reply. Polls `next()`
@@ -376,10 +233,23 @@ fn first_bytes(msgs: &[ReplMessage]) -> Vec<u8> {
 
 #[tokio::test]
 async fn streams_pgoutput_and_survives_wal_sender_timeout() {
-    let Some(c) = Cluster::start().await else {
-        return;
-    };
-    let mut conn = ReplConn::connect(&c.params("user=scram_user password='scram pw'"))
+    // Own cluster: a short wal_sender_timeout is a server setting (the shared cluster keeps the
+    // default 60s).
+    let cluster = own(ScratchOptions {
+        extra_conf: vec![("wal_sender_timeout".into(), "2s".into())],
+        ..Default::default()
+    })
+    .await;
+    let c = cluster.handle();
+    psql(
+        c,
+        TEST_DATABASE,
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         GRANT ALL ON t TO walwatch;
+         CREATE PUBLICATION p FOR TABLE t;",
+    )
+    .await;
+    let mut conn = ReplConn::connect(&params(&c.dsn(TEST_DATABASE)))
         .await
         .unwrap();
     let rows = conn
@@ -401,7 +271,7 @@ async fn streams_pgoutput_and_survives_wal_sender_timeout() {
         .await
         .unwrap();
 
-    c.sql("INSERT INTO t VALUES (1, 'one')").await;
+    psql(c, TEST_DATABASE, "INSERT INTO t VALUES (1, 'one')").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let msgs = pump(
         &mut stream,
@@ -432,7 +302,7 @@ async fn streams_pgoutput_and_survives_wal_sender_timeout() {
     assert!(started.elapsed() > Duration::from_secs(2));
 
     // Still alive: the next change arrives.
-    c.sql("INSERT INTO t VALUES (2, 'two')").await;
+    psql(c, TEST_DATABASE, "INSERT INTO t VALUES (2, 'two')").await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let msgs = pump(
         &mut stream,
@@ -443,7 +313,7 @@ async fn streams_pgoutput_and_survives_wal_sender_timeout() {
     assert_eq!(first_bytes(&msgs), b"BIC", "{msgs:?}");
 
     // A second consumer of the same slot is refused while we hold it.
-    let other = ReplConn::connect(&c.params("user=trust_user"))
+    let other = ReplConn::connect(&tcp(c, "user=walwatch_trust dbname=walwatch"))
         .await
         .unwrap();
     let e = other
@@ -468,11 +338,47 @@ async fn streams_pgoutput_and_survives_wal_sender_timeout() {
 
 #[tokio::test]
 async fn server_setup_errors_are_mapped() {
-    let Some(c) = Cluster::start_with("wal_level = replica\nmax_replication_slots = 1\n").await
-    else {
-        return;
-    };
-    let mut conn = ReplConn::connect(&c.params("user=trust_user"))
+    // Own cluster: wal_level and max_replication_slots need a server start, and pg_hba.conf is
+    // narrowed below. The scratch pg_hba.conf admits every database over TCP; leave out all but
+    // `walwatch` and `postgres` for SCRAM logins, and restart to load it (`pg_ctl restart -w`
+    // returns once the server accepts connections again).
+    let cluster = own(ScratchOptions {
+        extra_conf: vec![("max_replication_slots".into(), "1".into())],
+        ..ScratchOptions::with_wal_level("replica")
+    })
+    .await;
+    let c = cluster.handle().clone();
+    let hba_path = c.data_dir().join("pg_hba.conf");
+    let hba = std::fs::read_to_string(&hba_path).unwrap();
+    let generic = "host    all                  all              127.0.0.1/32  scram-sha-256\n";
+    assert!(
+        hba.contains(generic),
+        "unexpected scratch pg_hba.conf:\n{hba}"
+    );
+    let narrowed = hba.replace(
+        generic,
+        "host    walwatch,postgres    all              127.0.0.1/32  scram-sha-256\n",
+    );
+    std::fs::write(&hba_path, narrowed).unwrap();
+    let handle = c.clone();
+    tokio::task::spawn_blocking(move || handle.restart())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // No pg_hba.conf line for this database and role.
+    let e = ReplConn::connect(&params(&c.dsn("template1")))
+        .await
+        .unwrap_err();
+    let s = e.to_string();
+    assert_eq!(e.code(), Some("28000"), "{s}");
+    assert!(
+        s.contains("add a line such as `host template1 walwatch"),
+        "{s}"
+    );
+    assert!(!s.contains(TEST_PASSWORD), "{s}");
+
+    let mut conn = ReplConn::connect(&tcp(&c, "user=walwatch_trust dbname=walwatch"))
         .await
         .unwrap();
     // Logical decoding needs wal_level = logical.
