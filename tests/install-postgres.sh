@@ -16,6 +16,6 @@ if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
 echo "install-postgres: installing the postgresql package (apt-get)" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq postgresql postgresql-contrib util-linux >/dev/null
+$sudo apt-get install -y -qq postgresql util-linux >/dev/null
 # The package may start its own cluster on 5432; walwatch's tests never use it.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
