@@ -147,7 +147,31 @@ pub async fn run_stream(
                     }
                 };
                 let Some(sender) = &tx else { continue };
-                if sender.send(frame).await.is_err() {
+                // Wait for room (backpressure from a slow sink) while still sending status
+                // updates, so the server does not time us out, and still heeding shutdown.
+                let thread_gone = {
+                    let permit = loop {
+                        tokio::select! {
+                            biased;
+                            _ = &mut shutdown => break Err(()),
+                            permit = sender.reserve() => break Ok(permit),
+                            _ = status.tick() => {
+                                let durable = progress_rx.borrow().durable;
+                                stream.send_status(received.max(durable), durable, durable, false).await?;
+                                reported = durable;
+                            }
+                        }
+                    };
+                    match permit {
+                        Err(()) => break StopReason::Shutdown,
+                        Ok(Ok(permit)) => {
+                            permit.send(frame);
+                            false
+                        }
+                        Ok(Err(_)) => true,
+                    }
+                };
+                if thread_gone {
                     tx = None; // the thread stopped; its result says why
                 }
             }

@@ -270,3 +270,94 @@ fn a_server_restart_mid_stream_is_an_error_not_a_silent_exit() {
     );
     cluster.stop().expect("stop cluster");
 }
+
+#[test]
+fn a_stalled_reader_does_not_get_walwatch_timed_out() {
+    let cluster = ScratchCluster::start(ScratchOptions {
+        extra_conf: vec![("wal_sender_timeout".into(), "2s".into())],
+        ..ScratchOptions::default()
+    })
+    .expect("start own cluster");
+    let dsn = cluster.dsn("walwatch");
+    cluster
+        .psql(
+            "walwatch",
+            "SET ROLE walwatch; CREATE TABLE stall_t (id int PRIMARY KEY, pad text);",
+        )
+        .unwrap();
+    // Nobody reads stdout yet: the pipe, the sink buffer and the frame channel fill up, and
+    // walwatch stops reading the socket (backpressure) — but must keep answering the server.
+    let mut child = walwatch()
+        .args([
+            "--dsn",
+            &dsn,
+            "--tables",
+            "stall_t",
+            "--format",
+            "json",
+            "--status-interval",
+            "0.5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch");
+    let pid = child.id();
+    let active = |extra: &str| {
+        cluster
+            .psql(
+                "walwatch",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+                     WHERE s.slot_name LIKE 'walwatch\\_{pid}\\_%' {extra}"
+                ),
+            )
+            .map(|o| o.trim() == "1")
+            .unwrap_or(false)
+    };
+    support::wait_until("walwatch streaming", Duration::from_secs(30), || {
+        active("").then_some(())
+    });
+    const ROWS: usize = 50_000;
+    cluster
+        .psql(
+            "walwatch",
+            &format!(
+                "INSERT INTO stall_t SELECT g, repeat('x', 100) FROM generate_series(1, {ROWS}) g;"
+            ),
+        )
+        .unwrap();
+    let stalled_at = cluster.psql("walwatch", "SELECT now()").unwrap();
+    // Condition, not a sleep: the server keeps receiving our replies more than three
+    // wal_sender_timeouts after the reader stalled.
+    support::wait_until(
+        "the server to get a reply 6 s after the stall",
+        Duration::from_secs(30),
+        || {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "walwatch exited while stalled"
+            );
+            active(&format!(
+                "AND r.reply_time > '{}'::timestamptz + interval '6 s'",
+                stalled_at.trim()
+            ))
+            .then_some(())
+        },
+    );
+    // Now read: every row arrives.
+    let lines = line_reader(&mut child);
+    let mut inserts = 0;
+    support::wait_until("every row after the stall", Duration::from_secs(60), || {
+        while let Ok(l) = lines.try_recv() {
+            if l.contains("\"op\":\"INSERT\"") {
+                inserts += 1;
+            }
+        }
+        (inserts == ROWS).then_some(())
+    });
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    cluster.stop().expect("stop cluster");
+}
