@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::decode::Decoder;
+use std::collections::HashSet;
+
+use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, Op};
 use crate::filter::Filter;
@@ -61,9 +63,14 @@ pub struct StreamOutcome {
     pub durable: Lsn,
 }
 
+/// Reloads the type registry from the catalog (a blocking call on the decode thread).
+pub type TypeLoader = Box<dyn FnMut() -> Result<TypeRegistry> + Send>;
+
 /// Settings for [`run_stream`].
 pub struct StreamSetup {
     pub decoder: Decoder,
+    /// Called when Type messages name user types the registry does not know.
+    pub load_types: Option<TypeLoader>,
     pub filter: Filter,
     pub sinks: Vec<Box<dyn Sink>>,
     pub endpos: Option<Lsn>,
@@ -226,6 +233,9 @@ pub async fn run_stream(
 /// The decode thread's state: the decoder, and everything its events flow into.
 struct Fanout {
     decoder: Decoder,
+    load_types: Option<TypeLoader>,
+    /// Type OIDs already looked up, found or not: each is looked up once.
+    looked_up: HashSet<u32>,
     out: Output,
     events: u64,
 }
@@ -253,6 +263,8 @@ impl Fanout {
     fn new(setup: StreamSetup, progress: watch::Sender<Progress>) -> Fanout {
         Fanout {
             decoder: setup.decoder,
+            load_types: setup.load_types,
+            looked_up: HashSet::new(),
             out: Output {
                 filter: setup.filter,
                 sinks: setup.sinks,
@@ -305,6 +317,7 @@ impl Fanout {
                 if let Some(e) = self.out.error.take() {
                     return Err(e);
                 }
+                self.look_up_new_types()?;
             }
             Frame::Keepalive { wal_end } => {
                 // Idle (no transaction open or buffered) and every sink caught up once flushed:
@@ -317,6 +330,23 @@ impl Fanout {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Fanout {
+    /// Types created after start-up (a new enum, or a domain used by an added column): reload
+    /// the registry before the next message uses them.
+    fn look_up_new_types(&mut self) -> Result<()> {
+        let unknown = self.decoder.take_unknown_types();
+        if unknown.iter().all(|oid| self.looked_up.contains(oid)) {
+            return Ok(());
+        }
+        self.looked_up.extend(unknown.iter().copied());
+        if let Some(load) = &mut self.load_types {
+            tracing::debug!(?unknown, "reloading the type registry for new types");
+            *self.decoder.types_mut() = load()?;
         }
         Ok(())
     }

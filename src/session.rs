@@ -67,7 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<O
     // Sinks first: an unwritable output file is reported before anything is created.
     let sinks = open_sinks(&config.sinks)?;
     let repl = ReplConn::connect(&config.conn).await?;
-    let meta = connect_meta(&config).await?;
+    let meta = std::sync::Arc::new(connect_meta(&config).await?);
     let info = catalog::check_server(&meta).await?;
     tracing::debug!(
         version = info.version_num,
@@ -127,7 +127,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<O
 async fn stream_with_publication(
     config: Config,
     mut repl: ReplConn,
-    meta: &Client,
+    meta: &std::sync::Arc<Client>,
     info: &ServerInfo,
     publication: &str,
     tables: Option<Vec<(String, String)>>,
@@ -188,8 +188,14 @@ async fn stream_with_publication(
         }
     );
     let decoder = Decoder::new(types).with_protocol(slot::proto_version(server_version));
+    let handle = tokio::runtime::Handle::current();
+    let catalog_conn = std::sync::Arc::clone(meta);
     let setup = StreamSetup {
         decoder,
+        // Runs on the decode thread (not a runtime thread), so blocking on the query is fine.
+        load_types: Some(Box::new(move || {
+            handle.block_on(catalog::load_types(&catalog_conn))
+        })),
         filter: Filter::new(tables.as_deref(), config.ops),
         sinks,
         endpos,

@@ -361,3 +361,36 @@ fn a_stalled_reader_does_not_get_walwatch_timed_out() {
     assert_eq!(status.code(), Some(0));
     cluster.stop().expect("stop cluster");
 }
+
+#[test]
+fn types_created_after_start_decode_as_their_base_types() {
+    let t = support::unique_name("late");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let (mut child, lines) = spawn_json(&dsn(), &t);
+    let pid = child.id();
+    wait_for_slot(pid);
+    // Created after walwatch loaded its type registry.
+    sql(&format!(
+        "CREATE DOMAIN {t}_qty AS int CHECK (VALUE >= 0);
+         CREATE TYPE {t}_state AS ENUM ('new', 'paid');
+         ALTER TABLE {t} ADD COLUMN qty {t}_qty, ADD COLUMN state {t}_state, ADD COLUMN qtys {t}_qty[];
+         INSERT INTO {t} VALUES (1, 7, 'paid', '{{1,2}}');"
+    ));
+    let insert = support::wait_until("the INSERT on stdout", Duration::from_secs(30), || {
+        lines
+            .try_recv()
+            .ok()
+            .filter(|l| l.contains("\"op\":\"INSERT\""))
+    });
+    let event: serde_json::Value = serde_json::from_str(&insert).unwrap();
+    assert_eq!(
+        event["data"],
+        serde_json::json!({"id": 1, "qty": 7, "state": "paid", "qtys": [1, 2]}),
+        "a domain over int must be a number, its array an array of numbers"
+    );
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(
+        wait_exit(&mut child, Duration::from_secs(30)).code(),
+        Some(0)
+    );
+}

@@ -198,7 +198,13 @@ pub struct Decoder {
     streams: OidMap<TxBuf>,
     prepared: HashMap<String, TxBuf>,
     scratch: Vec<u8>,
+    /// User types named by Type messages that the registry does not know (created after the
+    /// registry was loaded), for the caller to look up.
+    unknown_types: Vec<u32>,
 }
+
+/// The first OID of user-defined objects (FirstNormalObjectId): types below are built in.
+const FIRST_NORMAL_OID: u32 = 16384;
 
 /// The highest pgoutput protocol version this decoder understands.
 pub const MAX_PROTOCOL: u32 = 4;
@@ -219,6 +225,7 @@ impl Decoder {
             streams: OidMap::default(),
             prepared: HashMap::new(),
             scratch: Vec::new(),
+            unknown_types: Vec::new(),
         }
     }
 
@@ -247,6 +254,24 @@ impl Decoder {
 
     pub fn types_mut(&mut self) -> &mut TypeRegistry {
         &mut self.types
+    }
+
+    /// User types that Type messages named and the registry does not know, since the last call.
+    /// pgoutput sends a Type message before the first use of a non-built-in type in each
+    /// transaction (docs, 55.9 "Logical Replication Message Formats"), so a caller that looks
+    /// them up and updates [`types_mut`](Self::types_mut) before the next message decodes
+    /// values of types created after start-up as their base types.
+    pub fn take_unknown_types(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.unknown_types)
+    }
+
+    fn note_type(&mut self, oid: u32) {
+        if oid >= FIRST_NORMAL_OID
+            && self.types.get(oid).is_none()
+            && !self.unknown_types.contains(&oid)
+        {
+            self.unknown_types.push(oid);
+        }
     }
 
     /// The cached relation with this OID.
@@ -352,6 +377,7 @@ impl Decoder {
                 }
             }
             Message::Type(t) => {
+                self.note_type(t.oid);
                 self.remember_type(&t);
                 if let Some(p) = &mut self.preparing {
                     push(&mut p.buf, lsn, msg)?;
@@ -517,6 +543,9 @@ impl Decoder {
         m: Message<'_>,
         emit: &mut F,
     ) -> Result<(), DecodeError> {
+        if let Message::Type(t) = &m {
+            self.note_type(t.oid);
+        }
         match m {
             Message::StreamStop => {
                 self.stream = None;
