@@ -642,6 +642,41 @@ fn origin_and_type_emit_nothing() {
 }
 
 #[test]
+fn unknown_user_types_are_reported_once_in_and_out_of_streams() {
+    let mut d = dec();
+    d.types_mut().insert(90_002, super::value::TypeKind::Enum);
+    run(
+        &mut d,
+        &[
+            (1, fx::begin(9, TS, 5)),
+            (2, fx::type_(None, 90_000, "app", "qty")),
+            (3, fx::type_(None, 90_002, "app", "known")),
+            (4, fx::type_(None, 25, "", "text")),
+            (9, fx::commit(9, 10, TS)),
+        ],
+    );
+    assert_eq!(
+        d.take_unknown_types(),
+        vec![90_000],
+        "only user types the registry lacks"
+    );
+    assert!(d.take_unknown_types().is_empty(), "taken once");
+    run(
+        &mut d,
+        &[
+            (11, fx::stream_start(77, true)),
+            (12, fx::type_(Some(77), 90_001, "app", "state")),
+            (13, fx::stream_stop()),
+        ],
+    );
+    assert_eq!(
+        d.take_unknown_types(),
+        vec![90_001],
+        "noticed when it arrives in a stream, before the transaction is replayed"
+    );
+}
+
+#[test]
 fn empty_namespace_means_pg_catalog() {
     let mut d = dec();
     run(
