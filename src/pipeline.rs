@@ -265,19 +265,7 @@ impl Fanout {
             decoder: setup.decoder,
             load_types: setup.load_types,
             looked_up: HashSet::new(),
-            out: Output {
-                filter: setup.filter,
-                sinks: setup.sinks,
-                endpos: setup.endpos,
-                progress,
-                pending_begin: None,
-                begun: false,
-                candidate: Lsn::ZERO,
-                durable: Lsn::ZERO,
-                done: false,
-                written: 0,
-                error: None,
-            },
+            out: Output::new(setup.filter, setup.sinks, setup.endpos, progress),
             events: 0,
         }
     }
@@ -353,6 +341,27 @@ impl Fanout {
 }
 
 impl Output {
+    fn new(
+        filter: Filter,
+        sinks: Vec<Box<dyn Sink>>,
+        endpos: Option<Lsn>,
+        progress: watch::Sender<Progress>,
+    ) -> Output {
+        Output {
+            filter,
+            sinks,
+            endpos,
+            progress,
+            pending_begin: None,
+            begun: false,
+            candidate: Lsn::ZERO,
+            durable: Lsn::ZERO,
+            done: false,
+            written: 0,
+            error: None,
+        }
+    }
+
     /// Called for every decoded event, in order.
     fn emit(&mut self, ev: Event) {
         if self.done || self.error.is_some() {
@@ -454,19 +463,12 @@ mod tests {
     fn output(filter: Filter, endpos: Option<Lsn>) -> (Output, Arc<Mutex<Vec<Event>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (progress, _rx) = watch::channel(Progress::default());
-        let out = Output {
+        let out = Output::new(
             filter,
-            sinks: vec![Box::new(Collect(seen.clone()))],
+            vec![Box::new(Collect(seen.clone()))],
             endpos,
             progress,
-            pending_begin: None,
-            begun: false,
-            candidate: Lsn::ZERO,
-            durable: Lsn::ZERO,
-            done: false,
-            written: 0,
-            error: None,
-        };
+        );
         (out, seen)
     }
 

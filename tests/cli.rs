@@ -132,6 +132,17 @@ fn spawn_json(dsn: &str, table: &str) -> (Child, mpsc::Receiver<String>) {
     (child, lines)
 }
 
+/// The next INSERT event walwatch prints, as JSON (waited for with a deadline).
+fn next_insert(lines: &mpsc::Receiver<String>) -> serde_json::Value {
+    let line = support::wait_until("an INSERT on stdout", Duration::from_secs(30), || {
+        lines
+            .try_recv()
+            .ok()
+            .filter(|l| l.contains("\"op\":\"INSERT\""))
+    });
+    serde_json::from_str(&line).unwrap()
+}
+
 /// Waits until walwatch (by PID) has created its temporary slot: from then on, every commit
 /// reaches it.
 fn wait_for_slot(pid: u32) -> String {
@@ -165,13 +176,7 @@ fn live_run_stops_on_sigterm_and_leaves_nothing_behind() {
     let pid = child.id();
     let slot = wait_for_slot(pid);
     sql(&format!("INSERT INTO {t} VALUES (1, 'book');"));
-    let insert = support::wait_until("the INSERT on stdout", Duration::from_secs(30), || {
-        lines
-            .try_recv()
-            .ok()
-            .filter(|l| l.contains("\"op\":\"INSERT\""))
-    });
-    let event: serde_json::Value = serde_json::from_str(&insert).unwrap();
+    let event = next_insert(&lines);
     harness::assert_valid(&event);
     assert_eq!(event["data"], serde_json::json!({"id": 1, "item": "book"}));
 
@@ -376,13 +381,7 @@ fn types_created_after_start_decode_as_their_base_types() {
          ALTER TABLE {t} ADD COLUMN qty {t}_qty, ADD COLUMN state {t}_state, ADD COLUMN qtys {t}_qty[];
          INSERT INTO {t} VALUES (1, 7, 'paid', '{{1,2}}');"
     ));
-    let insert = support::wait_until("the INSERT on stdout", Duration::from_secs(30), || {
-        lines
-            .try_recv()
-            .ok()
-            .filter(|l| l.contains("\"op\":\"INSERT\""))
-    });
-    let event: serde_json::Value = serde_json::from_str(&insert).unwrap();
+    let event = next_insert(&lines);
     assert_eq!(
         event["data"],
         serde_json::json!({"id": 1, "qty": 7, "state": "paid", "qtys": [1, 2]}),
