@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod event;
+pub mod expr;
 mod event_json;
 pub mod pg;
 pub mod scratch;
