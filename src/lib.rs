@@ -5,6 +5,7 @@ pub mod decode;
 pub mod event;
 pub mod expr;
 mod event_json;
+pub mod event_read;
 pub mod pg;
 pub mod scratch;
 
