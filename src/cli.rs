@@ -7,23 +7,32 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use std::sync::Arc;
+
+use crate::assert::parse_duration;
 use crate::config::{self, Config, EndPos, Format, SinkSpec, SlotMode};
 use crate::error::{Error, Result};
+use crate::event_read::Envelope;
+use crate::expr::Expr;
 use crate::pg::params::ConnParams;
 
 const ABOUT: &str =
     "Watch PostgreSQL row changes live from the WAL (logical replication, pgoutput).";
 
-const AFTER_HELP: &str = "\
-Examples:
+const AFTER_HELP: &str = r#"Examples:
   walwatch demo                                    try it on a throwaway local PostgreSQL
   walwatch --dsn postgres://u:p@127.0.0.1/shop --tables orders,users
   walwatch --tables orders --format json > events.jsonl
-  walwatch --tables 'sales.*' --ops insert,delete
+  walwatch --tables 'sales.*' --ops insert,delete --where 'data.amount != "0.00"'
   walwatch --slot bench --tables orders --endpos now --format json > out.jsonl
+  walwatch watch --tables orders --until 'op == "INSERT"' --within 5s
+  walwatch record --tables orders --output run.jsonl --ready-file ready &
+  walwatch mark fault-start
+  walwatch assert never --input run.jsonl --since fault-start --where 'op == "INSERT"'
 
 Without --dsn, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and
-~/.pgpass apply, as for psql. Exit codes: 0 ok, 2 error.";
+~/.pgpass apply, as for psql. Exit codes: 0 ok (assertion satisfied), 1 assertion failed,
+2 error."#;
 
 #[derive(Debug, Parser)]
 #[command(name = "walwatch", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -44,6 +53,119 @@ pub enum Command {
     /// Start a throwaway local PostgreSQL, write a little traffic to it and watch it live.
     /// Ctrl-C stops and removes everything it created.
     Demo(DemoArgs),
+    /// Watch row changes (the default command); with --until, exit once an event matches.
+    Watch(WatchArgs),
+    /// Record events (and walwatch's markers) as JSONL for `walwatch assert`; stdout unless
+    /// --output is given.
+    Record(WatchArgs),
+    /// Put a named marker into the stream (a transactional logical message), for
+    /// `walwatch assert --since NAME`.
+    Mark(MarkArgs),
+    /// Check a recording: exit 0 when the assertion holds, 1 when it fails (report on stderr).
+    Assert(AssertArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvelopeArg {
+    /// {"type":"wal","op":...,"data":{row},...}: schemas/event.schema.json.
+    Native,
+    /// {"type":"wal","data":{"op":...,"data":{row},...}}: the generic {type, data} shape.
+    Nested,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MarkArgs {
+    /// The marker's name.
+    pub name: String,
+
+    /// Connection string (else the libpq variables).
+    #[arg(long, value_name = "DSN")]
+    pub dsn: Option<String>,
+
+    /// Wait until the marker appears in this recording (proves the recorder is running and
+    /// has caught up).
+    #[arg(long, value_name = "PATH")]
+    pub input: Option<PathBuf>,
+
+    /// How long to wait for it with --input.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub within: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AssertArgs {
+    #[command(subcommand)]
+    pub kind: AssertKind,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum AssertKind {
+    /// Pass on the first matching event; fail when --within passes first.
+    Eventually {
+        #[command(flatten)]
+        common: AssertCommon,
+        /// How long to wait for a matching event.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        within: String,
+    },
+    /// Fail if a matching change was committed in the window: after --since (or for --during
+    /// from now), up to a fence through the database.
+    Never {
+        #[command(flatten)]
+        common: AssertCommon,
+        /// Watch the next DURATION (fenced at both ends) instead of the recording so far.
+        #[arg(long, value_name = "DURATION")]
+        during: Option<String>,
+    },
+    /// Count matching events after --since, up to a fence through the database.
+    Count {
+        #[command(flatten)]
+        common: AssertCommon,
+        #[arg(long, value_name = "N", group = "expect")]
+        equals: Option<u64>,
+        #[arg(long, value_name = "N", group = "expect")]
+        at_least: Option<u64>,
+        #[arg(long, value_name = "N", group = "expect")]
+        at_most: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AssertCommon {
+    /// The recording (JSONL written by `walwatch record`).
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+
+    /// The CEL expression an event must match (variables: type, op, schema, table, data,
+    /// old, key, xid, lsn, commit_lsn, ts, unchanged).
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_: String,
+
+    /// Only events after the latest marker of this name (`walwatch mark NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub since: Option<String>,
+
+    /// Connection string for the fence and the diagnostics (else the libpq variables).
+    #[arg(long, value_name = "DSN")]
+    pub dsn: Option<String>,
+
+    /// Check the recording as it is, without a fence (for a recording that has ended).
+    #[arg(long)]
+    pub no_fence: bool,
+
+    /// How long the fence may take to appear in the recording.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub fence_timeout: String,
+
+    /// Report format: text on stderr when the assertion fails, or JSON on stdout always.
+    #[arg(long, value_enum, default_value = "text")]
+    pub report: ReportArg,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +241,37 @@ pub struct WatchArgs {
     /// Seconds between standby status updates to the server.
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub status_interval: f64,
+
+    /// Only events matching this CEL expression, e.g. 'op == "UPDATE" && data.status ==
+    /// "shipped"'. Runs after --tables and --ops.
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_: Option<String>,
+
+    /// How JSON lines are wrapped: native (the schema) or nested ({"type":"wal","data":{...}}).
+    #[arg(long, value_enum, default_value = "native")]
+    pub envelope: EnvelopeArg,
+
+    /// Write this file (holding the slot name) once streaming has started: from then on every
+    /// commit is captured. Harnesses wait for it before acting.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// Exit 0 as soon as an event matches this CEL expression (1 if --within passes first).
+    #[arg(long, value_name = "EXPR")]
+    pub until: Option<String>,
+
+    /// With --until: how long to wait.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        requires = "until"
+    )]
+    pub within: String,
+
+    /// With --until: the report's format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub report: ReportArg,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -156,9 +309,7 @@ impl WatchArgs {
     /// Validates every argument; reads the environment (libpq variables, ~/.pgpass) but opens
     /// no connection.
     pub fn to_config(&self) -> Result<Config> {
-        let env = |name: &str| std::env::var(name).ok();
-        let home = std::env::var_os("HOME").map(PathBuf::from);
-        let conn = ConnParams::resolve(self.dsn.as_deref(), &env, home.as_deref())?;
+        let conn = conn_params(self.dsn.as_deref())?;
         let tables = config::parse_tables(&self.tables)?;
         let ops = config::parse_ops(&self.ops)?;
         let slot = match &self.slot {
@@ -208,6 +359,11 @@ impl WatchArgs {
                 "--status-interval must be between 0 and 3600 seconds".into(),
             ));
         }
+        let filter = self
+            .where_
+            .as_deref()
+            .map(|w| config::compile_expr("--where", w))
+            .transpose()?;
         Ok(Config {
             conn,
             tables,
@@ -217,6 +373,47 @@ impl WatchArgs {
             endpos,
             sinks,
             status_interval: Duration::from_secs_f64(self.status_interval),
+            filter,
+            keep_markers: false,
+            envelope: match self.envelope {
+                EnvelopeArg::Native => Envelope::Native,
+                EnvelopeArg::Nested => Envelope::Nested,
+            },
+            ready_file: self.ready_file.clone(),
         })
     }
+
+    /// `--until` compiled and `--within` parsed, if --until was given.
+    pub fn until(&self) -> Result<Option<(Arc<Expr>, Duration)>> {
+        match &self.until {
+            None => Ok(None),
+            Some(u) => Ok(Some((
+                config::compile_expr("--until", u)?,
+                duration_arg("--within", &self.within)?,
+            ))),
+        }
+    }
+
+    /// The config for `walwatch record`: JSON (never the terminal view) and markers kept.
+    pub fn to_record_config(&self) -> Result<Config> {
+        let mut args = self.clone();
+        if args.format.is_none() {
+            args.format = Some(FormatArg::Json);
+        }
+        let mut config = args.to_config()?;
+        config.keep_markers = true;
+        Ok(config)
+    }
+}
+
+/// Parses a `5s` / `250ms` / `2m` option.
+pub fn duration_arg(option: &str, value: &str) -> Result<Duration> {
+    parse_duration(value).map_err(|e| Error::Config(format!("{option}: {e}")))
+}
+
+/// Resolves connection parameters from `--dsn` and the libpq environment.
+pub fn conn_params(dsn: Option<&str>) -> Result<ConnParams> {
+    let env = |name: &str| std::env::var(name).ok();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    Ok(ConnParams::resolve(dsn, &env, home.as_deref())?)
 }

@@ -3,10 +3,13 @@
 //! the network.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::event::{Lsn, Op};
+use crate::event_read::Envelope;
+use crate::expr::Expr;
 use crate::filter::{OpSet, TablePattern};
 use crate::pg::params::ConnParams;
 
@@ -97,6 +100,43 @@ pub struct Config {
     /// How often a standby status update is sent even when nothing changed. Must be well under
     /// the server's `wal_sender_timeout` (60 s by default).
     pub status_interval: Duration,
+    /// `--where`: a CEL expression every event must match, after the table and op fast paths.
+    pub filter: Option<Arc<Expr>>,
+    /// Let walwatch's own marker messages (fences, marks) through every filter, so a recording
+    /// can be fenced by `walwatch assert` (`walwatch record`).
+    pub keep_markers: bool,
+    /// How JSON lines are wrapped.
+    pub envelope: Envelope,
+    /// Written (with the slot name) once streaming has started, for harnesses to wait on.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// A config for `conn` with every other setting at its default: every table, every op, a
+    /// temporary slot, no sink.
+    pub fn new(conn: ConnParams) -> Config {
+        Config {
+            conn,
+            tables: Vec::new(),
+            ops: OpSet::all(),
+            slot: SlotMode::Temporary,
+            publication: None,
+            endpos: None,
+            sinks: Vec::new(),
+            status_interval: Duration::from_secs(10),
+            filter: None,
+            keep_markers: false,
+            envelope: Envelope::Native,
+            ready_file: None,
+        }
+    }
+}
+
+/// Compiles a `--where`-style option, naming the option in the error.
+pub fn compile_expr(option: &str, source: &str) -> Result<Arc<Expr>> {
+    Expr::compile(source)
+        .map(Arc::new)
+        .map_err(|e| Error::Config(format!("{option} {e}")))
 }
 
 /// Checks a replication slot name as the server would: lower-case letters, digits and

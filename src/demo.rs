@@ -8,8 +8,8 @@ use anyhow::Context;
 use tokio_postgres::NoTls;
 
 use walwatch::cli::{DemoArgs, stdout_format};
-use walwatch::config::{Config, SinkSpec, SlotMode};
-use walwatch::filter::{OpSet, TablePattern};
+use walwatch::config::{Config, SinkSpec};
+use walwatch::filter::TablePattern;
 use walwatch::pg::params::ConnParams;
 use walwatch::scratch::{ScratchCluster, ScratchOptions};
 use walwatch::session;
@@ -66,19 +66,12 @@ async fn watch(cluster: &ScratchCluster, args: &DemoArgs) -> anyhow::Result<()> 
         .context("creating the demo tables")?;
 
     let conn = ConnParams::resolve(Some(&dsn), &|_| None, None)?;
-    let config = Config {
-        conn,
-        tables: vec![
-            TablePattern::parse("orders").map_err(anyhow::Error::msg)?,
-            TablePattern::parse("users").map_err(anyhow::Error::msg)?,
-        ],
-        ops: OpSet::all(),
-        slot: SlotMode::Temporary,
-        publication: None,
-        endpos: None,
-        sinks: vec![SinkSpec::Stdout(stdout_format(args.format, args.color))],
-        status_interval: Duration::from_secs(10),
-    };
+    let mut config = Config::new(conn);
+    config.tables = vec![
+        TablePattern::parse("orders").map_err(anyhow::Error::msg)?,
+        TablePattern::parse("users").map_err(anyhow::Error::msg)?,
+    ];
+    config.sinks = vec![SinkSpec::Stdout(stdout_format(args.format, args.color))];
     if args.seconds.is_none() {
         tracing::info!("Ctrl-C to stop");
     }

@@ -61,6 +61,19 @@ pub enum Error {
     #[error(transparent)]
     Scratch(#[from] crate::scratch::ScratchError),
 
+    /// A `--where` / assertion expression failed on an event (a type error): fix the expression.
+    #[error("{0}")]
+    Expr(#[from] crate::expr::EvalError),
+
+    /// An assertion did not hold. Its report says what was expected, what was seen and why the
+    /// event may be missing.
+    #[error("{0}")]
+    Assertion(Box<crate::assert::Report>),
+
+    /// A fence did not come back through the stream in time: the stream is behind or stalled.
+    #[error("{0}")]
+    FenceTimeout(String),
+
     /// A file walwatch needs could not be used.
     #[error("{}: {source}", path.display())]
     File {
@@ -76,7 +89,7 @@ impl Error {
         match self {
             Error::Pg(e) => e.is_transient(),
             Error::Meta(e) => e.is_closed() || e.as_db_error().is_none(),
-            Error::StreamEnded => true,
+            Error::StreamEnded | Error::FenceTimeout(_) => true,
             _ => false,
         }
     }

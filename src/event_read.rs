@@ -47,7 +47,11 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
     let v: Json = serde_json::from_str(line).map_err(|e| ReadError(e.to_string()))?;
     let obj = match &v {
         Json::Object(o) if o.get("type").and_then(Json::as_str) == Some("wal") => o,
-        _ => return Err(ReadError("expected an object with \"type\": \"wal\"".into())),
+        _ => {
+            return Err(ReadError(
+                "expected an object with \"type\": \"wal\"".into(),
+            ));
+        }
     };
     let obj = match obj.get("data") {
         Some(Json::Object(inner)) if !obj.contains_key("op") && inner.contains_key("op") => inner,
@@ -58,7 +62,9 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
         match field(name) {
             Json::Null => Ok(None),
             Json::String(s) => Ok(Some(s)),
-            other => Err(ReadError(format!("`{name}` should be a string, not {other}"))),
+            other => Err(ReadError(format!(
+                "`{name}` should be a string, not {other}"
+            ))),
         }
     };
     let op: Op = text("op")?
@@ -67,7 +73,9 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
         .map_err(|e: crate::event::OpParseError| ReadError(e.to_string()))?;
     let lsn = |name: &str| -> Result<Lsn, ReadError> {
         match text(name)? {
-            Some(s) => s.parse().map_err(|e: crate::event::LsnParseError| ReadError(e.to_string())),
+            Some(s) => s
+                .parse()
+                .map_err(|e: crate::event::LsnParseError| ReadError(e.to_string())),
             None => Ok(Lsn::ZERO),
         }
     };
@@ -84,8 +92,15 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
         (Op::Message, Json::Object(m)) => {
             let content = m.get("content").and_then(Json::as_str).unwrap_or("");
             e.message = Some(LogicalMessage {
-                transactional: m.get("transactional").and_then(Json::as_bool).unwrap_or(false),
-                prefix: m.get("prefix").and_then(Json::as_str).unwrap_or("").to_string(),
+                transactional: m
+                    .get("transactional")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
+                prefix: m
+                    .get("prefix")
+                    .and_then(Json::as_str)
+                    .unwrap_or("")
+                    .to_string(),
                 content: content.as_bytes().to_vec(),
             });
         }
@@ -94,7 +109,11 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
     e.old = row(field("old"));
     e.key = row(field("key"));
     if let Json::Array(cols) = field("unchanged") {
-        e.unchanged = cols.iter().filter_map(Json::as_str).map(Arc::from).collect();
+        e.unchanged = cols
+            .iter()
+            .filter_map(Json::as_str)
+            .map(Arc::from)
+            .collect();
     }
     Ok(e)
 }
@@ -157,7 +176,9 @@ fn parse_timestamp(s: &str) -> Option<Timestamp> {
     let (h, mi, se, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
     let days = days_from_civil(i64::from(y), mo, d);
     let secs = days * 86_400 + i64::from(h * 3600 + mi * 60 + se);
-    Some(Timestamp::from_unix_micros(secs * 1_000_000 + i64::from(us)))
+    Some(Timestamp::from_unix_micros(
+        secs * 1_000_000 + i64::from(us),
+    ))
 }
 
 #[cfg(test)]
@@ -175,8 +196,14 @@ mod tests {
             ("id", Value::Int(1)),
             ("amount", Value::Numeric("12.50".into())),
             ("f", Value::Float(0.5)),
-            ("tags", Value::Array(vec![Value::Text("a".into()), Value::Null])),
-            ("doc", Value::Json(JsonText::new(r#"{"z":1,"a":[true]}"#.into()).unwrap())),
+            (
+                "tags",
+                Value::Array(vec![Value::Text("a".into()), Value::Null]),
+            ),
+            (
+                "doc",
+                Value::Json(JsonText::new(r#"{"z":1,"a":[true]}"#.into()).unwrap()),
+            ),
             ("zeta", Value::Bool(false)),
         ];
         e.data = Some(Row {
@@ -233,7 +260,12 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        for us in [0i64, 1_795_317_721_123_456, -86_400_000_001, 253_402_300_799_999_999] {
+        for us in [
+            0i64,
+            1_795_317_721_123_456,
+            -86_400_000_001,
+            253_402_300_799_999_999,
+        ] {
             let ts = Timestamp::from_unix_micros(us);
             assert_eq!(parse_timestamp(&ts.to_string()), Some(ts), "{ts}");
         }
@@ -242,7 +274,12 @@ mod tests {
 
     #[test]
     fn junk_is_an_error() {
-        for bad in ["", "[]", "{\"type\":\"other\"}", "{\"type\":\"wal\",\"op\":\"UPSERT\"}"] {
+        for bad in [
+            "",
+            "[]",
+            "{\"type\":\"other\"}",
+            "{\"type\":\"wal\",\"op\":\"UPSERT\"}",
+        ] {
             assert!(parse_line(bad).is_err(), "{bad:?} parsed");
         }
     }

@@ -58,10 +58,8 @@ pub struct CompileError {
 
 impl CompileError {
     fn describe(&self) -> String {
-        let line_text = self.expression.lines().nth(self.line.saturating_sub(1)).unwrap_or("");
-        let caret = " ".repeat(self.column.saturating_sub(1));
         format!(
-            "`{}`: line {}, column {}: {}\n  | {line_text}\n  | {caret}^",
+            "`{}`: line {}, column {}: {}",
             self.expression, self.line, self.column, self.message
         )
     }
@@ -140,15 +138,17 @@ impl Expr {
         })?;
         let mut vars = BTreeSet::new();
         let mut unknown = None;
-        free_variables(program.expression(), &mut Vec::new(), &mut |name, id| {
-            match VARIABLES.iter().find(|v| **v == name) {
+        free_variables(
+            program.expression(),
+            &mut Vec::new(),
+            &mut |name, id| match VARIABLES.iter().find(|v| **v == name) {
                 Some(v) => {
                     vars.insert(*v);
                 }
                 None if unknown.is_none() => unknown = Some((name.to_string(), id)),
                 None => {}
-            }
-        });
+            },
+        );
         if let Some((name, id)) = unknown {
             let (line, column) = position(source, program.source_info().offset_for(id));
             return Err(CompileError {
@@ -343,7 +343,9 @@ fn explain_error(e: &ExecutionError) -> String {
             let types = o.argument_types();
             let mut msg = e.to_string();
             if types.iter().any(|t| t == "string")
-                && types.iter().any(|t| matches!(t.as_str(), "int" | "uint" | "double"))
+                && types
+                    .iter()
+                    .any(|t| matches!(t.as_str(), "int" | "uint" | "double"))
             {
                 msg.push_str(
                     ": numeric, date, time and uuid columns are strings in events; convert with \
@@ -514,7 +516,13 @@ fn walk(node: &IdedExpr, f: &mut impl FnMut(&IdedExpr)) {
             call.args.iter().for_each(|a| walk(a, f));
         }
         Node::Comprehension(c) => {
-            for n in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+            for n in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
                 walk(n, f);
             }
         }
@@ -668,7 +676,9 @@ pub(crate) fn unparse(node: &IdedExpr) -> String {
                 _ => None,
             };
             match (infix, call.func_name.as_str(), call.args.as_slice()) {
-                (Some(op), _, [a, b]) => format!("{} {op} {}", unparse_operand(a), unparse_operand(b)),
+                (Some(op), _, [a, b]) => {
+                    format!("{} {op} {}", unparse_operand(a), unparse_operand(b))
+                }
                 (_, "!_", [a]) => format!("!{}", unparse_operand(a)),
                 (_, "-_", [a]) => format!("-{}", unparse_operand(a)),
                 (_, "_[_]", [a, b]) => format!("{}[{}]", unparse(a), unparse(b)),
@@ -772,7 +782,9 @@ pub(crate) fn value(v: &Value) -> Cel {
         Value::Bool(b) => Cel::Bool(*b),
         Value::Int(i) => Cel::Int(*i),
         Value::Float(f) if f.is_nan() => string("NaN"),
-        Value::Float(f) if f.is_infinite() => string(if *f > 0.0 { "Infinity" } else { "-Infinity" }),
+        Value::Float(f) if f.is_infinite() => {
+            string(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+        }
         Value::Float(f) => Cel::Float(*f),
         Value::Bytea(b) => Cel::String(Arc::new(bytea_hex(b))),
         Value::Json(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
@@ -804,7 +816,9 @@ fn json_value(v: &serde_json::Value) -> Cel {
             _ => string(&n.to_string()),
         },
         serde_json::Value::String(s) => string(s),
-        serde_json::Value::Array(items) => Cel::List(Arc::new(items.iter().map(json_value).collect())),
+        serde_json::Value::Array(items) => {
+            Cel::List(Arc::new(items.iter().map(json_value).collect()))
+        }
         serde_json::Value::Object(map) => {
             let m: HashMap<Key, Cel> = map.iter().map(|(k, v)| (key(k), json_value(v))).collect();
             m.into()
@@ -836,7 +850,10 @@ mod tests {
                 col("amount", Value::Numeric("12.50".into())),
                 col("score", Value::Float(f64::NAN)),
                 col("tags", Value::Array(vec![Value::Text("a".into())])),
-                col("doc", Value::Json(JsonText::new(r#"{"n": 2}"#.into()).unwrap())),
+                col(
+                    "doc",
+                    Value::Json(JsonText::new(r#"{"n": 2}"#.into()).unwrap()),
+                ),
             ],
         });
         e
@@ -874,16 +891,25 @@ mod tests {
             y.eval(&order(Op::Insert, "shipped")),
             Ok(Verdict::Missing("stauts".into()))
         );
-        assert_eq!(m(r#"old.status == "paid""#, &order(Op::Update, "x")), Ok(false));
+        assert_eq!(
+            m(r#"old.status == "paid""#, &order(Op::Update, "x")),
+            Ok(false)
+        );
     }
 
     #[test]
     fn string_number_comparisons_are_errors_not_false() {
         let e = order(Op::Insert, "new");
         for (src, needle) in [
-            ("data.amount == 12.5", "compares a string (\"12.50\") with a number (12.5)"),
+            (
+                "data.amount == 12.5",
+                "compares a string (\"12.50\") with a number (12.5)",
+            ),
             ("data.amount != 12.5", "compares a string"),
-            ("data.id == \"1\"", "compares a number (1) with a string (\"1\")"),
+            (
+                "data.id == \"1\"",
+                "compares a number (1) with a string (\"1\")",
+            ),
             ("data.id in [\"1\", \"2\"]", "looks for a number"),
             ("data.amount > 10", "_>_"),
         ] {
@@ -898,7 +924,12 @@ mod tests {
         // null compares with anything.
         assert_eq!(m("old == null && data.id != null", &e), Ok(true));
         // A non-boolean result is an error too.
-        assert!(m("data.id + 1", &e).unwrap_err().message.contains("true or false"));
+        assert!(
+            m("data.id + 1", &e)
+                .unwrap_err()
+                .message
+                .contains("true or false")
+        );
     }
 
     #[test]
@@ -908,7 +939,7 @@ mod tests {
         let err = Expr::compile(r#"op == "INSERT" && tabel == "orders""#).unwrap_err();
         assert!(err.message.contains("unknown variable `tabel`"), "{err}");
         assert_eq!((err.line, err.column), (1, 19), "{err}");
-        assert!(err.to_string().contains('^'));
+        assert!(err.to_string().contains("line 1, column 19"), "{err}");
         // Variables bound by a macro are not unknown.
         Expr::compile("unchanged.all(c, c != \"id\")").unwrap();
         assert!(Expr::compile("unchanged.all(c, d != \"id\")").is_err());
@@ -931,7 +962,10 @@ mod tests {
         assert_eq!(x.wanted("schema"), None);
         assert_eq!(
             x.columns_read(),
-            vec![("data".to_string(), "status".to_string()), ("data".into(), "id".into())]
+            vec![
+                ("data".to_string(), "status".to_string()),
+                ("data".into(), "id".into())
+            ]
         );
     }
 

@@ -8,7 +8,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use std::sync::Arc;
+
 use crate::event::{Event, Op};
+use crate::expr::{EvalError, Expr};
+use crate::marker;
 
 /// The set of operations to emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +179,10 @@ pub struct Filter {
     /// schema -> tables; None = every table.
     tables: Option<HashMap<String, HashSet<String>>>,
     ops: OpSet,
+    /// `--where`, run after the fast paths.
+    expr: Option<Arc<Expr>>,
+    /// Let walwatch's markers through whatever the ops and the expression say.
+    keep_markers: bool,
 }
 
 impl Filter {
@@ -186,18 +194,38 @@ impl Filter {
             }
             map
         });
-        Filter { tables, ops }
+        Filter {
+            tables,
+            ops,
+            expr: None,
+            keep_markers: false,
+        }
+    }
+
+    /// Adds a `--where` expression; `keep_markers` lets walwatch's own markers through.
+    pub fn with_where(mut self, expr: Option<Arc<Expr>>, keep_markers: bool) -> Filter {
+        self.expr = expr;
+        self.keep_markers = keep_markers;
+        self
     }
 
     /// Whether the event passes. BEGIN, COMMIT and MESSAGE have no table and pass the table
-    /// check; the op set applies to every op.
-    pub fn accepts(&self, e: &Event) -> bool {
-        if !self.ops.contains(e.op) {
-            return false;
+    /// check; the op set and the expression apply to every op. An expression that fails on the
+    /// event (a type error) is an error, never a silent no.
+    pub fn accepts(&self, e: &Event) -> Result<bool, EvalError> {
+        if self.keep_markers && marker::is_marker(e) {
+            return Ok(true);
         }
-        match (&self.tables, &e.schema, &e.table) {
+        if !self.ops.contains(e.op) {
+            return Ok(false);
+        }
+        let table_ok = match (&self.tables, &e.schema, &e.table) {
             (Some(map), Some(s), Some(t)) => map.get(&**s).is_some_and(|set| set.contains(&**t)),
             _ => true,
+        };
+        match &self.expr {
+            Some(x) if table_ok => x.matches(e),
+            _ => Ok(table_ok),
         }
     }
 }
@@ -249,12 +277,38 @@ mod tests {
         let mut e = Event::new(Op::Insert, crate::Lsn(1));
         e.schema = Some(Arc::from("public"));
         e.table = Some(Arc::from("orders"));
-        assert!(f.accepts(&e));
+        assert_eq!(f.accepts(&e), Ok(true));
         e.table = Some(Arc::from("users"));
-        assert!(!f.accepts(&e));
+        assert_eq!(f.accepts(&e), Ok(false));
         e.table = Some(Arc::from("orders"));
         e.op = Op::Delete;
-        assert!(!f.accepts(&e));
+        assert_eq!(f.accepts(&e), Ok(false));
+    }
+
+    #[test]
+    fn where_runs_after_the_fast_paths_and_markers_can_pass() {
+        let x = Arc::new(Expr::compile(r#"data.id == 2"#).unwrap());
+        let f = Filter::new(None, OpSet::all()).with_where(Some(x.clone()), false);
+        let mut e = Event::new(Op::Insert, crate::Lsn(1));
+        e.table = Some(Arc::from("orders"));
+        e.schema = Some(Arc::from("public"));
+        e.data = Some(crate::event::Row {
+            columns: vec![crate::event::Column {
+                name: Arc::from("id"),
+                value: crate::Value::Text("2".into()),
+            }],
+        });
+        // A string compared with a number is an error, not a silent false.
+        assert!(f.accepts(&e).is_err());
+        let mut mark = Event::new(Op::Message, crate::Lsn(2));
+        mark.message = Some(crate::LogicalMessage {
+            transactional: true,
+            prefix: marker::FENCE_PREFIX.into(),
+            content: b"1".to_vec(),
+        });
+        assert_eq!(f.accepts(&mark), Ok(false));
+        let keep = Filter::new(None, OpSet::empty()).with_where(Some(x), true);
+        assert_eq!(keep.accepts(&mark), Ok(true));
     }
 
     #[test]

@@ -3,20 +3,26 @@
 
 pub mod decode;
 pub mod event;
-pub mod expr;
 mod event_json;
 pub mod event_read;
+pub mod expr;
 pub mod pg;
 pub mod scratch;
 
 pub use event::{Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
+pub mod assert;
 #[doc(hidden)]
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod filter;
+pub mod marker;
 pub mod pipeline;
 pub mod session;
 pub mod sink;
+mod watch;
 
-pub use error::Error;
+pub use assert::{Predicate, Report, named};
+pub use error::{Error, Result};
+pub use expr::Expr;
+pub use watch::{Mark, Watch, WatchBuilder, report_of, run_until};

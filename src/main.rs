@@ -2,14 +2,33 @@
 //! code (0 ok, 1 assertion failed, 2 error). Everything else lives in the library.
 
 mod demo;
+mod harness;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use walwatch::cli::{Cli, Command, LogArgs};
+use walwatch::cli::{Cli, Command, LogArgs, WatchArgs};
 use walwatch::session;
+
+use harness::Verdict;
+
+/// The default command: watch (and with --until, wait for one event).
+async fn watch(args: &WatchArgs) -> anyhow::Result<Verdict> {
+    let config = args.to_config()?;
+    match args.until()? {
+        None => {
+            let outcome = session::run(config, shutdown_signal()).await?;
+            tracing::debug!(?outcome, "done");
+            Ok(Verdict::Done)
+        }
+        Some((expr, within)) => {
+            let report = walwatch::run_until(config, expr, within, shutdown_signal()).await?;
+            Ok(harness::conclude(&report, args.report, false))
+        }
+    }
+}
 
 fn init_logging(log: &LogArgs) {
     let default = match (log.quiet, log.verbose) {
@@ -84,19 +103,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result: anyhow::Result<()> = runtime.block_on(async {
+    let result: anyhow::Result<Verdict> = runtime.block_on(async {
         match cli.command {
-            Some(Command::Demo(args)) => demo::run(args).await,
-            None => {
-                let config = cli.watch.to_config()?;
-                let outcome = session::run(config, shutdown_signal()).await?;
-                tracing::debug!(?outcome, "done");
-                Ok(())
+            Some(Command::Demo(args)) => demo::run(args).await.map(|()| Verdict::Done),
+            Some(Command::Watch(args)) => watch(&args).await,
+            None => watch(&cli.watch).await,
+            Some(Command::Record(args)) => {
+                let config = args.to_record_config()?;
+                session::run(config, shutdown_signal()).await?;
+                Ok(Verdict::Done)
             }
+            Some(Command::Mark(args)) => harness::mark(&args).await,
+            Some(Command::Assert(args)) => harness::assert(&args).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Verdict::Done | Verdict::Passed) => ExitCode::SUCCESS,
+        Ok(Verdict::Failed) => ExitCode::from(1),
         Err(e) => {
             if e.downcast_ref::<walwatch::Error>()
                 .is_some_and(|e| e.is_broken_pipe())

@@ -375,11 +375,11 @@ impl Output {
                     return;
                 }
                 self.begun = false;
-                self.pending_begin = self.filter.accepts(&ev).then_some(ev);
+                self.pending_begin = self.accepts(&ev).then_some(ev);
             }
             Op::Commit => {
                 let end = ev.end_lsn.unwrap_or(ev.commit_lsn);
-                if self.begun && self.filter.accepts(&ev) {
+                if self.begun && self.accepts(&ev) {
                     self.write(&ev);
                 }
                 self.begun = false;
@@ -390,7 +390,7 @@ impl Output {
                 }
             }
             _ => {
-                if !self.filter.accepts(&ev) {
+                if !self.accepts(&ev) {
                     return;
                 }
                 if let Some(begin) = self.pending_begin.take() {
@@ -398,6 +398,18 @@ impl Output {
                 }
                 self.begun = true;
                 self.write(&ev);
+            }
+        }
+    }
+
+    /// The filter's verdict; an expression error stops the run (nothing after it confirmed).
+    fn accepts(&mut self, ev: &Event) -> bool {
+        match self.filter.accepts(ev) {
+            Ok(yes) => yes,
+            Err(e) => {
+                self.error = Some(Error::Expr(e));
+                self.done = true;
+                false
             }
         }
     }

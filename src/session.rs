@@ -14,6 +14,7 @@ use crate::config::{Config, EndPos, SinkSpec, SlotMode};
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::event::Lsn;
+use crate::event_read::Envelope;
 use crate::filter::Filter;
 use crate::pg::catalog::{self, ServerInfo};
 use crate::pg::conn::ReplConn;
@@ -25,6 +26,25 @@ pub use crate::pipeline::StreamOutcome;
 
 /// How long slot creation may wait on open transactions before walwatch says why.
 const SLOT_WAIT_NOTICE: Duration = Duration::from_secs(2);
+
+/// What a session tells its caller once it streams: from here on, every transaction that
+/// commits reaches the sinks.
+#[derive(Clone, Debug)]
+pub struct Started {
+    pub slot: String,
+    pub publication: String,
+    /// The watched tables as `(schema, table)`; `None` for every table.
+    pub tables: Option<Vec<(String, String)>>,
+    pub database: String,
+}
+
+/// What a library caller adds to a session: sinks of its own (the assertion log) and a signal
+/// once streaming has started.
+#[derive(Default)]
+pub struct Hooks {
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub started: Option<tokio::sync::oneshot::Sender<Started>>,
+}
 
 /// What a finished session reports.
 #[derive(Clone, Debug)]
@@ -47,16 +67,18 @@ pub async fn connect_meta(config: &Config) -> Result<Client> {
 }
 
 /// Builds the sinks a config asks for.
-pub fn open_sinks(specs: &[SinkSpec]) -> Result<Vec<Box<dyn Sink>>> {
+pub fn open_sinks(specs: &[SinkSpec], envelope: Envelope) -> Result<Vec<Box<dyn Sink>>> {
     specs
         .iter()
         .map(|spec| -> Result<Box<dyn Sink>> {
             Ok(match spec {
-                SinkSpec::Stdout(crate::config::Format::Json) => Box::new(JsonlSink::stdout()),
+                SinkSpec::Stdout(crate::config::Format::Json) => {
+                    Box::new(JsonlSink::stdout(envelope))
+                }
                 SinkSpec::Stdout(crate::config::Format::Terminal { color }) => {
                     Box::new(TerminalSink::stdout(*color))
                 }
-                SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path)?),
+                SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path, envelope)?),
             })
         })
         .collect()
@@ -64,8 +86,18 @@ pub fn open_sinks(specs: &[SinkSpec]) -> Result<Vec<Box<dyn Sink>>> {
 
 /// Runs a whole session. `shutdown` resolving stops it cleanly (CopyDone, cleanup, Ok).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<Outcome> {
+    run_with(config, Hooks::default(), shutdown).await
+}
+
+/// [`run`], with sinks of the caller's and a signal once streaming has started.
+pub async fn run_with(
+    config: Config,
+    hooks: Hooks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome> {
     // Sinks first: an unwritable output file is reported before anything is created.
-    let sinks = open_sinks(&config.sinks)?;
+    let mut sinks = open_sinks(&config.sinks, config.envelope)?;
+    sinks.extend(hooks.sinks);
     let repl = ReplConn::connect(&config.conn).await?;
     let meta = std::sync::Arc::new(connect_meta(&config).await?);
     let info = catalog::check_server(&meta).await?;
@@ -113,6 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<O
         &publication,
         tables,
         sinks,
+        hooks.started,
         shutdown,
     )
     .await;
@@ -132,6 +165,7 @@ async fn stream_with_publication(
     publication: &str,
     tables: Option<Vec<(String, String)>>,
     sinks: Vec<Box<dyn Sink>>,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
     let types = catalog::load_types(meta).await?;
@@ -187,6 +221,20 @@ async fn stream_with_publication(
             None => String::new(),
         }
     );
+    if let Some(path) = &config.ready_file {
+        std::fs::write(path, format!("{slot_name}\n")).map_err(|source| Error::File {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if let Some(tx) = started {
+        let _ = tx.send(Started {
+            slot: slot_name.clone(),
+            publication: publication.to_string(),
+            tables: tables.clone(),
+            database: info.database.clone(),
+        });
+    }
     let decoder = Decoder::new(types).with_protocol(slot::proto_version(server_version));
     let handle = tokio::runtime::Handle::current();
     let catalog_conn = std::sync::Arc::clone(meta);
@@ -196,7 +244,8 @@ async fn stream_with_publication(
         load_types: Some(Box::new(move || {
             handle.block_on(catalog::load_types(&catalog_conn))
         })),
-        filter: Filter::new(tables.as_deref(), config.ops),
+        filter: Filter::new(tables.as_deref(), config.ops)
+            .with_where(config.filter.clone(), config.keep_markers),
         sinks,
         endpos,
         status_interval: config.status_interval,

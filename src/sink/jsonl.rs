@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::Sink;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::event_read::{Envelope, wrap};
 
 enum Target {
     Stdout(BufWriter<io::Stdout>),
@@ -19,18 +20,20 @@ enum Target {
 pub struct JsonlSink {
     target: Target,
     line: Vec<u8>,
+    envelope: Envelope,
 }
 
 impl JsonlSink {
-    pub fn stdout() -> JsonlSink {
+    pub fn stdout(envelope: Envelope) -> JsonlSink {
         JsonlSink {
             target: Target::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
             line: Vec::with_capacity(512),
+            envelope,
         }
     }
 
     /// Opens (creating if needed) `path` for appending.
-    pub fn file(path: &Path) -> Result<JsonlSink> {
+    pub fn file(path: &Path, envelope: Envelope) -> Result<JsonlSink> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -45,6 +48,7 @@ impl JsonlSink {
                 out: BufWriter::with_capacity(1 << 16, file),
             },
             line: Vec::with_capacity(512),
+            envelope,
         })
     }
 
@@ -60,6 +64,7 @@ impl Sink for JsonlSink {
     fn write(&mut self, event: &Event) -> Result<()> {
         self.line.clear();
         event.write_json(&mut self.line);
+        wrap(&mut self.line, self.envelope);
         self.line.push(b'\n');
         let res = match &mut self.target {
             Target::Stdout(out) => out.write_all(&self.line),

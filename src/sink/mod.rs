@@ -5,9 +5,11 @@
 //! confirms a WAL position to the server only after every sink has flushed past it, so a sink
 //! that fails to flush stops the run before anything it lost is confirmed.
 
+mod assert;
 mod jsonl;
 mod terminal;
 
+pub use assert::{AssertSink, EventLog, Slice};
 pub use jsonl::JsonlSink;
 pub use terminal::TerminalSink;
 

@@ -1,0 +1,267 @@
+//! Why an expected event may be missing: checks against the server, run only when an
+//! assertion fails (they cost a few catalog queries).
+//!
+//! Each finding is one sentence that says what to do. The checks follow what the predicate
+//! reads: the table it names (does it exist in this database, is it in the publication, is the
+//! operation published), the columns it reads from `old` or from a DELETE (does the replica
+//! identity carry them), and what holds changes back (transactions still open in other sessions,
+//! a slot behind the server).
+
+use tokio_postgres::Client;
+
+use super::Predicate;
+
+/// What the failing assertion was watching.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// The publication the stream reads, when known.
+    pub publication: Option<String>,
+    /// The slot the stream reads, when known.
+    pub slot: Option<String>,
+}
+
+/// Runs the checks; a check whose query fails is left out (the report must not fail).
+pub async fn diagnose(client: &Client, pred: &dyn Predicate, scope: &Scope) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(x) = pred.expr() {
+        let op = x.wanted("op");
+        if let Some(table) = x.wanted("table") {
+            let schema = x.wanted("schema");
+            table_checks(
+                client,
+                scope,
+                &table,
+                schema.as_deref(),
+                op.as_deref(),
+                x,
+                &mut out,
+            )
+            .await;
+        }
+    }
+    open_transactions(client, &mut out).await;
+    if let Some(slot) = &scope.slot {
+        slot_lag(client, slot, &mut out).await;
+    }
+    out
+}
+
+async fn table_checks(
+    client: &Client,
+    scope: &Scope,
+    table: &str,
+    schema: Option<&str>,
+    op: Option<&str>,
+    x: &crate::expr::Expr,
+    out: &mut Vec<String>,
+) {
+    let Ok(rows) = client
+        .query(
+            "SELECT n.nspname::text, c.relreplident::text, current_database()::text, \
+                    c.oid::int8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = $1 AND c.relkind IN ('r', 'p') \
+               AND (n.nspname = $2 OR ($2 IS NULL AND n.nspname = ANY (current_schemas(false))))",
+            &[&table, &schema],
+        )
+        .await
+    else {
+        return;
+    };
+    let Some(row) = rows.first() else {
+        let db: String = client
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        out.push(format!(
+            "there is no table `{table}` in database `{db}`{}: is the name right, and is the \
+             watch connected to the database the application writes to?",
+            schema.map(|s| format!(" (schema {s})")).unwrap_or_default()
+        ));
+        return;
+    };
+    let nsp: String = row.get(0);
+    let ident: String = row.get(1);
+    let oid: i64 = row.get(3);
+    let qualified = format!("{nsp}.{table}");
+
+    match &scope.publication {
+        Some(publication) => {
+            let listed = client
+                .query(
+                    "SELECT 1 FROM pg_publication_tables \
+                     WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                    &[publication, &nsp, &table],
+                )
+                .await
+                .map(|r| !r.is_empty())
+                .unwrap_or(true);
+            if !listed {
+                out.push(format!(
+                    "table {qualified} is not in the publication `{publication}` the stream \
+                     reads, so the server never sends its changes: add it to the watched tables \
+                     (--tables {qualified}, or .tables([\"{qualified}\"]))"
+                ));
+            }
+            if let Some(op) = op
+                && let Ok(r) = client
+                    .query_one(
+                        "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication \
+                         WHERE pubname = $1",
+                        &[publication],
+                    )
+                    .await
+            {
+                let published = match op {
+                    "INSERT" => r.get::<_, bool>(0),
+                    "UPDATE" => r.get::<_, bool>(1),
+                    "DELETE" => r.get::<_, bool>(2),
+                    "TRUNCATE" => r.get::<_, bool>(3),
+                    _ => true,
+                };
+                if !published {
+                    out.push(format!(
+                        "the publication `{publication}` does not publish {op}: the server \
+                         never sends it (include it in --ops / the publication's publish list)"
+                    ));
+                }
+            }
+        }
+        None => {
+            let in_any = client
+                .query(
+                    "SELECT 1 FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2",
+                    &[&nsp, &table],
+                )
+                .await
+                .map(|r| !r.is_empty())
+                .unwrap_or(true);
+            if !in_any {
+                out.push(format!(
+                    "table {qualified} is in no publication, so no stream carries its changes: \
+                     the recorder must watch it (walwatch record --tables {qualified})"
+                ));
+            }
+        }
+    }
+
+    // Columns the server only sends under some replica identities (docs, 31.1 "Publication";
+    // ALTER TABLE ... REPLICA IDENTITY): `old` of an UPDATE, and the row of a DELETE.
+    let needs_identity: Vec<String> = x
+        .columns_read()
+        .into_iter()
+        .filter(|(var, _)| var == "old" || (op == Some("DELETE") && var != "key"))
+        .map(|(var, col)| format!("{var}.{col}"))
+        .collect();
+    if needs_identity.is_empty() || ident == "f" {
+        return;
+    }
+    let key_cols: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1::int8::oid \
+               AND ((($2 = 'd') AND i.indisprimary) OR (($2 = 'i') AND i.indisreplident))",
+            &[&oid, &ident],
+        )
+        .await
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    let lacking: Vec<&String> = needs_identity
+        .iter()
+        .filter(|path| {
+            let col = path.split_once('.').map(|(_, c)| c).unwrap_or(path);
+            path.starts_with("old.") || !key_cols.iter().any(|k| k == col)
+        })
+        .collect();
+    if lacking.is_empty() {
+        return;
+    }
+    let ident_name = match ident.as_str() {
+        "d" => "DEFAULT",
+        "n" => "NOTHING",
+        "i" => "USING INDEX",
+        _ => "FULL",
+    };
+    let lacking: Vec<&str> = lacking.iter().map(|s| s.as_str()).collect();
+    out.push(format!(
+        "table {qualified} has REPLICA IDENTITY {ident_name} (key columns: {}), so the server \
+         does not send {} (an UPDATE's old row, a DELETE's non-key columns): \
+         ALTER TABLE {qualified} REPLICA IDENTITY FULL",
+        if key_cols.is_empty() {
+            "none".to_string()
+        } else {
+            key_cols.join(", ")
+        },
+        lacking.join(", ")
+    ));
+}
+
+/// Transactions of other sessions in this database that have written and not committed: their
+/// changes reach the stream only at commit.
+async fn open_transactions(client: &Client, out: &mut Vec<String>) {
+    let Ok(rows) = client
+        .query(
+            "SELECT pid, coalesce(application_name, ''), coalesce(state, ''), \
+                    coalesce(to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), \
+                    left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 120) \
+             FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_xid IS NOT NULL AND backend_type = 'client backend' \
+             ORDER BY xact_start LIMIT 5",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for r in rows {
+        let pid: i32 = r.get(0);
+        let app: String = r.get(1);
+        let state: String = r.get(2);
+        let since: String = r.get(3);
+        let query: String = r.get(4);
+        out.push(format!(
+            "a transaction is still open in session {pid}{} ({state} since {since}, last \
+             query: {query}): it has written but not committed, and its changes reach the \
+             stream only when it commits",
+            if app.is_empty() {
+                String::new()
+            } else {
+                format!(" of `{app}`")
+            }
+        ));
+    }
+}
+
+/// How far the slot's confirmed position is behind the server's WAL.
+async fn slot_lag(client: &Client, slot: &str, out: &mut Vec<String>) {
+    let Ok(Some(r)) = client
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text, \
+                    (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, active \
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+    else {
+        return;
+    };
+    let confirmed: Option<String> = r.get(0);
+    let current: String = r.get(1);
+    let behind: Option<i64> = r.get(2);
+    let active: bool = r.get(3);
+    if !active {
+        out.push(format!(
+            "slot `{slot}` has no active consumer: the stream is not running"
+        ));
+    } else if let Some(behind) = behind.filter(|b| *b > 1 << 20) {
+        out.push(format!(
+            "slot `{slot}` has confirmed {} while the server is at {current}: the stream is \
+             {} MB behind",
+            confirmed.unwrap_or_default(),
+            behind >> 20
+        ));
+    }
+}

@@ -1,0 +1,139 @@
+//! The binary's harness commands (`mark`, `assert`): arguments in, verdict and report out.
+//! The checks themselves are in the library (`walwatch::assert`).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_postgres::NoTls;
+
+use walwatch::assert::file::{Expect, FileCheck};
+use walwatch::cli::{
+    AssertArgs, AssertCommon, AssertKind, MarkArgs, ReportArg, conn_params, duration_arg,
+};
+use walwatch::config::compile_expr;
+use walwatch::marker;
+
+/// How a command ended, for the exit code.
+pub enum Verdict {
+    /// Not an assertion: it ran.
+    Done,
+    Passed,
+    Failed,
+}
+
+async fn connect(dsn: Option<&str>) -> anyhow::Result<tokio_postgres::Client> {
+    let params = conn_params(dsn)?;
+    let target = params.target();
+    let (client, conn) = params
+        .tokio_postgres_config()
+        .connect(NoTls)
+        .await
+        .map_err(walwatch::Error::from)
+        .with_context(|| format!("cannot connect to {target}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// Prints the report as asked and turns it into a verdict. `json_on_stdout`: where a JSON
+/// report goes (stdout for `assert`, stderr for `watch --until`, whose stdout carries events).
+pub fn conclude(report: &walwatch::Report, format: ReportArg, json_on_stdout: bool) -> Verdict {
+    match format {
+        ReportArg::Json => {
+            let json =
+                serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+            if json_on_stdout {
+                println!("{json}");
+            } else {
+                eprintln!("{json}");
+            }
+        }
+        ReportArg::Text if !report.passed => eprint!("{report}"),
+        ReportArg::Text => {
+            tracing::info!("assertion {} passed: {}", report.assertion, report.outcome)
+        }
+    }
+    if report.passed {
+        Verdict::Passed
+    } else {
+        Verdict::Failed
+    }
+}
+
+/// `walwatch mark NAME`: emits the marker; with --input, waits for it in the recording.
+pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
+    let within = duration_arg("--within", &args.within)?;
+    let before = match &args.input {
+        Some(input) => Some(FileCheck::count_marks(input, &args.name).await?),
+        None => None,
+    };
+    let client = connect(args.dsn.as_deref()).await?;
+    let lsn = marker::emit(&client, marker::MARK_PREFIX, &args.name).await?;
+    println!("{lsn}");
+    if let (Some(input), Some(before)) = (&args.input, before)
+        && !FileCheck::await_mark(input, &args.name, before, within).await?
+    {
+        anyhow::bail!(
+            "the mark `{}` did not appear in {} within {}: is `walwatch record` running on this \
+             database and writing to that file?",
+            args.name,
+            input.display(),
+            walwatch::assert::human(within)
+        );
+    }
+    Ok(Verdict::Done)
+}
+
+async fn check(common: &AssertCommon) -> anyhow::Result<FileCheck> {
+    let pred = compile_expr("--where", &common.where_)?;
+    let fence_timeout = duration_arg("--fence-timeout", &common.fence_timeout)?;
+    let db = if common.no_fence {
+        None
+    } else {
+        Some(connect(common.dsn.as_deref()).await.context(
+            "the assertion fences through the database (pass --dsn, or --no-fence for a recording that has ended)",
+        )?)
+    };
+    Ok(FileCheck {
+        input: common.input.clone(),
+        pred,
+        since: common.since.clone(),
+        db,
+        fence_timeout,
+    })
+}
+
+/// `walwatch assert eventually|never|count`.
+pub async fn assert(args: &AssertArgs) -> anyhow::Result<Verdict> {
+    let (common, report) = match &args.kind {
+        AssertKind::Eventually { common, within } => {
+            let within: Duration = duration_arg("--within", within)?;
+            (common, check(common).await?.eventually(within).await?)
+        }
+        AssertKind::Never { common, during } => {
+            let during = during
+                .as_deref()
+                .map(|d| duration_arg("--during", d))
+                .transpose()?;
+            (common, check(common).await?.never(during).await?)
+        }
+        AssertKind::Count {
+            common,
+            equals,
+            at_least,
+            at_most,
+        } => {
+            let expect = match (equals, at_least, at_most) {
+                (Some(n), _, _) => Expect::Equals(*n),
+                (_, Some(n), _) => Expect::AtLeast(*n),
+                (_, _, Some(n)) => Expect::AtMost(*n),
+                _ => anyhow::bail!("count needs --equals, --at-least or --at-most"),
+            };
+            (common, check(common).await?.count(expect).await?)
+        }
+    };
+    Ok(conclude(&report, common.report, true))
+}

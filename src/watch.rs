@@ -1,0 +1,653 @@
+//! The library face for test harnesses: start a watch, act, then assert on what reached the
+//! WAL.
+//!
+//! ```no_run
+//! # async fn demo(dsn: &str) -> walwatch::Result<()> {
+//! use std::time::Duration;
+//! use walwatch::{Op, Watch};
+//!
+//! let watch = Watch::builder(dsn).tables(["orders"]).start().await?;
+//! // ... the application writes ...
+//! watch.eventually(|e: &walwatch::Event| e.is_insert() && e.table() == "orders",
+//!                  Duration::from_secs(5)).await?;
+//! watch.never(|e: &walwatch::Event| e.op() == Op::Insert, Duration::from_secs(2)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The watch sees every transaction that commits after [`WatchBuilder::start`] returns, through
+//! its own temporary slot and publication (both gone when it stops). Assertions that must know
+//! they have seen *everything* up to a point (`never`, `count`, `sync`, `mark`) fence: they
+//! emit a transactional logical message on a separate connection and wait for it to come back
+//! through the stream ([`crate::marker`]). No sleeps decide anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::assert::diagnose::{self, Scope};
+use crate::assert::{Observer, Predicate, Report, human};
+use crate::config::{self, Config};
+use crate::error::{Error, Result};
+use crate::event::{Event, Lsn, Op};
+use crate::expr::Expr;
+use crate::marker::{self, FENCE_PREFIX, MARK_PREFIX};
+use crate::pg::params::ConnParams;
+use crate::session::{self, Hooks, Started};
+use crate::sink::{AssertSink, EventLog};
+
+/// Configures a [`Watch`]; see [`Watch::builder`].
+#[derive(Clone, Debug)]
+pub struct WatchBuilder {
+    dsn: String,
+    tables: Vec<String>,
+    ops: Vec<String>,
+    publication: Option<String>,
+    retain: usize,
+    fence_timeout: Duration,
+}
+
+/// A named point in the stream, made by [`Watch::mark`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub name: String,
+    /// The WAL position of the mark's message.
+    pub lsn: Lsn,
+    seq: u64,
+}
+
+/// A live watch on a database; see the module docs.
+pub struct Watch {
+    log: Arc<EventLog>,
+    meta: tokio_postgres::Client,
+    started: Started,
+    fence_timeout: Duration,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<session::Outcome>>>,
+}
+
+impl WatchBuilder {
+    /// Tables to watch (`orders`, `sales.orders`, `sales.*`); default: every table, which
+    /// needs a superuser (a publication FOR ALL TABLES).
+    pub fn tables<I, S>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.tables
+            .extend(tables.into_iter().map(|t| t.as_ref().to_string()));
+        self
+    }
+
+    /// Row operations to publish (`insert`, `update`, ...); default: all.
+    pub fn ops<I, S>(mut self, ops: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.ops
+            .extend(ops.into_iter().map(|o| o.as_ref().to_string()));
+        self
+    }
+
+    /// Read an existing publication instead of creating one.
+    pub fn publication(mut self, name: impl Into<String>) -> Self {
+        self.publication = Some(name.into());
+        self
+    }
+
+    /// How many events the watch keeps in memory (default 1,000,000). An assertion that needs
+    /// an event already dropped fails with an error saying so.
+    pub fn retain(mut self, events: usize) -> Self {
+        self.retain = events;
+        self
+    }
+
+    /// How long a fence may take to come back through the stream (default 30 s).
+    pub fn fence_timeout(mut self, timeout: Duration) -> Self {
+        self.fence_timeout = timeout;
+        self
+    }
+
+    /// Connects, creates the publication and a temporary slot, and starts streaming. Every
+    /// transaction that commits after this returns is seen. Creating the slot waits for
+    /// transactions already writing to finish; walwatch logs which ones after 2 s.
+    pub async fn start(self) -> Result<Watch> {
+        let env = |name: &str| std::env::var(name).ok();
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let conn = ConnParams::resolve(Some(&self.dsn), &env, home.as_deref())?;
+        let mut ops = config::parse_ops(&self.ops)?;
+        // Fences are logical messages: they must come through whatever ops are watched.
+        ops.insert(Op::Message);
+        let mut config = Config::new(conn);
+        config.tables = config::parse_tables(&self.tables)?;
+        config.ops = ops;
+        config.publication = self.publication.clone();
+        config.keep_markers = true;
+        config.status_interval = Duration::from_secs(2);
+        if let Some(p) = &config.publication {
+            config::validate_publication_name(p)?;
+        }
+        let meta = session::connect_meta(&config).await?;
+
+        let log = EventLog::new(self.retain);
+        let (started_tx, started_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let hooks = Hooks {
+            sinks: vec![Box::new(AssertSink(log.clone()))],
+            started: Some(started_tx),
+        };
+        let task_log = log.clone();
+        let task = tokio::spawn(async move {
+            let res = session::run_with(config, hooks, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+            task_log.end(match &res {
+                Ok(_) => "the watch was stopped".to_string(),
+                Err(e) => format!("the stream failed: {e}"),
+            });
+            res
+        });
+        let started = match started_rx.await {
+            Ok(s) => s,
+            Err(_) => {
+                // The session ended before streaming: its error says why.
+                return Err(match task.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => Error::Setup("the watch stopped before it started".into()),
+                    Err(e) => Error::Setup(format!("the watch's task failed: {e}")),
+                });
+            }
+        };
+        Ok(Watch {
+            log,
+            meta,
+            started,
+            fence_timeout: self.fence_timeout,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// Where a scan stopped.
+struct Scanned {
+    /// The number of the event `f` stopped at, if it did.
+    stopped_at: Option<u64>,
+    /// Where to continue.
+    next: u64,
+}
+
+impl Watch {
+    /// A watch on the database at `dsn` (a URI or `key=value` string; libpq variables fill in
+    /// what it leaves out).
+    pub fn builder(dsn: impl Into<String>) -> WatchBuilder {
+        WatchBuilder {
+            dsn: dsn.into(),
+            tables: Vec::new(),
+            ops: Vec::new(),
+            publication: None,
+            retain: 1_000_000,
+            fence_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The slot, publication and tables this watch reads.
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    fn scope(&self) -> Scope {
+        Scope {
+            publication: Some(self.started.publication.clone()),
+            slot: Some(self.started.slot.clone()),
+        }
+    }
+
+    /// Feeds events numbered `from` on to `f` until it returns true, or `deadline` passes.
+    async fn scan(
+        &self,
+        from: u64,
+        deadline: Instant,
+        mut f: impl FnMut(u64, &Arc<Event>) -> Result<bool>,
+    ) -> Result<Scanned> {
+        let mut next = from;
+        loop {
+            let slice = self.log.since(next);
+            if slice.dropped > 0 {
+                return Err(Error::Config(format!(
+                    "{} event(s) this assertion needed were already dropped from the watch's \
+                     memory: raise WatchBuilder::retain",
+                    slice.dropped
+                )));
+            }
+            let base = slice.next - slice.events.len() as u64;
+            for (i, e) in slice.events.iter().enumerate() {
+                if f(base + i as u64, e)? {
+                    return Ok(Scanned {
+                        stopped_at: Some(base + i as u64),
+                        next: base + i as u64 + 1,
+                    });
+                }
+            }
+            next = slice.next;
+            if let Some(why) = slice.ended {
+                return Err(Error::Setup(format!(
+                    "the watch's stream has ended ({why}): no further events can arrive"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Ok(Scanned {
+                    stopped_at: None,
+                    next,
+                });
+            }
+            self.log.wait_past(next, deadline).await;
+        }
+    }
+
+    /// Emits a fence; returns its id. Events before it are numbered below `log.next_seq()`
+    /// taken before this call.
+    async fn emit_fence(&self) -> Result<String> {
+        let id = marker::new_fence_id();
+        marker::emit(&self.meta, FENCE_PREFIX, &id).await?;
+        Ok(id)
+    }
+
+    /// Waits for fence `id`, scanning from `from` and feeding `f` every event before it.
+    /// Returns the fence's number.
+    async fn await_fence(
+        &self,
+        id: &str,
+        from: u64,
+        mut f: impl FnMut(&Arc<Event>) -> Result<()>,
+    ) -> Result<u64> {
+        let deadline = Instant::now() + self.fence_timeout;
+        let scanned = self
+            .scan(from, deadline, |_, e| {
+                if marker::fence_id(e) == Some(id) {
+                    return Ok(true);
+                }
+                f(e)?;
+                Ok(false)
+            })
+            .await?;
+        match scanned.stopped_at {
+            Some(seq) => Ok(seq),
+            None => {
+                let always = |_: &Event| true;
+                let diagnostics = diagnose::diagnose(&self.meta, &always, &self.scope()).await;
+                Err(Error::FenceTimeout(format!(
+                    "the fence did not come back through the stream within {}: the stream is \
+                     behind or stalled{}",
+                    human(self.fence_timeout),
+                    if diagnostics.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", diagnostics.join("; "))
+                    }
+                )))
+            }
+        }
+    }
+
+    /// Returns once every change committed before this call has been seen by the watch.
+    pub async fn sync(&self) -> Result<()> {
+        let from = self.log.next_seq();
+        let id = self.emit_fence().await?;
+        self.await_fence(&id, from, |_| Ok(())).await.map(|_| ())
+    }
+
+    /// Puts a named marker into the stream and returns once it has been seen: events after it
+    /// in [`Watch::events_since`] committed after this call.
+    pub async fn mark(&self, name: &str) -> Result<Mark> {
+        let from = self.log.next_seq();
+        let lsn = marker::emit(&self.meta, MARK_PREFIX, name).await?;
+        let id = self.emit_fence().await?;
+        let mut found = None;
+        let mut seq = from;
+        self.await_fence(&id, from, |e| {
+            if marker::mark_name(e) == Some(name) {
+                found = Some(seq);
+            }
+            seq += 1;
+            Ok(())
+        })
+        .await?;
+        let seq = found.ok_or_else(|| {
+            Error::Setup(format!(
+                "the mark `{name}` did not come through the stream before the fence after it"
+            ))
+        })?;
+        Ok(Mark {
+            name: name.to_string(),
+            lsn,
+            seq,
+        })
+    }
+
+    /// The events seen after `mark` so far (walwatch's markers left out). Call
+    /// [`Watch::sync`] first to be sure everything committed until now is included.
+    pub fn events_since(&self, mark: &Mark) -> Vec<Event> {
+        self.log
+            .since(mark.seq + 1)
+            .events
+            .iter()
+            .filter(|e| !marker::is_marker(e))
+            .map(|e| (**e).clone())
+            .collect()
+    }
+
+    /// Every event seen so far (walwatch's markers left out).
+    pub fn events(&self) -> Vec<Event> {
+        self.log
+            .since(0)
+            .events
+            .iter()
+            .filter(|e| !marker::is_marker(e))
+            .map(|e| (**e).clone())
+            .collect()
+    }
+
+    /// Passes with the first event since the watch started that matches; fails at the deadline
+    /// with a report (nearest miss, last events of the table, diagnostics).
+    pub async fn eventually<P: Predicate>(&self, pred: P, within: Duration) -> Result<Event> {
+        let deadline = Instant::now() + within;
+        let mut obs = Observer::new(&pred);
+        let mut hit = None;
+        let scanned = self
+            .scan(0, deadline, |_, e| {
+                let m = obs.observe(e)?;
+                if m {
+                    hit = Some(e.clone());
+                }
+                Ok(m)
+            })
+            .await?;
+        if scanned.stopped_at.is_some()
+            && let Some(e) = hit
+        {
+            return Ok((*e).clone());
+        }
+        let mut report = obs.report(
+            "eventually",
+            false,
+            format!("within {} of the call", human(within)),
+            format!("no matching event arrived within {}", human(within)),
+        );
+        report.diagnostics = diagnose::diagnose(&self.meta, &pred, &self.scope()).await;
+        Err(Error::Assertion(Box::new(report)))
+    }
+
+    /// [`Watch::eventually`] with a CEL expression.
+    pub async fn eventually_expr(&self, expr: &str, within: Duration) -> Result<Event> {
+        self.eventually(compile(expr)?, within).await
+    }
+
+    /// Fails if a matching change commits during the next `during`. The window is fenced at
+    /// both ends: a start marker, then after `during` an end fence that must come back through
+    /// the stream, so "never" means no matching change committed in between, not "none seen
+    /// yet". Fails as soon as a violation is seen.
+    pub async fn never<P: Predicate>(&self, pred: P, during: Duration) -> Result<()> {
+        let from = self.log.next_seq();
+        let start_id = self.emit_fence().await?;
+        let window_end = Instant::now() + during;
+        let mut obs = Observer::new(&pred);
+        let mut inside = false;
+        let mut check = |e: &Arc<Event>| -> Result<bool> {
+            if !inside {
+                inside = marker::fence_id(e) == Some(start_id.as_str());
+                return Ok(false);
+            }
+            Ok(obs.observe(e)?)
+        };
+        let scanned = self.scan(from, window_end, |_, e| check(e)).await?;
+        let mut violated = scanned.stopped_at.is_some();
+        if !violated {
+            let end_id = self.emit_fence().await?;
+            let mut first = false;
+            self.await_fence(&end_id, scanned.next, |e| {
+                if check(e)? {
+                    first = true;
+                }
+                Ok(())
+            })
+            .await?;
+            violated = first;
+        }
+        drop(check);
+        if !violated {
+            return Ok(());
+        }
+        let report = obs.report(
+            "never",
+            false,
+            format!(
+                "changes committed during the {} after the call (fenced at both ends)",
+                human(during)
+            ),
+            "a matching change was committed inside the window".into(),
+        );
+        Err(Error::Assertion(Box::new(report)))
+    }
+
+    /// [`Watch::never`] with a CEL expression.
+    pub async fn never_expr(&self, expr: &str, during: Duration) -> Result<()> {
+        self.never(compile(expr)?, during).await
+    }
+
+    /// Fails if a matching change committed between `mark` and now (fenced): the fault
+    /// injection pattern, `let m = watch.mark("fault").await?; inject(); ...;
+    /// watch.never_since(&m, pred).await?`.
+    pub async fn never_since<P: Predicate>(&self, mark: &Mark, pred: P) -> Result<()> {
+        let mut obs = Observer::new(&pred);
+        let id = self.emit_fence().await?;
+        let mut err = None;
+        self.await_fence(&id, mark.seq + 1, |e| {
+            if err.is_none()
+                && let Err(e) = obs.observe(e)
+            {
+                err = Some(e);
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(e) = err {
+            return Err(e.into());
+        }
+        if obs.matched() == 0 {
+            return Ok(());
+        }
+        let report = obs.report(
+            "never",
+            false,
+            format!("between mark `{}` ({}) and a fence", mark.name, mark.lsn),
+            format!(
+                "{} matching change(s) were committed after the mark",
+                obs.matched()
+            ),
+        );
+        Err(Error::Assertion(Box::new(report)))
+    }
+
+    /// How many matching events committed since the watch started, counted up to a fence so
+    /// that every change committed before the call is included. `within` bounds the wait for
+    /// the fence.
+    pub async fn count<P: Predicate>(&self, pred: P, within: Duration) -> Result<usize> {
+        self.count_from(0, pred, within).await
+    }
+
+    /// [`Watch::count`] with a CEL expression.
+    pub async fn count_expr(&self, expr: &str, within: Duration) -> Result<usize> {
+        self.count(compile(expr)?, within).await
+    }
+
+    /// [`Watch::count`] over the changes committed after `mark`.
+    pub async fn count_since<P: Predicate>(&self, mark: &Mark, pred: P) -> Result<usize> {
+        self.count_from(mark.seq + 1, pred, self.fence_timeout)
+            .await
+    }
+
+    async fn count_from<P: Predicate>(
+        &self,
+        from: u64,
+        pred: P,
+        within: Duration,
+    ) -> Result<usize> {
+        let mut obs = Observer::new(&pred);
+        let id = self.emit_fence().await?;
+        let deadline = Instant::now() + within;
+        let scanned = self
+            .scan(from, deadline, |_, e| {
+                if marker::fence_id(e) == Some(id.as_str()) {
+                    return Ok(true);
+                }
+                obs.observe(e)?;
+                Ok(false)
+            })
+            .await?;
+        if scanned.stopped_at.is_none() {
+            return Err(Error::FenceTimeout(format!(
+                "count: the fence did not come back through the stream within {}",
+                human(within)
+            )));
+        }
+        Ok(obs.matched() as usize)
+    }
+
+    /// Stops streaming and removes the watch's slot and publication.
+    pub async fn stop(mut self) -> Result<()> {
+        self.stop.take();
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(res) => res.map(|_| ()),
+                Err(e) => Err(Error::Setup(format!("the watch's task failed: {e}"))),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Watch {
+    /// Dropping a watch stops its stream (in the background; [`Watch::stop`] waits for it).
+    fn drop(&mut self) {
+        self.stop.take();
+    }
+}
+
+/// `walwatch watch --until EXPR --within D`: runs `config` like a plain watch (its sinks get
+/// every event) until an event matches `expr` (the report passes), `within` passes (it fails,
+/// with diagnostics) or `shutdown` resolves (an error: the question was not answered).
+pub async fn run_until(
+    config: Config,
+    expr: Arc<Expr>,
+    within: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Report> {
+    let meta = session::connect_meta(&config).await?;
+    let log = EventLog::new(100_000);
+    let (started_tx, started_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let hooks = Hooks {
+        sinks: vec![Box::new(AssertSink(log.clone()))],
+        started: Some(started_tx),
+    };
+    let task_log = log.clone();
+    let task = tokio::spawn(async move {
+        let res = session::run_with(config, hooks, async {
+            let _ = stop_rx.await;
+        })
+        .await;
+        task_log.end(match &res {
+            Ok(o) => format!("the stream stopped ({:?})", o.reason),
+            Err(e) => format!("the stream failed: {e}"),
+        });
+        res
+    });
+    let Ok(started) = started_rx.await else {
+        return Err(match task.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => Error::Setup("the watch stopped before it started".into()),
+            Err(e) => Error::Setup(format!("the watch's task failed: {e}")),
+        });
+    };
+    let deadline = Instant::now() + within;
+    let pred: &dyn Predicate = &*expr;
+    let mut obs = Observer::new(pred);
+    let mut next = 0;
+    let mut interrupted = false;
+    let mut matched = false;
+    let mut failure = None;
+    tokio::pin!(shutdown);
+    'outer: loop {
+        let slice = log.since(next);
+        for e in &slice.events {
+            match obs.observe(e) {
+                Ok(true) => {
+                    matched = true;
+                    break 'outer;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    failure = Some(Error::Expr(err));
+                    break 'outer;
+                }
+            }
+        }
+        next = slice.next;
+        if slice.ended.is_some() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = log.wait_past(next, deadline) => {}
+            _ = &mut shutdown => { interrupted = true; break; }
+        }
+    }
+    drop(stop_tx);
+    let outcome = task
+        .await
+        .map_err(|e| Error::Setup(format!("the watch's task failed: {e}")))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    outcome?;
+    if matched {
+        return Ok(obs.report(
+            "eventually",
+            true,
+            format!("within {}", human(within)),
+            "a matching event arrived".into(),
+        ));
+    }
+    if interrupted {
+        return Err(Error::Setup(
+            "stopped before a matching event arrived or the deadline passed".into(),
+        ));
+    }
+    let mut report = obs.report(
+        "eventually",
+        false,
+        format!("within {} of start-up", human(within)),
+        format!("no matching event arrived within {}", human(within)),
+    );
+    let scope = Scope {
+        publication: Some(started.publication.clone()),
+        slot: None,
+    };
+    report.diagnostics = diagnose::diagnose(&meta, pred, &scope).await;
+    Ok(report)
+}
+
+fn compile(expr: &str) -> Result<Expr> {
+    Expr::compile(expr).map_err(|e| Error::Config(format!("expression {e}")))
+}
+
+/// The report of a failed assertion, if that is what `err` is.
+pub fn report_of(err: &Error) -> Option<&Report> {
+    match err {
+        Error::Assertion(r) => Some(r),
+        _ => None,
+    }
+}
