@@ -433,7 +433,7 @@ fn strict_in(needle: Cel, haystack: Cel) -> Result<bool, ExecutionError> {
                     ),
                 ));
             }
-            Ok(items.iter().any(|i| *i == needle))
+            Ok(items.contains(&needle))
         }
         Cel::Map(m) => Ok(match &needle {
             Cel::String(s) => m.map.contains_key(&Key::String(s.clone())),
@@ -547,11 +547,7 @@ fn free_variables<'a>(
     f: &mut impl FnMut(&'a str, u64),
 ) {
     match &node.expr {
-        Node::Ident(name) => {
-            if !bound.contains(&name.as_str()) {
-                f(name, node.id);
-            }
-        }
+        Node::Ident(name) if !bound.contains(&name.as_str()) => f(name, node.id),
         Node::Call(call) => {
             if let Some(t) = &call.target {
                 free_variables(t, bound, f);

@@ -417,7 +417,6 @@ impl Watch {
             .await?;
             violated = first;
         }
-        drop(check);
         if !violated {
             return Ok(());
         }

@@ -328,3 +328,52 @@ async fn expression_errors_are_errors_not_assertion_failures() {
     assert!(err.to_string().contains("line 1, column"), "{err}");
     w.stop().await.unwrap();
 }
+
+/// The README's worked example: an order service whose INSERTs fail during an injected fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_example_an_order_survives_an_insert_outage() {
+    let orders = support::unique_name("orders");
+    sql(&format!(
+        "CREATE TABLE {orders} (id serial PRIMARY KEY, item text NOT NULL);
+         CREATE FUNCTION {orders}_fail() RETURNS trigger LANGUAGE plpgsql AS
+           $$BEGIN RAISE EXCEPTION 'injected fault'; END$$;"
+    ));
+    let db = client().await;
+    let place_order = |item: &'static str| {
+        let sql = format!("INSERT INTO {orders} (item) VALUES ('{item}')");
+        let db = &db;
+        async move { db.batch_execute(&sql).await }
+    };
+    let watch = start(&[&orders]).await;
+
+    // Inject the fault: every INSERT into orders fails.
+    db.batch_execute(&format!(
+        "CREATE TRIGGER fault BEFORE INSERT ON {orders} FOR EACH ROW EXECUTE FUNCTION {orders}_fail()"
+    ))
+    .await
+    .unwrap();
+    let fault = watch.mark("fault-start").await.unwrap();
+    assert!(
+        place_order("book").await.is_err(),
+        "the service sees the failure"
+    );
+    watch
+        .never_since(&fault, |e: &Event| e.is_insert())
+        .await
+        .expect("no row reached the WAL during the fault");
+
+    // Heal and retry: the order eventually exists.
+    db.batch_execute(&format!("DROP TRIGGER fault ON {orders}"))
+        .await
+        .unwrap();
+    place_order("book").await.unwrap();
+    let e = watch
+        .eventually_expr(
+            &format!(r#"table == "{orders}" && op == "INSERT" && data.item == "book""#),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.data.unwrap().get("item").unwrap().as_str(), Some("book"));
+    watch.stop().await.unwrap();
+}
