@@ -143,6 +143,22 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // `--where` on every event (expr.rs): the per-event cost of building the variables the
+    // expression reads and evaluating it.
+    let expr = walwatch::Expr::compile(
+        r#"op == "INSERT" && table == "orders" && data.status == "paid" && data.id > 100"#,
+    )
+    .expect("expression compiles");
+    g.bench_function("where (CEL)", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for e in &decoded {
+                n += usize::from(expr.matches(e).expect("no type error"));
+            }
+            black_box(n)
+        })
+    });
+
     // Every column null: the decoder's own per-event cost, without UTF-8 checks and value
     // parsing (value.rs) — parse, relation lookup, row/key building, Arc name clones.
     let nulls: Vec<(Lsn, Vec<u8>)> = msgs

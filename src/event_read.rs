@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use serde_json::Value as Json;
 
-use crate::event::{Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
+use crate::event::{
+    Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value, days_from_civil,
+};
 
 /// How an event line is wrapped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,18 +153,6 @@ fn value(v: &Json) -> Value {
             Err(text) => Value::Text(text),
         },
     }
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm; the inverse of
-/// `event::civil_from_days`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// `2026-11-22T03:22:01.123456Z` (what events carry in `ts`).

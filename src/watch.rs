@@ -64,7 +64,7 @@ pub struct Watch {
     started: Started,
     fence_timeout: Duration,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<session::Outcome>>>,
+    task: Option<SessionTask>,
 }
 
 impl WatchBuilder {
@@ -132,35 +132,7 @@ impl WatchBuilder {
         let meta = session::connect_meta(&config).await?;
 
         let log = EventLog::new(self.retain);
-        let (started_tx, started_rx) = oneshot::channel();
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let hooks = Hooks {
-            sinks: vec![Box::new(AssertSink(log.clone()))],
-            started: Some(started_tx),
-        };
-        let task_log = log.clone();
-        let task = tokio::spawn(async move {
-            let res = session::run_with(config, hooks, async {
-                let _ = stop_rx.await;
-            })
-            .await;
-            task_log.end(match &res {
-                Ok(_) => "the watch was stopped".to_string(),
-                Err(e) => format!("the stream failed: {e}"),
-            });
-            res
-        });
-        let started = match started_rx.await {
-            Ok(s) => s,
-            Err(_) => {
-                // The session ended before streaming: its error says why.
-                return Err(match task.await {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(_)) => Error::Setup("the watch stopped before it started".into()),
-                    Err(e) => Error::Setup(format!("the watch's task failed: {e}")),
-                });
-            }
-        };
+        let (started, stop_tx, task) = spawn_session(config, log.clone()).await?;
         Ok(Watch {
             log,
             meta,
@@ -536,6 +508,42 @@ impl Drop for Watch {
     }
 }
 
+type SessionTask = tokio::task::JoinHandle<Result<session::Outcome>>;
+
+/// Runs a session feeding `log` in a task; returns once it streams (or with its error). Dropping
+/// the returned sender stops it.
+async fn spawn_session(
+    config: Config,
+    log: Arc<EventLog>,
+) -> Result<(Started, oneshot::Sender<()>, SessionTask)> {
+    let (started_tx, started_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let hooks = Hooks {
+        sinks: vec![Box::new(AssertSink(log.clone()))],
+        started: Some(started_tx),
+    };
+    let task = tokio::spawn(async move {
+        let res = session::run_with(config, hooks, async {
+            let _ = stop_rx.await;
+        })
+        .await;
+        log.end(match &res {
+            Ok(o) => format!("the stream stopped ({:?})", o.reason),
+            Err(e) => format!("the stream failed: {e}"),
+        });
+        res
+    });
+    match started_rx.await {
+        Ok(started) => Ok((started, stop_tx, task)),
+        // The session ended before streaming: its error says why.
+        Err(_) => Err(match task.await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => Error::Setup("the watch stopped before it started".into()),
+            Err(e) => Error::Setup(format!("the watch's task failed: {e}")),
+        }),
+    }
+}
+
 /// `walwatch watch --until EXPR --within D`: runs `config` like a plain watch (its sinks get
 /// every event) until an event matches `expr` (the report passes), `within` passes (it fails,
 /// with diagnostics) or `shutdown` resolves (an error: the question was not answered).
@@ -547,31 +555,7 @@ pub async fn run_until(
 ) -> Result<Report> {
     let meta = session::connect_meta(&config).await?;
     let log = EventLog::new(100_000);
-    let (started_tx, started_rx) = oneshot::channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let hooks = Hooks {
-        sinks: vec![Box::new(AssertSink(log.clone()))],
-        started: Some(started_tx),
-    };
-    let task_log = log.clone();
-    let task = tokio::spawn(async move {
-        let res = session::run_with(config, hooks, async {
-            let _ = stop_rx.await;
-        })
-        .await;
-        task_log.end(match &res {
-            Ok(o) => format!("the stream stopped ({:?})", o.reason),
-            Err(e) => format!("the stream failed: {e}"),
-        });
-        res
-    });
-    let Ok(started) = started_rx.await else {
-        return Err(match task.await {
-            Ok(Err(e)) => e,
-            Ok(Ok(_)) => Error::Setup("the watch stopped before it started".into()),
-            Err(e) => Error::Setup(format!("the watch's task failed: {e}")),
-        });
-    };
+    let (started, stop_tx, task) = spawn_session(config, log.clone()).await?;
     let deadline = Instant::now() + within;
     let pred: &dyn Predicate = &*expr;
     let mut obs = Observer::new(pred);

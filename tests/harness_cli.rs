@@ -181,6 +181,14 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     );
     assert!(stderr(&out).contains("no mark `nope`"), "{}", stderr(&out));
 
+    // A window of the next 300 ms, fenced at both ends: nothing is inserted in it.
+    assert_cmd(
+        "never",
+        &file,
+        &["--during", "300ms", "--where", &any_insert],
+        0,
+    );
+
     stop(recorder);
     // The recording holds the changes and walwatch's markers, all valid events.
     let events = parse_jsonl(&std::fs::read(&file).unwrap());

@@ -152,6 +152,8 @@ struct Since<'a> {
     name: Option<&'a str>,
     inside: bool,
     seen_mark: bool,
+    /// A fence that opens the window instead (`never --during`).
+    start_fence: Option<String>,
 }
 
 impl<'a> Since<'a> {
@@ -160,11 +162,28 @@ impl<'a> Since<'a> {
             name,
             inside: name.is_none(),
             seen_mark: false,
+            start_fence: None,
         }
     }
 
-    /// True when `e` is the mark that (re)starts the window.
+    fn after_fence(id: String) -> Since<'a> {
+        Since {
+            name: None,
+            inside: false,
+            seen_mark: false,
+            start_fence: Some(id),
+        }
+    }
+
+    /// True when `e` is the mark (or start fence) that (re)starts the window.
     fn restarts(&mut self, e: &Event) -> bool {
+        if let Some(id) = &self.start_fence
+            && !self.inside
+            && marker::fence_id(e) == Some(id.as_str())
+        {
+            self.inside = true;
+            return true;
+        }
         if let Some(n) = self.name
             && marker::mark_name(e) == Some(n)
         {
@@ -224,6 +243,38 @@ impl FileCheck {
         ))
     }
 
+    /// Emits a fence and reads the recording up to it, observing the events inside the window.
+    /// Returns whether there was a fence (`--no-fence`: read to the end as it is).
+    async fn observe_to_fence<'p>(
+        &self,
+        rec: &mut Recording,
+        since: &mut Since<'_>,
+        obs: &mut Observer<'p>,
+        pred: &'p dyn super::Predicate,
+    ) -> Result<bool> {
+        let fence = self.emit_fence().await?;
+        let deadline = fence.as_ref().map(|_| Instant::now() + self.fence_timeout);
+        let reached = rec
+            .follow(deadline, |e| {
+                if let Some(id) = &fence
+                    && marker::fence_id(e) == Some(id.as_str())
+                {
+                    return Ok(true);
+                }
+                if since.restarts(e) {
+                    *obs = Observer::new(pred);
+                } else if since.inside {
+                    obs.observe(e)?;
+                }
+                Ok(false)
+            })
+            .await?;
+        if fence.is_some() && !reached {
+            return Err(self.fence_missing());
+        }
+        Ok(fence.is_some())
+    }
+
     /// Passes on the first matching event (after `--since`); fails at `within`.
     pub async fn eventually(&self, within: Duration) -> Result<Report> {
         let mut rec = Recording::open(&self.input)?;
@@ -275,17 +326,13 @@ impl FileCheck {
                 "changes committed during {} (fenced at both ends)",
                 human(during)
             );
-            since = Since::new(None);
-            since.inside = false;
-            let end = Instant::now() + during;
-            let mut started = false;
+            since = Since::after_fence(start);
             let violated = rec
-                .follow(Some(end), |e| {
-                    if !started {
-                        started = marker::fence_id(e) == Some(start.as_str());
+                .follow(Some(Instant::now() + during), |e| {
+                    if since.restarts(e) {
                         return Ok(false);
                     }
-                    Ok(obs.observe(e)?)
+                    Ok(since.inside && obs.observe(e)?)
                 })
                 .await?;
             if violated {
@@ -296,35 +343,15 @@ impl FileCheck {
                     "a matching change was committed inside the window".into(),
                 ));
             }
-            since.inside = started;
         }
-        let fence = self.emit_fence().await?;
-        let deadline = fence.as_ref().map(|_| Instant::now() + self.fence_timeout);
-        let reached = rec
-            .follow(deadline, |e| {
-                if let Some(id) = &fence
-                    && marker::fence_id(e) == Some(id.as_str())
-                {
-                    return Ok(true);
-                }
-                if since.restarts(e) {
-                    obs = Observer::new(pred);
-                    return Ok(false);
-                }
-                if since.inside {
-                    obs.observe(e)?;
-                }
-                Ok(false)
-            })
+        let fenced = self
+            .observe_to_fence(&mut rec, &mut since, &mut obs, pred)
             .await?;
-        if fence.is_some() && !reached {
-            return Err(self.fence_missing());
-        }
         if during.is_none() {
             since.check_found(&self.input)?;
         }
         let n = obs.matched();
-        let fenced = if fence.is_some() {
+        let fenced = if fenced {
             " up to a fence"
         } else {
             " (not fenced)"
@@ -348,28 +375,8 @@ impl FileCheck {
         let pred: &dyn super::Predicate = &*self.pred;
         let mut obs = Observer::new(pred);
         let mut since = Since::new(self.since.as_deref());
-        let fence = self.emit_fence().await?;
-        let deadline = fence.as_ref().map(|_| Instant::now() + self.fence_timeout);
-        let reached = rec
-            .follow(deadline, |e| {
-                if let Some(id) = &fence
-                    && marker::fence_id(e) == Some(id.as_str())
-                {
-                    return Ok(true);
-                }
-                if since.restarts(e) {
-                    obs = Observer::new(pred);
-                    return Ok(false);
-                }
-                if since.inside {
-                    obs.observe(e)?;
-                }
-                Ok(false)
-            })
+        self.observe_to_fence(&mut rec, &mut since, &mut obs, pred)
             .await?;
-        if fence.is_some() && !reached {
-            return Err(self.fence_missing());
-        }
         since.check_found(&self.input)?;
         let n = obs.matched();
         let passed = expect.holds(n);

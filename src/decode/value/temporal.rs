@@ -16,7 +16,7 @@
 
 use std::fmt::Write;
 
-use crate::event::civil_from_days;
+use crate::event::{civil_from_days, days_from_civil};
 
 /// Days from 1970-01-01 to 2000-01-01, the PostgreSQL epoch of the binary formats.
 const PG_EPOCH_DAYS: i64 = 10_957;
@@ -200,18 +200,6 @@ pub(super) fn timestamp_text(text: &str, tz: bool) -> Option<String> {
         true,
     );
     Some(out)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (year 0 = 1 BC); the inverse of
-/// [`civil_from_days`] (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Append `YYYY-MM-DD` for days since 1970, returning whether the year is BC.
