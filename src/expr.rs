@@ -788,16 +788,8 @@ pub(crate) fn value(v: &Value) -> Cel {
             Err(_) => string(raw.get()),
         },
         Value::Array(items) => Cel::List(Arc::new(items.iter().map(value).collect())),
-        Value::Numeric(s)
-        | Value::Text(s)
-        | Value::Uuid(s)
-        | Value::Date(s)
-        | Value::Time(s)
-        | Value::TimeTz(s)
-        | Value::Timestamp(s)
-        | Value::TimestampTz(s)
-        | Value::Interval(s)
-        | Value::Other(s) => string(s),
+        // Every other kind is text in JSON (numeric, temporal, uuid, other).
+        text => text.as_str().map(string).unwrap_or(Cel::Null),
     }
 }
 
