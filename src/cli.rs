@@ -29,6 +29,8 @@ const AFTER_HELP: &str = r#"Examples:
   walwatch record --tables orders --output run.jsonl --ready-file ready &
   walwatch mark fault-start
   walwatch assert never --input run.jsonl --since fault-start --where 'op == "INSERT"'
+  walwatch --slot orders_cdc --tables orders --output orders.jsonl   durable CDC, resumable
+  walwatch slots                                   slots, retained WAL, lag
 
 Without --dsn, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and
 ~/.pgpass apply, as for psql. Exit codes: 0 ok (assertion satisfied), 1 assertion failed,
@@ -63,6 +65,45 @@ pub enum Command {
     Mark(MarkArgs),
     /// Check a recording: exit 0 when the assertion holds, 1 when it fails (report on stderr).
     Assert(AssertArgs),
+    /// List the server's replication slots with the WAL each holds back; `slots drop NAME`
+    /// drops one.
+    Slots(SlotsArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SlotsArgs {
+    #[command(subcommand)]
+    pub action: Option<SlotsAction>,
+
+    /// Connection string (else the libpq variables).
+    #[arg(long, value_name = "DSN")]
+    pub dsn: Option<String>,
+
+    /// A table for people, or JSON (an array of objects) for scripts.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SlotsFormat,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum SlotsAction {
+    /// Drop a replication slot (the server frees the WAL it held back).
+    Drop {
+        /// The slot's name.
+        name: String,
+        /// Connection string (else the libpq variables).
+        #[arg(long, value_name = "DSN")]
+        dsn: Option<String>,
+        /// Drop it even while a consumer uses it: terminates that connection first.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SlotsFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -272,6 +313,24 @@ pub struct WatchArgs {
     /// With --until: the report's format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub report: ReportArg,
+
+    /// With --slot: how long to keep reconnecting after the connection to the server is lost
+    /// (a duration such as 10m, or `forever`).
+    #[arg(long, value_name = "DURATION|forever", default_value = "forever")]
+    pub retry_for: String,
+
+    /// Spill large in-progress transactions to a temporary file once they hold more than this
+    /// much memory (e.g. 64MB).
+    #[arg(long, value_name = "SIZE", default_value = "64MB")]
+    pub spill_threshold: String,
+
+    /// Directory for spill files (default: $TMPDIR or /tmp).
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
+
+    /// Log a warning when the slot holds back more WAL than this on the server (e.g. 1GB).
+    #[arg(long, value_name = "SIZE", default_value = "1GB")]
+    pub warn_retained_wal: String,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -380,6 +439,17 @@ impl WatchArgs {
                 EnvelopeArg::Nested => Envelope::Nested,
             },
             ready_file: self.ready_file.clone(),
+            retry_for: match self.retry_for.as_str() {
+                "forever" => None,
+                d => Some(duration_arg("--retry-for", d)?),
+            },
+            spill_threshold: usize::try_from(config::parse_size(
+                "--spill-threshold",
+                &self.spill_threshold,
+            )?)
+            .map_err(|_| Error::Config("--spill-threshold is too large".into()))?,
+            spill_dir: self.spill_dir.clone(),
+            warn_retained_wal: config::parse_size("--warn-retained-wal", &self.warn_retained_wal)?,
         })
     }
 

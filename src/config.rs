@@ -109,7 +109,22 @@ pub struct Config {
     pub envelope: Envelope,
     /// Written (with the slot name) once streaming has started, for harnesses to wait on.
     pub ready_file: Option<PathBuf>,
+    /// With a permanent slot: how long to keep reconnecting after the connection is lost
+    /// (`None`: for ever). A temporary slot cannot be resumed, so it never reconnects.
+    pub retry_for: Option<Duration>,
+    /// A transaction buffered in memory (streamed in progress) is spilled to a temporary file
+    /// once buffered transactions hold more than this many bytes.
+    pub spill_threshold: usize,
+    /// Where spill files go (unlinked on creation); default: the system temp dir.
+    pub spill_dir: Option<PathBuf>,
+    /// Warn when the slot retains more WAL than this many bytes.
+    pub warn_retained_wal: u64,
 }
+
+/// Default for [`Config::spill_threshold`]: 64 MiB.
+pub const DEFAULT_SPILL_THRESHOLD: usize = 64 << 20;
+/// Default for [`Config::warn_retained_wal`]: 1 GiB.
+pub const DEFAULT_WARN_RETAINED_WAL: u64 = 1 << 30;
 
 impl Config {
     /// A config for `conn` with every other setting at its default: every table, every op, a
@@ -128,8 +143,35 @@ impl Config {
             keep_markers: false,
             envelope: Envelope::Native,
             ready_file: None,
+            retry_for: None,
+            spill_threshold: DEFAULT_SPILL_THRESHOLD,
+            spill_dir: None,
+            warn_retained_wal: DEFAULT_WARN_RETAINED_WAL,
         }
     }
+}
+
+/// Parses a byte size: `65536`, `512k`, `64MB`, `64MiB`, `1G` (k/M/G are powers of 1024, as
+/// PostgreSQL's memory settings are).
+pub fn parse_size(option: &str, value: &str) -> Result<u64> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let bad = || {
+        Error::Config(format!(
+            "{option} `{value}`: expected a size such as 65536, 512kB, 64MB or 1GB"
+        ))
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(bad)
 }
 
 /// Compiles a `--where`-style option, naming the option in the error.
@@ -246,6 +288,18 @@ mod tests {
         assert!(!ops.contains(Op::Update));
         assert_eq!(parse_ops(&[]).unwrap(), OpSet::all());
         assert!(parse_ops(&["upsert".into()]).is_err());
+    }
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("--x", "65536").unwrap(), 65536);
+        assert_eq!(parse_size("--x", "512kB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("--x", "64MB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("--x", "1GiB").unwrap(), 1 << 30);
+        for bad in ["", "MB", "12 parsecs", "-1", "99999999999999999999T"] {
+            let e = parse_size("--x", bad).unwrap_err().to_string();
+            assert!(e.contains("--x"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -35,6 +35,16 @@ pub enum Error {
     #[error("{0}")]
     Setup(String),
 
+    /// The replication slot is in use by another connection. At start-up that is another
+    /// consumer (definite); while reconnecting it is usually our own old walsender not yet gone.
+    #[error("{0}")]
+    SlotInUse(String),
+
+    /// The slot was dropped, invalidated or moved by someone else: changes may have been lost,
+    /// and continuing would hide it. The message says what happened and what to do.
+    #[error("{0}")]
+    SlotLost(String),
+
     /// A table named on the command line does not exist.
     #[error("{0}")]
     NoSuchTable(String),

@@ -21,7 +21,7 @@ pub enum Verdict {
     Failed,
 }
 
-async fn connect(dsn: Option<&str>) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn connect(dsn: Option<&str>) -> anyhow::Result<tokio_postgres::Client> {
     let params = conn_params(dsn)?;
     let target = params.target();
     let (client, conn) = params

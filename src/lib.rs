@@ -20,6 +20,7 @@ pub mod marker;
 pub mod pipeline;
 pub mod session;
 pub mod sink;
+pub mod spill;
 mod watch;
 
 pub use assert::{Predicate, Report, named};

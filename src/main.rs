@@ -3,6 +3,7 @@
 
 mod demo;
 mod harness;
+mod slots;
 
 use std::process::ExitCode;
 
@@ -115,6 +116,7 @@ fn main() -> ExitCode {
             }
             Some(Command::Mark(args)) => harness::mark(&args).await,
             Some(Command::Assert(args)) => harness::assert(&args).await,
+            Some(Command::Slots(args)) => slots::run(&args).await,
         }
     });
     match result {

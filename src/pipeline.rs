@@ -10,6 +10,8 @@
 //!   only then publishes the new durable position. The replication task reports that position
 //!   as `flush` in standby status updates: never a position whose data is not durable.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,11 +26,20 @@ use crate::event::{Event, Lsn, Op};
 use crate::filter::Filter;
 use crate::pg::stream::{ReplMessage, ReplStream};
 use crate::sink::Sink;
+use crate::sink::resume::{Resume, Tally};
 
 /// One frame forwarded from the socket to the decode thread, in stream order.
 enum Frame {
-    Data { lsn: Lsn, data: Bytes },
-    Keepalive { wal_end: Lsn },
+    Data {
+        lsn: Lsn,
+        data: Bytes,
+    },
+    Keepalive {
+        wal_end: Lsn,
+    },
+    /// A new connection follows: forget the old one's partial state and skip what the server
+    /// replays of what was already written.
+    Reset,
 }
 
 /// What the decode thread tells the replication task.
@@ -75,6 +86,9 @@ pub struct StreamSetup {
     pub sinks: Vec<Box<dyn Sink>>,
     pub endpos: Option<Lsn>,
     pub status_interval: Duration,
+    /// Where the stream starts (the slot's confirmed position or its creation point): durable
+    /// from the outset, and what a reconnect before any progress resumes from.
+    pub start: Lsn,
 }
 
 /// Frames buffered between the socket and the decoder. Each is one pgoutput message (usually
@@ -84,15 +98,58 @@ const CHANNEL_FRAMES: usize = 8192;
 /// How long the decode thread may go without flushing its sinks while busy.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
-/// Runs the stream until the end position, shutdown, server close, or an error. Sends a final
-/// status update with the durable position before returning the stream to the caller.
+/// Reopens the replication stream after a transient failure, from the given position (what is
+/// durable). It checks the slot first: a slot dropped, invalidated or moved meanwhile is a
+/// definite error, never a silent jump.
+pub type Reopen =
+    Box<dyn FnMut(Lsn) -> Pin<Box<dyn Future<Output = Result<ReplStream>> + Send>> + Send>;
+
+/// Reconnecting after a lost connection (permanent slots only: a temporary slot is gone with
+/// its connection).
+pub struct Retry {
+    pub reopen: Reopen,
+    /// How long to keep trying after a failure; `None` for ever.
+    pub retry_for: Option<Duration>,
+}
+
+/// First and largest delay between reconnection attempts.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The delay before attempt `n` (1-based): exponential, capped, with "full jitter" in its
+/// upper half so that many clients cut off together do not reconnect in lockstep.
+fn backoff(n: u32) -> Duration {
+    let base = BACKOFF_FIRST
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    // 0.5 .. 1.0 of the base, from the clock's low bits (no need for a random generator).
+    let frac = 0.5 + f64::from(nanos % 1000) / 2000.0;
+    base.mul_f64(frac)
+}
+
+/// Whether a failure of the replication stream is worth reconnecting for.
+fn retryable(e: &Error) -> bool {
+    e.is_transient() || matches!(e, Error::SlotInUse(_))
+}
+
+/// Runs the stream until the end position, shutdown, server close, or an error; with `retry`,
+/// reconnects after transient failures. Sends a final status update with the durable position
+/// and ends the copy before returning.
 pub async fn run_stream(
-    stream: &mut ReplStream,
+    stream: ReplStream,
     setup: StreamSetup,
+    mut retry: Option<Retry>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<StreamOutcome> {
     let (tx, rx) = mpsc::channel::<Frame>(CHANNEL_FRAMES);
-    let (progress_tx, mut progress_rx) = watch::channel(Progress::default());
+    let (progress_tx, mut progress_rx) = watch::channel(Progress {
+        durable: setup.start,
+        ..Progress::default()
+    });
     let endpos = setup.endpos;
     let interval = setup.status_interval;
     let worker = thread::Builder::new()
@@ -108,6 +165,7 @@ pub async fn run_stream(
         .map_err(|e| Error::Setup(format!("cannot start the decode thread: {e}")))?;
 
     tokio::pin!(shutdown);
+    let mut stream = Some(stream);
     let mut status = tokio::time::interval(interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // With an end position, ask the server for a keepalive now and then: on an idle server it
@@ -117,80 +175,141 @@ pub async fn run_stream(
     let mut reported = Lsn::ZERO;
     let mut tx = Some(tx);
 
-    let reason = loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break StopReason::Shutdown,
-            changed = progress_rx.changed() => {
-                let p = *progress_rx.borrow_and_update();
-                if changed.is_err() || p.stopped {
-                    break StopReason::EndPos; // refined below from the thread's result
-                }
-                if p.done {
-                    break StopReason::EndPos;
-                }
-                if p.durable > reported {
-                    reported = p.durable;
-                    stream.send_status(received.max(reported), reported, reported, false).await?;
-                }
-            }
-            msg = stream.next() => {
-                let Some(msg) = msg? else { break StopReason::ServerClosed };
-                let frame = match msg {
-                    ReplMessage::XLogData { wal_start, wal_end, data, .. } => {
-                        received = received.max(wal_end);
-                        Frame::Data { lsn: wal_start, data }
-                    }
-                    ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
-                        received = received.max(wal_end);
-                        if reply_requested {
-                            // The server asks for a reply now (docs, 55.4 "Primary keepalive
-                            // message"): not answering gets the connection closed at
-                            // wal_sender_timeout.
-                            let durable = progress_rx.borrow().durable;
-                            stream.send_status(received.max(durable), durable, durable, false).await?;
+    let ended: Result<StopReason> = loop {
+        let Some(current) = stream.as_mut() else {
+            break Err(Error::StreamEnded);
+        };
+        let pumped: Result<StopReason> = async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return Ok(StopReason::Shutdown),
+                    changed = progress_rx.changed() => {
+                        let p = *progress_rx.borrow_and_update();
+                        if changed.is_err() || p.stopped || p.done {
+                            return Ok(StopReason::EndPos); // refined below from the thread's result
                         }
-                        Frame::Keepalive { wal_end }
+                        if p.durable > reported {
+                            reported = p.durable;
+                            current.send_status(received.max(reported), reported, reported, false).await?;
+                        }
                     }
-                };
-                let Some(sender) = &tx else { continue };
-                // Wait for room (backpressure from a slow sink) while still sending status
-                // updates, so the server does not time us out, and still heeding shutdown.
-                let thread_gone = {
-                    let permit = loop {
-                        tokio::select! {
-                            biased;
-                            _ = &mut shutdown => break Err(()),
-                            permit = sender.reserve() => break Ok(permit),
-                            _ = status.tick() => {
-                                let durable = progress_rx.borrow().durable;
-                                stream.send_status(received.max(durable), durable, durable, false).await?;
-                                reported = durable;
+                    msg = current.next() => {
+                        let Some(msg) = msg? else { return Ok(StopReason::ServerClosed) };
+                        let frame = match msg {
+                            ReplMessage::XLogData { wal_start, wal_end, data, .. } => {
+                                received = received.max(wal_end);
+                                Frame::Data { lsn: wal_start, data }
                             }
+                            ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
+                                received = received.max(wal_end);
+                                if reply_requested {
+                                    // The server asks for a reply now (docs, 55.4 "Primary
+                                    // keepalive message"): not answering gets the connection
+                                    // closed at wal_sender_timeout.
+                                    let durable = progress_rx.borrow().durable;
+                                    current.send_status(received.max(durable), durable, durable, false).await?;
+                                }
+                                Frame::Keepalive { wal_end }
+                            }
+                        };
+                        let Some(sender) = tx.clone() else { continue };
+                        // Wait for room (backpressure from a slow sink) while still sending
+                        // status updates, so the server does not time us out, and still
+                        // heeding shutdown.
+                        let permit = loop {
+                            tokio::select! {
+                                biased;
+                                _ = &mut shutdown => return Ok(StopReason::Shutdown),
+                                permit = sender.reserve() => break permit,
+                                _ = status.tick() => {
+                                    let durable = progress_rx.borrow().durable;
+                                    current.send_status(received.max(durable), durable, durable, false).await?;
+                                    reported = durable;
+                                }
+                            }
+                        };
+                        let gone = match permit {
+                            Ok(permit) => {
+                                permit.send(frame);
+                                false
+                            }
+                            Err(_) => true,
+                        };
+                        if gone {
+                            tx = None; // the thread stopped; its result says why
                         }
-                    };
-                    match permit {
-                        Err(()) => break StopReason::Shutdown,
-                        Ok(Ok(permit)) => {
-                            permit.send(frame);
-                            false
-                        }
-                        Ok(Err(_)) => true,
                     }
-                };
-                if thread_gone {
-                    tx = None; // the thread stopped; its result says why
+                    _ = status.tick() => {
+                        let durable = progress_rx.borrow().durable;
+                        current.send_status(received.max(durable), durable, durable, false).await?;
+                        reported = durable;
+                    }
+                    _ = poke.tick(), if endpos.is_some() => {
+                        let durable = progress_rx.borrow().durable;
+                        current.send_status(received.max(durable), durable, durable, true).await?;
+                    }
                 }
             }
-            _ = status.tick() => {
-                let durable = progress_rx.borrow().durable;
-                stream.send_status(received.max(durable), durable, durable, false).await?;
-                reported = durable;
+        }
+        .await;
+        let failure = match pumped {
+            Ok(StopReason::ServerClosed) => Error::StreamEnded,
+            Ok(reason) => break Ok(reason),
+            Err(e) => e,
+        };
+        let thread_alive = !progress_rx.borrow().stopped && tx.is_some();
+        let Some(retry) = retry
+            .as_mut()
+            .filter(|_| thread_alive && retryable(&failure))
+        else {
+            break Err(failure);
+        };
+        // The old connection is gone; what the decode thread still has queued is written, and
+        // the new stream starts from what is durable now. The overlap (what was written but
+        // not yet confirmed) is replayed by the server and skipped by the pipeline.
+        stream = None;
+        tracing::warn!("lost the replication connection: {failure}");
+        let gave_up_at = retry.retry_for.map(|d| Instant::now() + d);
+        let mut attempt = 0u32;
+        let reopened = loop {
+            attempt += 1;
+            let delay = backoff(attempt);
+            if gave_up_at.is_some_and(|t| Instant::now() + delay > t) {
+                break Err(failure);
             }
-            _ = poke.tick(), if endpos.is_some() => {
-                let durable = progress_rx.borrow().durable;
-                stream.send_status(received.max(durable), durable, durable, true).await?;
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break Ok(None),
+                _ = tokio::time::sleep(delay) => {}
             }
+            let from = progress_rx.borrow().durable;
+            match (retry.reopen)(from).await {
+                Ok(s) => {
+                    tracing::info!("reconnected (attempt {attempt}); resuming from {from}");
+                    break Ok(Some(s));
+                }
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(
+                        "reconnect attempt {attempt} failed: {e}; next in about {:.1?}",
+                        backoff(attempt + 1)
+                    );
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match reopened {
+            Ok(Some(s)) => {
+                // The decoder forgets the dead connection's state before the new frames.
+                if let Some(sender) = &tx
+                    && sender.send(Frame::Reset).await.is_err()
+                {
+                    tx = None;
+                }
+                stream = Some(s);
+            }
+            Ok(None) => break Ok(StopReason::Shutdown),
+            Err(e) => break Err(e),
         }
     };
 
@@ -210,19 +329,30 @@ pub async fn run_stream(
         }
     };
     let p = *progress_rx.borrow();
-    let reason = match (&thread_err, reason) {
-        (Some(e), _) if e.is_broken_pipe() => StopReason::OutputClosed,
-        (Some(_), _) => StopReason::ServerClosed,
-        (None, r) => r,
-    };
-    // Confirm what is durable (even on a broken pipe: everything before it was written).
-    let _ = stream
-        .send_status(received.max(p.durable), p.durable, p.durable, false)
-        .await;
-    match thread_err {
-        Some(e) if !e.is_broken_pipe() => Err(e),
-        None if reason == StopReason::ServerClosed => Err(Error::StreamEnded),
-        _ => Ok(StreamOutcome {
+    // Confirm what is durable (even on a broken pipe: everything before it was written), then
+    // end the copy. A temporary slot is dropped by the server with the connection.
+    if let Some(mut s) = stream {
+        let _ = s
+            .send_status(received.max(p.durable), p.durable, p.durable, false)
+            .await;
+        match s.finish().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+            }
+            Err(e) => tracing::debug!("ending the replication stream: {e}"),
+        }
+    }
+    // The thread's error, when it has one, is the cause (a sink, the decoder); a broken
+    // stdout pipe is a normal end.
+    match (thread_err, ended) {
+        (Some(e), _) if e.is_broken_pipe() => Ok(StreamOutcome {
+            reason: StopReason::OutputClosed,
+            events,
+            durable: p.durable,
+        }),
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(e),
+        (None, Ok(reason)) => Ok(StreamOutcome {
             reason,
             events,
             durable: p.durable,
@@ -256,6 +386,9 @@ struct Output {
     durable: Lsn,
     done: bool,
     written: u64,
+    /// What the sinks were given, and what to skip when a new connection replays it.
+    tally: Tally,
+    resume: Resume,
     error: Option<Error>,
 }
 
@@ -265,7 +398,8 @@ impl Fanout {
             decoder: setup.decoder,
             load_types: setup.load_types,
             looked_up: HashSet::new(),
-            out: Output::new(setup.filter, setup.sinks, setup.endpos, progress),
+            out: Output::new(setup.filter, setup.sinks, setup.endpos, progress)
+                .starting_at(setup.start),
             events: 0,
         }
     }
@@ -306,6 +440,10 @@ impl Fanout {
                     return Err(e);
                 }
                 self.look_up_new_types()?;
+            }
+            Frame::Reset => {
+                self.decoder.reset();
+                self.out.restart();
             }
             Frame::Keepalive { wal_end } => {
                 // Idle (no transaction open or buffered) and every sink caught up once flushed:
@@ -358,8 +496,24 @@ impl Output {
             durable: Lsn::ZERO,
             done: false,
             written: 0,
+            tally: Tally::default(),
+            resume: Resume::default(),
             error: None,
         }
+    }
+
+    fn starting_at(mut self, start: Lsn) -> Output {
+        self.candidate = start;
+        self.durable = start;
+        self
+    }
+
+    /// A new connection: the server replays from the durable position, which may repeat what
+    /// was already given to the sinks (written, not yet confirmed). Skip exactly that.
+    fn restart(&mut self) {
+        self.pending_begin = None;
+        self.begun = false;
+        self.resume = Resume::after(self.tally);
     }
 
     /// Called for every decoded event, in order.
@@ -415,6 +569,10 @@ impl Output {
     }
 
     fn write(&mut self, ev: &Event) {
+        if !self.resume.admit(ev) {
+            return;
+        }
+        self.tally.note(ev);
         for sink in &mut self.sinks {
             if let Err(e) = sink.write(ev) {
                 self.error = Some(e);

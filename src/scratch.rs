@@ -500,6 +500,18 @@ impl ClusterHandle {
         run(cmd).map(drop)
     }
 
+    /// Stops the server the way a crash would (`pg_ctl stop -m immediate`: no shutdown
+    /// checkpoint, every connection cut). Start it with [`start_server_again`](Self::start_server_again).
+    pub fn stop_immediately(&self) -> Result<(), ScratchError> {
+        let user = server_user()?;
+        let mut cmd = self.pg_ctl(
+            user.as_ref(),
+            ["-w", "-t", PG_CTL_TIMEOUT_SECS, "-m", "immediate"],
+        );
+        cmd.arg("stop");
+        run(cmd).map(drop)
+    }
+
     /// Starts the server of this (stopped or crashed) cluster again, waiting for it to accept
     /// connections. After a `kill -9` the dead postmaster can linger about a second, during which
     /// `pg_ctl` refuses to start: this waits (up to 10 s) until its process has gone.

@@ -19,8 +19,10 @@ use crate::filter::Filter;
 use crate::pg::catalog::{self, ServerInfo};
 use crate::pg::conn::ReplConn;
 use crate::pg::slot;
-use crate::pipeline::{self, StopReason, StreamSetup};
+use crate::pg::stream::ReplStream;
+use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
 use crate::sink::{JsonlSink, Sink, TerminalSink};
+use crate::spill;
 
 pub use crate::pipeline::StreamOutcome;
 
@@ -66,8 +68,13 @@ pub async fn connect_meta(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
-/// Builds the sinks a config asks for.
-pub fn open_sinks(specs: &[SinkSpec], envelope: Envelope) -> Result<Vec<Box<dyn Sink>>> {
+/// Builds the sinks a config asks for. With `resume` (a permanent slot), a JSONL file is opened
+/// to continue: a torn last line is repaired and what it holds is skipped when replayed.
+pub fn open_sinks(
+    specs: &[SinkSpec],
+    envelope: Envelope,
+    resume: bool,
+) -> Result<Vec<Box<dyn Sink>>> {
     specs
         .iter()
         .map(|spec| -> Result<Box<dyn Sink>> {
@@ -77,6 +84,9 @@ pub fn open_sinks(specs: &[SinkSpec], envelope: Envelope) -> Result<Vec<Box<dyn 
                 }
                 SinkSpec::Stdout(crate::config::Format::Terminal { color }) => {
                     Box::new(TerminalSink::stdout(*color))
+                }
+                SinkSpec::Jsonl(path) if resume => {
+                    Box::new(JsonlSink::resume_file(path, envelope)?)
                 }
                 SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path, envelope)?),
             })
@@ -96,7 +106,18 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
     // Sinks first: an unwritable output file is reported before anything is created.
-    let mut sinks = open_sinks(&config.sinks, config.envelope)?;
+    let permanent = matches!(config.slot, SlotMode::Permanent(_));
+    let mut sinks = open_sinks(&config.sinks, config.envelope, permanent)?;
+    if permanent {
+        for sink in sinks.iter().filter(|s| !s.durable()) {
+            tracing::warn!(
+                "{} is not durable: with a permanent slot, a change counts as delivered once it \
+                 is written there, and the slot will not send it again if the reader loses it; \
+                 use --output FILE for capture that survives crashes",
+                sink.describe()
+            );
+        }
+    }
     sinks.extend(hooks.sinks);
     let repl = ReplConn::connect(&config.conn).await?;
     let meta = std::sync::Arc::new(connect_meta(&config).await?);
@@ -177,14 +198,18 @@ async fn stream_with_publication(
             let point = create_slot_noisily(&mut repl, meta, &name, true, server_version).await?;
             (name, point, true)
         }
-        SlotMode::Permanent(name) => match catalog::slot_info(meta, name).await? {
+        SlotMode::Permanent(name) => match slot_when_free(meta, name).await? {
             Some(existing) => {
                 check_existing_slot(name, &existing, info)?;
-                // 0/0: resume where the slot was confirmed. Never from IDENTIFY_SYSTEM's
-                // position, which would skip whatever the slot still holds.
-                (name.clone(), Lsn::ZERO, false)
+                // Resume where the slot was confirmed (0/0 says the same). Never from
+                // IDENTIFY_SYSTEM's position, which would skip whatever the slot still holds.
+                let from = existing.confirmed_flush.unwrap_or(Lsn::ZERO);
+                check_held(held_by(&sinks), name, meta, true).await?;
+                tracing::info!("resuming slot {name} from {from}");
+                (name.clone(), from, false)
             }
             None => {
+                check_held(held_by(&sinks), name, meta, false).await?;
                 tracing::info!("creating replication slot {name}");
                 let point =
                     create_slot_noisily(&mut repl, meta, name, false, server_version).await?;
@@ -212,7 +237,7 @@ async fn stream_with_publication(
     };
 
     let options = slot::start_options(server_version, publication);
-    let mut stream = repl.start_replication(&slot_name, start, &options).await?;
+    let stream = repl.start_replication(&slot_name, start, &options).await?;
     tracing::info!(
         "streaming from slot {slot_name} (publication {publication}, pgoutput protocol {}){}",
         slot::proto_version(server_version),
@@ -235,29 +260,45 @@ async fn stream_with_publication(
             database: info.database.clone(),
         });
     }
-    let decoder = Decoder::new(types).with_protocol(slot::proto_version(server_version));
+    let decoder = Decoder::new(types)
+        .with_protocol(slot::proto_version(server_version))
+        .with_spill(spill::Spiller::new(
+            config.spill_threshold,
+            config.spill_dir.clone(),
+        ));
     let handle = tokio::runtime::Handle::current();
-    let catalog_conn = std::sync::Arc::clone(meta);
+    let loader_config = config.clone();
+    let retry = match &config.slot {
+        SlotMode::Permanent(_) => Some(Retry {
+            reopen: reopener(config.clone(), slot_name.clone(), options.clone()),
+            retry_for: config.retry_for,
+        }),
+        SlotMode::Temporary => None,
+    };
+    let monitor = tokio::spawn(watch_retained_wal(
+        config.clone(),
+        slot_name.clone(),
+        config.warn_retained_wal,
+    ));
     let setup = StreamSetup {
         decoder,
         // Runs on the decode thread (not a runtime thread), so blocking on the query is fine.
+        // A connection of its own each time: it is rare, and survives a server restart.
         load_types: Some(Box::new(move || {
-            handle.block_on(catalog::load_types(&catalog_conn))
+            handle.block_on(async {
+                let client = connect_meta(&loader_config).await?;
+                catalog::load_types(&client).await
+            })
         })),
         filter: Filter::new(tables.as_deref(), config.ops)
             .with_where(config.filter.clone(), config.keep_markers),
         sinks,
         endpos,
         status_interval: config.status_interval,
+        start,
     };
-    let outcome = pipeline::run_stream(&mut stream, setup, shutdown).await;
-    // CopyDone, then close: a temporary slot is dropped by the server with the connection.
-    match stream.finish().await {
-        Ok(conn) => {
-            let _ = conn.close().await;
-        }
-        Err(e) => tracing::debug!("ending the replication stream: {e}"),
-    }
+    let outcome = pipeline::run_stream(stream, setup, retry, shutdown).await;
+    monitor.abort();
     let outcome = outcome?;
     Ok(Outcome {
         reason: outcome.reason,
@@ -265,6 +306,33 @@ async fn stream_with_publication(
         durable: outcome.durable,
         slot: slot_name,
     })
+}
+
+/// How long start-up waits for a slot still held by a connection that is going away (after a
+/// crash or `kill -9`, the server notices the dead client within moments).
+const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// The slot's row, waiting a little while it is still active: a restart right after a crash
+/// finds the old walsender not yet gone. Another live consumer still gets the error.
+async fn slot_when_free(meta: &Client, name: &str) -> Result<Option<catalog::SlotInfo>> {
+    let deadline = std::time::Instant::now() + SLOT_RELEASE_WAIT;
+    let mut said = false;
+    loop {
+        let slot = catalog::slot_info(meta, name).await?;
+        match slot.as_ref().and_then(|s| s.active_pid) {
+            Some(pid) if std::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(
+                        "slot {name} is still in use by server process {pid}; waiting up to {}s for it to be released",
+                        SLOT_RELEASE_WAIT.as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => return Ok(slot),
+        }
+    }
 }
 
 /// A permanent slot must be a pgoutput slot of this database and not in use.
@@ -284,18 +352,143 @@ fn check_existing_slot(name: &str, slot: &catalog::SlotInfo, info: &ServerInfo) 
         )));
     }
     if let Some(pid) = slot.active_pid {
-        return Err(Error::Setup(format!(
+        return Err(Error::SlotInUse(format!(
             "slot `{name}` is in use by another connection (server PID {pid}): stop that consumer, \
              or use another --slot"
         )));
     }
     if slot.wal_status.as_deref() == Some("lost") {
-        return Err(Error::Setup(format!(
-            "slot `{name}` is invalidated (wal_status = lost): the WAL it needed was removed, so \
-             changes were lost; drop it and start again with a fresh slot"
-        )));
+        return Err(invalidated(name));
     }
     Ok(())
+}
+
+fn invalidated(name: &str) -> Error {
+    Error::SlotLost(format!(
+        "slot `{name}` is invalidated (wal_status = lost): the server removed WAL it still \
+         needed (max_slot_wal_keep_size), so changes were lost; drop it (`walwatch slots drop \
+         {name}`) and start again with a fresh slot and a fresh output, or raise \
+         max_slot_wal_keep_size"
+    ))
+}
+
+/// What the resumed files hold must fit the slot: a file that holds changes while its slot is
+/// gone lost whatever was committed after the slot was dropped, and a file ahead of the
+/// server's WAL comes from another server.
+async fn check_held(
+    held: Vec<(String, Lsn)>,
+    name: &str,
+    meta: &Client,
+    slot_exists: bool,
+) -> Result<()> {
+    if held.is_empty() {
+        return Ok(());
+    }
+    let now = catalog::current_wal_lsn(meta).await?;
+    for (file, key) in held {
+        if !slot_exists {
+            return Err(Error::SlotLost(format!(
+                "replication slot `{name}` does not exist, but {file} holds changes up to commit \
+                 {key} from an earlier run on it: the slot was dropped, so changes committed \
+                 while it was gone are lost to walwatch. To start afresh from now, move {file} \
+                 away (or write to a new file) and run again"
+            )));
+        }
+        if key > now {
+            return Err(Error::SlotLost(format!(
+                "{file} holds changes up to commit {key}, beyond this server's WAL position \
+                 {now}: the file comes from another server (or the cluster was re-created); \
+                 write to a new file"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What each resumed sink holds: (its name, the last commit it holds).
+fn held_by(sinks: &[Box<dyn Sink>]) -> Vec<(String, Lsn)> {
+    sinks
+        .iter()
+        .filter_map(|s| s.held().map(|t| (s.describe(), t.key)))
+        .collect()
+}
+
+/// Reopens the stream of a permanent slot after a lost connection.
+fn reopener(config: Config, slot: String, options: Vec<(String, String)>) -> Reopen {
+    Box::new(move |from| {
+        let (config, slot, options) = (config.clone(), slot.clone(), options.clone());
+        Box::pin(async move { reopen(&config, &slot, &options, from).await })
+    })
+}
+
+async fn reopen(
+    config: &Config,
+    slot: &str,
+    options: &[(String, String)],
+    from: Lsn,
+) -> Result<ReplStream> {
+    let meta = connect_meta(config).await?;
+    match catalog::slot_info(&meta, slot).await? {
+        None => {
+            return Err(Error::SlotLost(format!(
+                "replication slot `{slot}` was dropped while walwatch was disconnected: changes \
+                 committed after {from} may be lost. Start again with a fresh slot and a fresh \
+                 output"
+            )));
+        }
+        Some(s) if s.wal_status.as_deref() == Some("lost") => return Err(invalidated(slot)),
+        Some(s) if s.confirmed_flush.is_some_and(|c| c > from) => {
+            return Err(Error::SlotLost(format!(
+                "slot `{slot}` was moved to {} while walwatch had confirmed only {from} \
+                 (pg_replication_slot_advance, or another consumer): the changes in between \
+                 were skipped. Start again with a fresh slot and a fresh output",
+                s.confirmed_flush.unwrap_or(Lsn::ZERO)
+            )));
+        }
+        Some(s) if s.active_pid.is_some() => {
+            // Usually our own walsender, not yet gone after the connection broke.
+            return Err(Error::SlotInUse(format!(
+                "slot `{slot}` is still in use by server process {}",
+                s.active_pid.unwrap_or(0)
+            )));
+        }
+        Some(_) => {}
+    }
+    let repl = ReplConn::connect(&config.conn).await?;
+    Ok(repl.start_replication(slot, from, options).await?)
+}
+
+/// How often the slot's retained WAL is checked.
+const RETAINED_WAL_EVERY: Duration = Duration::from_secs(30);
+
+/// Warns when the slot holds back more WAL than `threshold`, and again each time that doubles
+/// (ARCHITECTURE.md: idle slots must not pin WAL; a consumer that cannot keep up must be seen).
+async fn watch_retained_wal(config: Config, slot: String, threshold: u64) {
+    let mut warn_at = threshold;
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::time::sleep(RETAINED_WAL_EVERY).await;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = connect_meta(&config).await.ok();
+        }
+        let Some(c) = &client else { continue };
+        let Ok(Some(row)) = catalog::slot_row(c, &slot).await else {
+            continue;
+        };
+        let retained = row.retained_bytes.unwrap_or(0).max(0) as u64;
+        if retained > warn_at {
+            tracing::warn!(
+                "slot {slot} holds back {} MB of WAL on the server (wal_status {}, confirmed {}); \
+                 the server cannot remove it until walwatch confirms it",
+                retained >> 20,
+                row.wal_status.as_deref().unwrap_or("?"),
+                row.confirmed_flush_lsn.unwrap_or(Lsn::ZERO),
+            );
+            warn_at = retained.saturating_mul(2);
+        } else if retained < threshold {
+            warn_at = threshold;
+        }
+    }
 }
 
 /// Creates a slot; if that waits on open transactions, says so and names them.

@@ -8,6 +8,15 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error(
+        "cannot {action} the spill file of a large transaction: {reason}; free disk space where \
+         spill files go (--spill-dir, else $TMPDIR or /tmp), or raise --spill-threshold"
+    )]
+    Spill {
+        action: &'static str,
+        reason: String,
+    },
+
+    #[error(
         "empty pgoutput message: the server sent an XLogData frame with no payload; \
          this is a protocol error, restart the stream and report it if it recurs"
     )]

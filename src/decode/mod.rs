@@ -42,6 +42,7 @@ pub use value::{TypeKind, TypeRegistry};
 use crate::event::{Column, Event, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
 use pgoutput::{ColumnData, OldKind, RelationMsg, TupleData};
 use txbuf::TxBuf;
+pub use txbuf::{Spill, SpillStore};
 
 /// Maps keyed by OID or xid: looked up once per message, so SipHash (built for untrusted keys)
 /// would be a visible share of the per-event cost. Keys come from the server.
@@ -201,6 +202,8 @@ pub struct Decoder {
     /// User types named by Type messages that the registry does not know (created after the
     /// registry was loaded), for the caller to look up.
     unknown_types: Vec<u32>,
+    /// Where large buffered transactions go; `None` keeps them in memory.
+    spill: Option<Arc<dyn Spill>>,
 }
 
 /// The first OID of user-defined objects (FirstNormalObjectId): types below are built in.
@@ -226,6 +229,7 @@ impl Decoder {
             prepared: HashMap::new(),
             scratch: Vec::new(),
             unknown_types: Vec::new(),
+            spill: None,
         }
     }
 
@@ -319,14 +323,73 @@ impl Decoder {
     /// caches), keeping the type registry and the protocol settings.
     pub fn reset(&mut self) {
         let types = std::mem::take(&mut self.types);
+        let spill = self.spill.take();
         *self = Decoder::new(types)
             .with_protocol(self.proto)
             .with_parallel_streaming(self.abort_info);
+        self.spill = spill;
     }
 
     /// Decodes one pgoutput message (the payload of one XLogData 'w' frame) whose WAL start is
     /// `lsn`, emitting zero or more events in stream order.
     pub fn decode<F: FnMut(Event)>(
+        &mut self,
+        lsn: Lsn,
+        msg: &[u8],
+        emit: &mut F,
+    ) -> Result<(), DecodeError> {
+        self.decode_one(lsn, msg, emit)?;
+        if self.spill.is_some() {
+            self.spill_if_over()?;
+        }
+        Ok(())
+    }
+
+    /// With a spill policy: once buffered transactions hold more than its threshold, moves
+    /// their full chunks to spill stores, so memory stays near the threshold.
+    fn spill_if_over(&mut self) -> Result<(), DecodeError> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        if self.buffered_bytes() <= spill.threshold() {
+            return Ok(());
+        }
+        let bufs = self
+            .streams
+            .values_mut()
+            .chain(self.prepared.values_mut())
+            .chain(self.preparing.as_mut().map(|p| &mut p.buf));
+        for buf in bufs {
+            let first = buf.spilled_bytes() == 0;
+            let freed = buf.spill(spill)?;
+            if first && freed > 0 {
+                tracing::info!(
+                    "transaction {} holds over {} MB in memory: spilling it to a temporary file",
+                    buf.xid,
+                    spill.threshold() >> 20
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of buffered transactions written to spill stores so far (still held there).
+    pub fn spilled_bytes(&self) -> u64 {
+        self.streams
+            .values()
+            .chain(self.prepared.values())
+            .map(TxBuf::spilled_bytes)
+            .sum()
+    }
+
+    /// Spill buffered transactions above the policy's threshold (see [`Spill`]). Without a
+    /// policy everything stays in memory.
+    pub fn with_spill(mut self, spill: impl Spill + 'static) -> Decoder {
+        self.spill = Some(Arc::new(spill));
+        self
+    }
+
+    fn decode_one<F: FnMut(Event)>(
         &mut self,
         lsn: Lsn,
         msg: &[u8],
@@ -424,7 +487,7 @@ impl Decoder {
                 if self.in_transaction() {
                     return Err(unexpected("Stream Commit", "inside a transaction"));
                 }
-                let buf = self
+                let mut buf = self
                     .streams
                     .remove(&c.xid)
                     .ok_or(DecodeError::UnknownStream {
@@ -436,7 +499,7 @@ impl Decoder {
                     commit_lsn: c.commit_lsn,
                     ts: c.commit_ts,
                 };
-                self.replay(&buf, tx, lsn, c.end_lsn, emit)?;
+                self.replay(&mut buf, tx, lsn, c.end_lsn, emit)?;
             }
             Message::StreamAbort(a) => {
                 // An abort for a transaction never streamed to us drops nothing: ignore it.
@@ -448,7 +511,7 @@ impl Decoder {
                     buf.retain(|rec| {
                         !(matches!(rec.first(), Some(b'I' | b'U' | b'D' | b'T' | b'M'))
                             && record_xid(rec) == Some(a.subxid))
-                    });
+                    })?;
                 }
             }
             Message::BeginPrepare(b) => {
@@ -484,7 +547,7 @@ impl Decoder {
                 self.prepared.insert(p.gid.to_string(), buf);
             }
             Message::CommitPrepared(c) => {
-                let buf =
+                let mut buf =
                     self.prepared
                         .remove(c.gid)
                         .ok_or_else(|| DecodeError::UnknownPrepared {
@@ -496,7 +559,7 @@ impl Decoder {
                     commit_lsn: c.commit_lsn,
                     ts: c.commit_ts,
                 };
-                self.replay(&buf, tx, lsn, c.end_lsn, emit)?;
+                self.replay(&mut buf, tx, lsn, c.end_lsn, emit)?;
             }
             Message::RollbackPrepared(r) => {
                 // The server may roll back a transaction whose prepare it never sent (prepared
@@ -596,7 +659,7 @@ impl Decoder {
     /// Emits BEGIN, the buffered changes decoded one by one, and COMMIT.
     fn replay<F: FnMut(Event)>(
         &mut self,
-        buf: &TxBuf,
+        buf: &mut TxBuf,
         tx: TxCtx,
         lsn: Lsn,
         end_lsn: Lsn,
@@ -610,7 +673,7 @@ impl Decoder {
             in_stream: buf.streamed,
             abort_info: false,
         };
-        for (rlsn, rec) in buf.iter() {
+        buf.for_each(|rlsn, rec| {
             match parse_in(rec, ctx)? {
                 Message::Relation(r) => {
                     overlay.insert(r.oid, Arc::new(Relation::from_msg(&r)));
@@ -618,7 +681,8 @@ impl Decoder {
                 Message::Type(t) => self.remember_type(&t),
                 m => self.change(&m, rlsn, tx, Some(&overlay), emit)?,
             }
-        }
+            Ok(())
+        })?;
         emit(boundary(Op::Commit, lsn, tx, Some(end_lsn)));
         Ok(())
     }

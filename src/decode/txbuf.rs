@@ -9,26 +9,59 @@
 //!
 //! Layout: fixed-size chunks (no doubling: a `Vec` grown by doubling can hold twice what it
 //! uses, and a realloc of a large buffer may briefly need both copies), each holding whole
-//! records `[u32 LE length][u64 LE lsn][message bytes]`. Records never straddle chunks, so a
-//! later change can spill full chunks to disk without touching this API (`push`, `iter`,
-//! `retain`, `bytes`).
+//! records `[u32 LE length][u64 LE lsn][message bytes]`. Records never straddle chunks, so full
+//! chunks can be spilled whole.
+//!
+//! Spilling (bounded memory): once the decoder's buffers hold more than a threshold, every full
+//! chunk is appended to a [`SpillStore`] (a temporary file, supplied by the caller so this
+//! module does no I/O of its own) and read back one chunk at a time at commit. Memory then
+//! stays near the threshold whatever the transaction's size.
 
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
+use std::io;
+use std::sync::Arc;
 
 use super::OidHasher;
+use super::error::DecodeError;
 
 use crate::event::Lsn;
 
 /// Chunk size: large enough that the per-chunk overhead is noise, small enough that the last,
 /// partly filled chunk wastes little.
-const CHUNK: usize = 256 * 1024;
+pub(crate) const CHUNK: usize = 256 * 1024;
 const HEADER: usize = 4 + 8;
+
+/// Append-only storage for spilled chunks of one transaction; dropped with it.
+pub trait SpillStore: Send + std::fmt::Debug {
+    /// Appends `chunk` and returns its offset.
+    fn append(&mut self, chunk: &[u8]) -> io::Result<u64>;
+    /// Reads `buf.len()` bytes at `offset`.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// When and where buffered transactions spill.
+pub trait Spill: Send + Sync + std::fmt::Debug {
+    /// Buffered bytes (all transactions together) above which full chunks are spilled.
+    fn threshold(&self) -> usize;
+    /// A new store for one transaction.
+    fn create(&self) -> io::Result<Box<dyn SpillStore>>;
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Mem(Vec<u8>),
+    Disk { offset: u64, len: usize },
+}
 
 /// One buffered transaction.
 #[derive(Debug)]
 pub(crate) struct TxBuf {
-    chunks: Vec<Vec<u8>>,
+    chunks: Vec<Chunk>,
+    /// Bytes held in memory (chunk capacities).
+    mem: usize,
+    spilled: u64,
+    store: Option<Box<dyn SpillStore>>,
     /// The top-level xid.
     pub(crate) xid: u32,
     /// Where the transaction started (the first Stream Start's or Begin Prepare's WAL start),
@@ -41,10 +74,20 @@ pub(crate) struct TxBuf {
     pub(crate) pinned: HashSet<u32, BuildHasherDefault<OidHasher>>,
 }
 
+fn spill_error(action: &'static str, e: &io::Error) -> DecodeError {
+    DecodeError::Spill {
+        action,
+        reason: e.to_string(),
+    }
+}
+
 impl TxBuf {
     pub(crate) fn new(xid: u32, first_lsn: Lsn, streamed: bool) -> TxBuf {
         TxBuf {
             chunks: Vec::new(),
+            mem: 0,
+            spilled: 0,
+            store: None,
             xid,
             first_lsn,
             streamed,
@@ -59,14 +102,14 @@ impl TxBuf {
             return false;
         };
         let need = HEADER + msg.len();
-        let fits = self
-            .chunks
-            .last()
-            .is_some_and(|c| c.capacity() - c.len() >= need);
+        let fits =
+            matches!(self.chunks.last(), Some(Chunk::Mem(c)) if c.capacity() - c.len() >= need);
         if !fits {
-            self.chunks.push(Vec::with_capacity(CHUNK.max(need)));
+            let c = Vec::with_capacity(CHUNK.max(need));
+            self.mem += c.capacity();
+            self.chunks.push(Chunk::Mem(c));
         }
-        if let Some(c) = self.chunks.last_mut() {
+        if let Some(Chunk::Mem(c)) = self.chunks.last_mut() {
             c.extend_from_slice(&len.to_le_bytes());
             c.extend_from_slice(&lsn.0.to_le_bytes());
             c.extend_from_slice(msg);
@@ -74,34 +117,140 @@ impl TxBuf {
         true
     }
 
-    /// The records in order: (WAL start, message bytes).
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Lsn, &[u8])> {
-        self.chunks.iter().flat_map(|c| Records { buf: c, pos: 0 })
+    /// Moves every chunk but the one being filled to the spill store; returns the bytes freed.
+    pub(crate) fn spill(&mut self, spill: &Arc<dyn Spill>) -> Result<usize, DecodeError> {
+        let last = self.chunks.len().saturating_sub(1);
+        let mut freed = 0;
+        for i in 0..last {
+            let Chunk::Mem(c) = &self.chunks[i] else {
+                continue;
+            };
+            if self.store.is_none() {
+                self.store = Some(spill.create().map_err(|e| spill_error("create", &e))?);
+            }
+            let Some(store) = self.store.as_mut() else {
+                continue;
+            };
+            let offset = store.append(c).map_err(|e| spill_error("write", &e))?;
+            let len = c.len();
+            freed += c.capacity();
+            self.spilled += len as u64;
+            self.chunks[i] = Chunk::Disk { offset, len };
+        }
+        self.mem -= freed;
+        Ok(freed)
     }
 
-    /// Keeps only the records for which `keep` is true, compacting in place.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
-        for c in &mut self.chunks {
-            let mut read = 0;
-            let mut write = 0;
-            while let Some((_, msg, next)) = record_at(c, read) {
-                if keep(msg) {
-                    if write != read {
-                        c.copy_within(read..next, write);
-                    }
-                    write += next - read;
+    /// Calls `f` with every record in order: (WAL start, message bytes). Spilled chunks are
+    /// read back one at a time.
+    pub(crate) fn for_each(
+        &mut self,
+        mut f: impl FnMut(Lsn, &[u8]) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        let mut scratch = Vec::new();
+        for chunk in &self.chunks {
+            let c: &[u8] = match chunk {
+                Chunk::Mem(c) => c,
+                Chunk::Disk { offset, len } => {
+                    read_chunk(&mut self.store, *offset, *len, &mut scratch)?;
+                    &scratch
                 }
-                read = next;
+            };
+            for (lsn, msg) in (Records { buf: c, pos: 0 }) {
+                f(lsn, msg)?;
             }
-            c.truncate(write);
         }
-        self.chunks.retain(|c| !c.is_empty());
+        Ok(())
+    }
+
+    /// Keeps only the records for which `keep` is true, compacting in place (a spilled chunk
+    /// is read, compacted and appended anew when it loses records).
+    pub(crate) fn retain(
+        &mut self,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), DecodeError> {
+        let mut scratch = Vec::new();
+        for i in 0..self.chunks.len() {
+            match &mut self.chunks[i] {
+                Chunk::Mem(c) => {
+                    compact(c, &mut keep);
+                }
+                Chunk::Disk { offset, len } => {
+                    let (offset, len) = (*offset, *len);
+                    read_chunk(&mut self.store, offset, len, &mut scratch)?;
+                    if compact(&mut scratch, &mut keep) {
+                        let new_len = scratch.len();
+                        let new_offset = match self.store.as_mut() {
+                            Some(store) if new_len > 0 => store
+                                .append(&scratch)
+                                .map_err(|e| spill_error("write", &e))?,
+                            _ => 0,
+                        };
+                        self.chunks[i] = Chunk::Disk {
+                            offset: new_offset,
+                            len: new_len,
+                        };
+                    }
+                }
+            }
+        }
+        let mut freed = 0;
+        self.chunks.retain(|c| match c {
+            Chunk::Mem(v) if v.is_empty() => {
+                freed += v.capacity();
+                false
+            }
+            Chunk::Mem(_) => true,
+            Chunk::Disk { len, .. } => *len > 0,
+        });
+        self.mem -= freed;
+        Ok(())
     }
 
     /// Memory held, including the unused tail of each chunk.
     pub(crate) fn bytes(&self) -> usize {
-        self.chunks.iter().map(Vec::capacity).sum()
+        self.mem
     }
+
+    /// Bytes written to the spill store.
+    pub(crate) fn spilled_bytes(&self) -> u64 {
+        self.spilled
+    }
+}
+
+fn read_chunk(
+    store: &mut Option<Box<dyn SpillStore>>,
+    offset: u64,
+    len: usize,
+    scratch: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    scratch.clear();
+    scratch.resize(len, 0);
+    let store = store.as_mut().ok_or(DecodeError::Spill {
+        action: "read",
+        reason: "the spill store is gone".into(),
+    })?;
+    store
+        .read_at(offset, scratch)
+        .map_err(|e| spill_error("read", &e))
+}
+
+/// Drops the records `keep` refuses; true when any was dropped.
+fn compact(c: &mut Vec<u8>, keep: &mut impl FnMut(&[u8]) -> bool) -> bool {
+    let mut read = 0;
+    let mut write = 0;
+    while let Some((_, msg, next)) = record_at(c, read) {
+        if keep(msg) {
+            if write != read {
+                c.copy_within(read..next, write);
+            }
+            write += next - read;
+        }
+        read = next;
+    }
+    let dropped = write != c.len();
+    c.truncate(write);
+    dropped
 }
 
 /// Decodes the record at `pos`: (lsn, message, end of record).
@@ -130,27 +279,107 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
+/// An in-memory spill store, for tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct MemSpill {
+    pub(crate) threshold: usize,
+}
+
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct MemStore(Vec<u8>);
+
+#[cfg(test)]
+impl SpillStore for MemStore {
+    fn append(&mut self, chunk: &[u8]) -> io::Result<u64> {
+        let at = self.0.len() as u64;
+        self.0.extend_from_slice(chunk);
+        Ok(at)
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let at = offset as usize;
+        let src = self
+            .0
+            .get(at..at + buf.len())
+            .ok_or_else(|| io::Error::other("read past the end"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl Spill for MemSpill {
+    fn threshold(&self) -> usize {
+        self.threshold
+    }
+    fn create(&self) -> io::Result<Box<dyn SpillStore>> {
+        Ok(Box::new(MemStore::default()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_round_trip_and_retain_compacts() {
-        let mut b = TxBuf::new(7, Lsn(1), true);
+    fn all(b: &mut TxBuf) -> Vec<(u64, Vec<u8>)> {
+        let mut v = Vec::new();
+        b.for_each(|l, m| {
+            v.push((l.0, m.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        v
+    }
+
+    fn fill(b: &mut TxBuf) {
         for i in 0..10_000u32 {
             assert!(b.push(Lsn(u64::from(i)), &i.to_be_bytes()[..(i % 4 + 1) as usize]));
         }
-        assert_eq!(b.iter().count(), 10_000);
-        assert!(b.chunks.len() == 1);
         let big = vec![9u8; CHUNK * 2];
         assert!(b.push(Lsn(99_999), &big));
-        assert_eq!(b.iter().count(), 10_001);
-        b.retain(|m| m.len() != 2);
-        assert_eq!(b.iter().count(), 7_501);
-        let lsns: Vec<u64> = b.iter().map(|(l, _)| l.0).take(3).collect();
+    }
+
+    #[test]
+    fn records_round_trip_and_retain_compacts() {
+        let mut b = TxBuf::new(7, Lsn(1), true);
+        fill(&mut b);
+        assert_eq!(all(&mut b).len(), 10_001);
+        assert_eq!(b.chunks.len(), 2);
+        b.retain(|m| m.len() != 2).unwrap();
+        let recs = all(&mut b);
+        assert_eq!(recs.len(), 7_501);
+        let lsns: Vec<u64> = recs.iter().map(|(l, _)| *l).take(3).collect();
         assert_eq!(lsns, [0, 2, 3]);
-        assert_eq!(b.iter().last().map(|(_, m)| m.len()), Some(CHUNK * 2));
-        b.retain(|_| false);
-        assert_eq!((b.iter().count(), b.bytes()), (0, 0));
+        assert_eq!(recs.last().map(|(_, m)| m.len()), Some(CHUNK * 2));
+        b.retain(|_| false).unwrap();
+        assert_eq!((all(&mut b).len(), b.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn spilled_chunks_read_back_the_same_and_retain_works_on_them() {
+        let spill: Arc<dyn Spill> = Arc::new(MemSpill { threshold: 0 });
+        let mut plain = TxBuf::new(7, Lsn(1), true);
+        let mut spilled = TxBuf::new(7, Lsn(1), true);
+        for i in 0..200_000u32 {
+            let msg = [(i % 251) as u8; 20];
+            plain.push(Lsn(u64::from(i)), &msg[..(i % 20) as usize]);
+            spilled.push(Lsn(u64::from(i)), &msg[..(i % 20) as usize]);
+            if i % 50_000 == 0 {
+                spilled.spill(&spill).unwrap();
+            }
+        }
+        let before = spilled.bytes();
+        let freed = spilled.spill(&spill).unwrap();
+        assert!(freed > 0 && spilled.bytes() == before - freed);
+        assert!(spilled.bytes() <= CHUNK, "one chunk left in memory");
+        assert!(spilled.spilled_bytes() > 3_000_000);
+        assert_eq!(all(&mut plain), all(&mut spilled));
+        // Drop the records of a "subtransaction" from spilled and in-memory chunks alike.
+        plain.retain(|m| m.len() != 7).unwrap();
+        spilled.retain(|m| m.len() != 7).unwrap();
+        assert_eq!(all(&mut plain), all(&mut spilled));
+        spilled.retain(|_| false).unwrap();
+        assert!(all(&mut spilled).is_empty());
     }
 }

@@ -320,6 +320,109 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> 
     }))
 }
 
+/// One row of `walwatch slots`: what `pg_replication_slots` says, with the WAL it holds back.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SlotRow {
+    pub name: String,
+    /// `logical` or `physical`.
+    pub kind: String,
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+    pub temporary: bool,
+    pub active_pid: Option<i32>,
+    pub restart_lsn: Option<Lsn>,
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (docs, 54.19 "pg_replication_slots").
+    pub wal_status: Option<String>,
+    /// WAL the server keeps for this slot: from `restart_lsn` to the current WAL position.
+    pub retained_bytes: Option<i64>,
+    /// How far the consumer's confirmed position is behind the current WAL position.
+    pub lag_bytes: Option<i64>,
+}
+
+/// Every replication slot of the server, largest retained WAL first.
+pub async fn list_slots(client: &Client) -> Result<Vec<SlotRow>> {
+    slot_rows(client, None).await
+}
+
+/// One slot's row, if the slot exists.
+pub async fn slot_row(client: &Client, name: &str) -> Result<Option<SlotRow>> {
+    Ok(slot_rows(client, Some(name)).await?.pop())
+}
+
+async fn slot_rows(client: &Client, name: Option<&str>) -> Result<Vec<SlotRow>> {
+    // On a standby pg_current_wal_lsn() fails; use the replay position there.
+    let rows = client
+        .query(
+            "WITH here AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                                       ELSE pg_current_wal_lsn() END AS lsn) \
+             SELECT slot_name::text, slot_type, plugin::text, database::text, temporary, \
+                    active_pid, restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
+                    pg_wal_lsn_diff(here.lsn, restart_lsn)::int8, \
+                    pg_wal_lsn_diff(here.lsn, confirmed_flush_lsn)::int8 \
+             FROM pg_replication_slots, here \
+             WHERE $1::text IS NULL OR slot_name = $1 \
+             ORDER BY 10 DESC NULLS LAST, 1",
+            &[&name],
+        )
+        .await?;
+    let lsn = |v: Option<String>| v.and_then(|s| s.parse::<Lsn>().ok());
+    Ok(rows
+        .iter()
+        .map(|r| SlotRow {
+            name: r.get(0),
+            kind: r.get(1),
+            plugin: r.get(2),
+            database: r.get(3),
+            temporary: r.get(4),
+            active_pid: r.get(5),
+            restart_lsn: lsn(r.get(6)),
+            confirmed_flush_lsn: lsn(r.get(7)),
+            wal_status: r.get(8),
+            retained_bytes: r.get(9),
+            lag_bytes: r.get(10),
+        })
+        .collect())
+}
+
+/// Drops a replication slot. An active slot is refused unless `force`, which first terminates
+/// the walsender using it (`pg_terminate_backend`) and waits for it to let go.
+pub async fn drop_slot(client: &Client, name: &str, force: bool) -> Result<()> {
+    let Some(slot) = slot_row(client, name).await? else {
+        return Err(Error::Config(format!(
+            "there is no replication slot named `{name}`: `walwatch slots` lists them"
+        )));
+    };
+    if let Some(pid) = slot.active_pid {
+        if !force {
+            return Err(Error::SlotInUse(format!(
+                "slot `{name}` is in use by server process {pid}: stop its consumer first, or \
+                 pass --force to terminate that connection and drop the slot"
+            )));
+        }
+        tracing::warn!("terminating server process {pid}, which uses slot {name}");
+        client
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while slot_row(client, name)
+            .await?
+            .is_some_and(|s| s.active_pid.is_some())
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(Error::SlotInUse(format!(
+                    "slot `{name}` is still in use 10 s after terminating process {pid}"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&name])
+        .await?;
+    Ok(())
+}
+
 /// Sessions holding a transaction that has written: a logical slot cannot be created until
 /// they finish (it needs a consistent point).
 pub async fn open_writers(client: &Client) -> Result<Vec<String>> {

@@ -7,6 +7,7 @@
 
 mod assert;
 mod jsonl;
+pub(crate) mod resume;
 mod terminal;
 
 pub use assert::{AssertSink, EventLog, Slice};
@@ -15,6 +16,7 @@ pub use terminal::TerminalSink;
 
 use crate::error::Result;
 use crate::event::Event;
+pub use resume::Tally;
 
 pub trait Sink: Send {
     /// Accept one event (already filtered).
@@ -25,4 +27,15 @@ pub trait Sink: Send {
 
     /// A short name for messages: `stdout`, the file path, the broker list.
     fn describe(&self) -> String;
+
+    /// Whether `flush` makes events durable (a file), or only delivers them (stdout, memory).
+    fn durable(&self) -> bool {
+        false
+    }
+
+    /// What the sink already held when it was opened to resume (the last event's position and
+    /// how many events of that transaction): the session checks it against the slot.
+    fn held(&self) -> Option<Tally> {
+        None
+    }
 }
