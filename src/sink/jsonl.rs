@@ -31,6 +31,8 @@ pub struct JsonlSink {
     /// What the file held when it was opened for resuming.
     held: Option<Tally>,
     resume: Resume,
+    /// Replayed events skipped because the file held them; logged once the replay is past.
+    skipped: u64,
 }
 
 impl JsonlSink {
@@ -41,6 +43,7 @@ impl JsonlSink {
             envelope,
             held: None,
             resume: Resume::default(),
+            skipped: 0,
         }
     }
 
@@ -56,6 +59,7 @@ impl JsonlSink {
             envelope,
             held: None,
             resume: Resume::default(),
+            skipped: 0,
         })
     }
 
@@ -213,7 +217,16 @@ fn unreadable(path: &Path, n: u64) -> Error {
 impl Sink for JsonlSink {
     fn write(&mut self, event: &Event) -> Result<()> {
         if !self.resume.admit(event) {
+            self.skipped += 1;
             return Ok(());
+        }
+        if self.skipped > 0 {
+            tracing::info!(
+                "{}: skipped {} replayed events the file already held",
+                self.describe(),
+                self.skipped
+            );
+            self.skipped = 0;
         }
         self.line.clear();
         event.write_json(&mut self.line);
