@@ -10,11 +10,15 @@
 #   pg_recvlogical -P pgoutput (same protocol options) draining its slot to /dev/null
 #   walwatch --endpos draining its slot to a JSONL file (typed decode + JSON + write)
 # and walwatch's peak RSS. Target: walwatch within 1.25x of pg_recvlogical.
+# Then the memory bound of bounded-memory CDC: one HUGE_ROWS-row transaction (default
+# 5,000,000; 0 skips it) drained by walwatch at its default spill threshold (64 MB); the script
+# fails unless every line arrived and the peak RSS stayed under 200 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 ROWS_BIG=${ROWS_BIG:-1000000}
 TXNS_SMALL=${TXNS_SMALL:-100000}
+HUGE_ROWS=${HUGE_ROWS:-5000000}
 
 bash tests/install-postgres.sh
 cargo build --release --quiet
@@ -122,3 +126,24 @@ done
 echo
 echo "medians of $REPS (big = one ${ROWS_BIG}-row transaction, small = ${TXNS_SMALL} single-row transactions):"
 printf '%s\n' "${results[@]}"
+
+if [ "$HUGE_ROWS" -gt 0 ]; then
+  psql_admin -c "TRUNCATE orders" >/dev/null
+  "$WALWATCH" -q --dsn "$DSN" --slot ww_huge --tables orders --endpos now
+  psql_admin -c "INSERT INTO orders (user_id, item, status, amount, created_at)
+         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(1, $HUGE_ROWS) g" >/dev/null
+  END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
+  read -r secs mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_huge --tables orders --endpos "$END" --output "$WORK/huge.jsonl" --spill-dir "$WORK")
+  lines=$(wc -l <"$WORK/huge.jsonl")
+  rm -f "$WORK/huge.jsonl"
+  psql_admin -c "SELECT pg_drop_replication_slot('ww_huge')" >/dev/null
+  echo "huge   one ${HUGE_ROWS}-row transaction: walwatch ${secs}s, ${lines} lines, peak RSS ${mb} MB (spill threshold 64 MB)"
+  if [ "$lines" != "$((HUGE_ROWS + 2))" ]; then
+    echo "e2e: walwatch wrote $lines lines for the huge transaction, expected $((HUGE_ROWS + 2))" >&2
+    exit 1
+  fi
+  if [ "$mb" -ge 200 ]; then
+    echo "e2e: walwatch's peak RSS was $mb MB for the huge transaction; the bound is 200 MB" >&2
+    exit 1
+  fi
+fi

@@ -276,6 +276,16 @@ fn a_server_restart_mid_stream_is_an_error_not_a_silent_exit() {
     cluster.stop().expect("stop cluster");
 }
 
+/// A live process's peak resident set (VmHWM), in kB.
+fn peak_kb_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
 #[test]
 fn a_stalled_reader_does_not_get_walwatch_timed_out() {
     let cluster = ScratchCluster::start(ScratchOptions {
@@ -323,15 +333,20 @@ fn a_stalled_reader_does_not_get_walwatch_timed_out() {
     support::wait_until("walwatch streaming", Duration::from_secs(30), || {
         active("").then_some(())
     });
-    const ROWS: usize = 50_000;
-    cluster
-        .psql(
-            "walwatch",
-            &format!(
-                "INSERT INTO stall_t SELECT g, repeat('x', 100) FROM generate_series(1, {ROWS}) g;"
-            ),
-        )
-        .unwrap();
+    // About 90 MB of pgoutput frames in 300 transactions (each small enough not to be streamed
+    // and buffered until its commit): were they read off the socket regardless, memory would
+    // grow by that much.
+    const ROWS: usize = 300_000;
+    let inserts: String = (0..ROWS / 1000)
+        .map(|i| {
+            format!(
+                "INSERT INTO stall_t SELECT g, repeat('x', 250) FROM generate_series({}, {}) g;\n",
+                i * 1000 + 1,
+                i * 1000 + 1000
+            )
+        })
+        .collect();
+    cluster.psql("walwatch", &inserts).unwrap();
     let stalled_at = cluster.psql("walwatch", "SELECT now()").unwrap();
     // Condition, not a sleep: the server keeps receiving our replies more than three
     // wal_sender_timeouts after the reader stalled.
@@ -349,6 +364,18 @@ fn a_stalled_reader_does_not_get_walwatch_timed_out() {
             ))
             .then_some(())
         },
+    );
+    // Memory did not grow with the backlog: the bounded channel stopped the socket reads.
+    eprintln!(
+        "walwatch peak RSS while stalled: {} MB",
+        peak_kb_of(pid) / 1024
+    );
+    let peak_kb = peak_kb_of(pid);
+    assert!(
+        peak_kb < 60 * 1024,
+        "walwatch's peak RSS reached {} MB with a stalled reader; backpressure should hold it \
+         near the channel's bound",
+        peak_kb / 1024
     );
     // Now read: every row arrives.
     let lines = line_reader(&mut child);
