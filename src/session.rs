@@ -466,8 +466,11 @@ const RETAINED_WAL_EVERY: Duration = Duration::from_secs(30);
 async fn watch_retained_wal(config: Config, slot: String, threshold: u64) {
     let mut warn_at = threshold;
     let mut client: Option<Client> = None;
+    // The first look soon after start: a slot that already holds back a lot says so at once.
+    let mut wait = Duration::from_secs(1);
     loop {
-        tokio::time::sleep(RETAINED_WAL_EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = RETAINED_WAL_EVERY;
         if client.as_ref().is_none_or(Client::is_closed) {
             client = connect_meta(&config).await.ok();
         }

@@ -32,15 +32,42 @@ impl Rng {
     }
 }
 
+/// A walwatch process, killed if the test ends (or panics) while it still runs.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts walwatch with stderr going to `log` (read it with `std::fs::read_to_string`).
-fn spawn(args: &[&str], log: &Path) -> Child {
-    walwatch()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).expect("log file"))
-        .spawn()
-        .expect("spawn walwatch")
+fn spawn(args: &[&str], log: &Path) -> Proc {
+    Proc(
+        walwatch()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).expect("log file"))
+            .spawn()
+            .expect("spawn walwatch"),
+    )
 }
 
 fn wait_exit(child: &mut Child, within: Duration, log: &Path) -> i32 {
@@ -423,7 +450,7 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
         &log,
     );
     wait_until("walwatch streaming", Duration::from_secs(30), || {
-        (slot_field(h, "rc_slot", "active_pid") != "").then_some(())
+        (!slot_field(h, "rc_slot", "active_pid").is_empty()).then_some(())
     });
     // A writer that keeps inserting through both faults; a statement that fails while the
     // server is down is retried, so the table is the ground truth.
@@ -553,7 +580,7 @@ fn an_idle_slot_does_not_hold_back_wal() {
         &log,
     );
     wait_until("walwatch streaming", Duration::from_secs(30), || {
-        (slot_field(cluster, &slot, "active_pid") != "").then_some(())
+        (!slot_field(cluster, &slot, "active_pid").is_empty()).then_some(())
     });
     sql(&format!("INSERT INTO {watched} VALUES (1);"));
     // Ten minutes of a busy neighbour (a 1,000-row transaction a second), compressed.
@@ -874,7 +901,7 @@ fn slots_lists_and_drops() {
         &log,
     );
     wait_until("the slot to be active", Duration::from_secs(30), || {
-        (slot_field(cluster, &slot, "active_pid") != "").then_some(())
+        (!slot_field(cluster, &slot, "active_pid").is_empty()).then_some(())
     });
     let refused = harness::run_expecting(&["slots", "drop", &slot, "--dsn", &admin], 2);
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -888,5 +915,110 @@ fn slots_lists_and_drops() {
     let _ = child.wait();
     let missing = harness::run_expecting(&["slots", "drop", &slot, "--dsn", &admin], 2);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no replication slot named"));
+    drop_slot(&slot);
+}
+
+/// A slot moved past what walwatch confirmed while it was reconnecting (here with
+/// `pg_replication_slot_advance`, the moment its walsender is gone): a named error, not a
+/// silent jump over the skipped changes.
+#[test]
+fn a_slot_moved_while_reconnecting_is_a_named_error() {
+    let cluster = support::cluster();
+    let t = support::unique_name("moved");
+    let slot = support::unique_name("mslot");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("moved.log");
+    let dsn = dsn();
+    let mut child = spawn(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--output",
+            dir.path().join("m.jsonl").to_str().unwrap(),
+        ],
+        &log,
+    );
+    wait_until("walwatch streaming", Duration::from_secs(30), || {
+        (!slot_field(cluster, &slot, "active_pid").is_empty()).then_some(())
+    });
+    // Terminate the walsender, write, and advance the slot as soon as it is free: walwatch's
+    // first reconnect attempt comes at least 100 ms later.
+    cluster
+        .psql(
+            "walwatch",
+            &format!(
+                "DO $$
+                 DECLARE pid int;
+                 BEGIN
+                   SELECT active_pid INTO pid FROM pg_replication_slots WHERE slot_name = '{slot}';
+                   PERFORM pg_terminate_backend(pid);
+                   PERFORM pg_logical_emit_message(false, 'test', 'move past this');
+                   -- The advance stops at the flushed WAL: flush past the message.
+                   PERFORM pg_switch_wal();
+                   FOR i IN 1..5000 LOOP
+                     BEGIN
+                       PERFORM pg_replication_slot_advance('{slot}', pg_current_wal_lsn());
+                       RETURN;
+                     EXCEPTION WHEN object_in_use THEN PERFORM pg_sleep(0.001);
+                     END;
+                   END LOOP;
+                   RAISE 'the slot stayed in use';
+                 END $$;"
+            ),
+        )
+        .unwrap();
+    let code = wait_exit(&mut child, Duration::from_secs(30), &log);
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("slot `{slot}` was moved to"))
+            && stderr.contains("changes in between were skipped"),
+        "{stderr}"
+    );
+    drop_slot(&slot);
+}
+
+/// A slot that holds back more WAL than --warn-retained-wal is reported.
+#[test]
+fn retained_wal_above_the_threshold_is_a_warning() {
+    let cluster = support::cluster();
+    let t = support::unique_name("retained");
+    let slot = support::unique_name("rslot");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    harness::create_slot(&slot, &t);
+    // WAL the slot must keep: written after the slot, never confirmed yet.
+    sql(&format!(
+        "INSERT INTO {t} SELECT generate_series(1, 20000);"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("retained.log");
+    let dsn = dsn();
+    let _child = spawn(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--format",
+            "json",
+            "--warn-retained-wal",
+            "64kB",
+        ],
+        &log,
+    );
+    wait_until("the retained-WAL warning", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains(&format!("slot {slot} holds back"))
+            .then_some(())
+    });
+    let _ = cluster;
+    drop(_child);
     drop_slot(&slot);
 }
