@@ -1818,3 +1818,58 @@ fn real_pg15_streamed_and_two_phase_stream_matches_the_plain_one() {
     assert_eq!(msgs, [("nontx", false), ("fence", true)]);
     assert_eq!(streamed.iter().filter(|e| e.op == Op::Truncate).count(), 2);
 }
+
+// ---------------------------------------------------------------- spilling large transactions
+
+#[test]
+fn spilled_streamed_transactions_replay_the_same_events_in_bounded_memory() {
+    // One streamed transaction of 20,000 rows in many segments, with a subtransaction rolled
+    // back after its rows were spilled; decoded in memory and with a tiny spill threshold.
+    let mut msgs = vec![(1, fx::stream_start(100, true)), (2, orders_rel(Some(100)))];
+    let mut lsn = 3;
+    for i in 0..20_000u32 {
+        if i % 1000 == 999 {
+            msgs.push((lsn, fx::stream_stop()));
+            msgs.push((lsn + 1, fx::stream_start(100, false)));
+            lsn += 2;
+        }
+        // Rows 5,000..6,000 belong to subtransaction 101, rolled back later.
+        let xid = if (5_000..6_000).contains(&i) {
+            101
+        } else {
+            100
+        };
+        msgs.push((lsn, ins(Some(xid), &i.to_string())));
+        lsn += 1;
+    }
+    msgs.push((lsn, fx::stream_stop()));
+    msgs.push((lsn + 1, fx::stream_abort(100, 101, None)));
+    let commit = (lsn + 2, fx::stream_commit(100, lsn + 2, lsn + 3, TS));
+
+    let mut plain = dec().with_protocol(2);
+    assert!(run(&mut plain, &msgs).is_empty());
+    let in_memory = plain.buffered_bytes();
+    let expected = run(&mut plain, std::slice::from_ref(&commit));
+
+    let threshold = 2 * super::txbuf::CHUNK;
+    let mut spilling = dec()
+        .with_protocol(2)
+        .with_spill(super::txbuf::MemSpill { threshold });
+    let mut peak = 0;
+    for m in &msgs {
+        assert!(run(&mut spilling, std::slice::from_ref(m)).is_empty());
+        peak = peak.max(spilling.buffered_bytes());
+    }
+    assert!(spilling.spilled_bytes() > 0, "nothing was spilled");
+    assert!(
+        peak <= threshold + super::txbuf::CHUNK && peak < in_memory,
+        "memory {peak} B with a {threshold} B threshold ({in_memory} B unspilled)"
+    );
+    let got = run(&mut spilling, std::slice::from_ref(&commit));
+    assert_eq!(got.len(), 19_000 + 2, "BEGIN, 19,000 rows kept, COMMIT");
+    assert_eq!(got, expected);
+    assert_eq!((spilling.open_streams(), spilling.buffered_bytes()), (0, 0));
+    // Reset keeps the policy.
+    spilling.reset();
+    assert!(spilling.spill.is_some());
+}

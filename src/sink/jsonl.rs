@@ -100,15 +100,33 @@ impl JsonlSink {
     }
 }
 
+/// Opens `path` for appending. A file created here has its directory entry fsync'd too: a
+/// crash must not lose the file whose contents are about to be confirmed.
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
+    let err = |source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let existed = path.exists();
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| Error::File {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(err)?;
+    if !existed {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        // A directory that cannot be opened or synced (some special file systems) only
+        // loses the extra guarantee.
+        if let Ok(d) = File::open(dir)
+            && let Err(e) = d.sync_all()
+        {
+            tracing::debug!("cannot fsync directory {}: {e}", dir.display());
+        }
+    }
+    Ok(file)
 }
 
 /// Block size for reading a file backwards.
