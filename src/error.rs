@@ -147,6 +147,9 @@ fn io_hint(e: &std::io::Error) -> &'static str {
         Some(libc::EDQUOT) => "; the disk quota is exceeded: free space and run again",
         Some(libc::EACCES) | Some(libc::EPERM) => "; check the path's permissions",
         Some(libc::EIO) => "; an I/O error: check the device",
+        Some(libc::EFBIG) => {
+            "; the file reached its size limit (ulimit -f, or the file system's): raise it or write to a new file, then run again (nothing past the last durable event was confirmed)"
+        }
         _ => "",
     }
 }

@@ -284,6 +284,15 @@ async fn mixed_workload(dsn: &str, table: &str, target: usize, seed: u64) -> Vec
     done
 }
 
+/// Waits until a walsender holds `slot` (walwatch is streaming from it).
+fn wait_active(cluster: &support::ClusterHandle, slot: &str) {
+    wait_until(
+        &format!("slot {slot} to be in use"),
+        Duration::from_secs(30),
+        || (!slot_field(cluster, slot, "active_pid").is_empty()).then_some(()),
+    );
+}
+
 fn slot_field(cluster: &support::ClusterHandle, slot: &str, field: &str) -> String {
     cluster
         .psql(
@@ -449,9 +458,7 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
         ],
         &log,
     );
-    wait_until("walwatch streaming", Duration::from_secs(30), || {
-        (!slot_field(h, "rc_slot", "active_pid").is_empty()).then_some(())
-    });
+    wait_active(h, "rc_slot");
     // A writer that keeps inserting through both faults; a statement that fails while the
     // server is down is retried, so the table is the ground truth.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -579,9 +586,7 @@ fn an_idle_slot_does_not_hold_back_wal() {
         ],
         &log,
     );
-    wait_until("walwatch streaming", Duration::from_secs(30), || {
-        (!slot_field(cluster, &slot, "active_pid").is_empty()).then_some(())
-    });
+    wait_active(cluster, &slot);
     sql(&format!("INSERT INTO {watched} VALUES (1);"));
     // Ten minutes of a busy neighbour (a 1,000-row transaction a second), compressed.
     let start_lsn = cluster
@@ -656,19 +661,27 @@ fn an_idle_slot_does_not_hold_back_wal() {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(
-            status.success(),
-            "mounting a {size} tmpfs on {} failed: this test needs root (CI runs as root) to \
-             give walwatch a disk that fills up",
-            dir.display()
-        );
-        Tmpfs(dir.to_path_buf())
+    /// Mounts a tmpfs (needs root with CAP_SYS_ADMIN); `None` where mounting is not allowed
+    /// (or `WALWATCH_TEST_NO_MOUNT` is set, to exercise the fallback here).
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let out = Command::new(if std::env::var_os("WALWATCH_TEST_NO_MOUNT").is_some() {
+            "false"
+        } else {
+            "mount"
+        })
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "cannot mount a tmpfs on {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
     }
 
     fn resize(&self, size: &str) {
@@ -679,6 +692,32 @@ impl Tmpfs {
             .expect("run mount");
         assert!(status.success(), "remount failed");
     }
+}
+
+/// [`spawn`] with the output's size limited (RLIMIT_FSIZE) and SIGXFSZ ignored, so a write past
+/// the limit fails with EFBIG instead of killing the process.
+fn spawn_with_file_size_limit(args: &[&str], log: &Path, bytes: u64) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = walwatch();
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("log file"));
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    Proc(cmd.spawn().expect("spawn walwatch"))
 }
 
 impl Drop for Tmpfs {
@@ -699,7 +738,13 @@ fn a_full_disk_stops_walwatch_and_a_restart_completes_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk");
     std::fs::create_dir(&disk).unwrap();
+    // A 1 MB tmpfs for the output (ENOSPC). Where mounting is not allowed (a container without
+    // CAP_SYS_ADMIN), the same bytes are refused by a 1 MB file-size limit instead (EFBIG): the
+    // same failed write, the same promises.
     let tmpfs = Tmpfs::mount(&disk, "1m");
+    if tmpfs.is_none() {
+        eprintln!("falling back to RLIMIT_FSIZE = 1 MB for the output");
+    }
     let out = disk.join("cdc.jsonl");
     let dsn = dsn();
     let args = [
@@ -726,12 +771,21 @@ fn a_full_disk_stops_walwatch_and_a_restart_completes_the_file() {
         ));
     }
     let log = dir.path().join("full.log");
-    let mut c = spawn(&args, &log);
+    let mut c = if tmpfs.is_some() {
+        spawn(&args, &log)
+    } else {
+        spawn_with_file_size_limit(&args, &log, 1 << 20)
+    };
     let code = wait_exit(&mut c, Duration::from_secs(60), &log);
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, 2, "a full disk is an error:\n{stderr}");
+    let says = if tmpfs.is_some() {
+        "the disk is full"
+    } else {
+        "size limit"
+    };
     assert!(
-        stderr.contains("disk is full") && stderr.contains("nothing past the last durable event"),
+        stderr.contains(says) && stderr.contains("nothing past the last durable event"),
         "{stderr}"
     );
     // Nothing confirmed past the file: every transaction that commits before the slot's
@@ -751,7 +805,10 @@ fn a_full_disk_stops_walwatch_and_a_restart_completes_the_file() {
     );
     let torn = std::fs::read(&out).unwrap().last() != Some(&b'\n');
 
-    tmpfs.resize("64m");
+    // Free space (or lift the limit) and run again.
+    if let Some(t) = &tmpfs {
+        t.resize("64m");
+    }
     let log = dir.path().join("resume.log");
     let mut c = spawn(&args, &log);
     let code = wait_exit(&mut c, Duration::from_secs(60), &log);
@@ -900,9 +957,7 @@ fn slots_lists_and_drops() {
         ],
         &log,
     );
-    wait_until("the slot to be active", Duration::from_secs(30), || {
-        (!slot_field(cluster, &slot, "active_pid").is_empty()).then_some(())
-    });
+    wait_active(cluster, &slot);
     let refused = harness::run_expecting(&["slots", "drop", &slot, "--dsn", &admin], 2);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -943,9 +998,7 @@ fn a_slot_moved_while_reconnecting_is_a_named_error() {
         ],
         &log,
     );
-    wait_until("walwatch streaming", Duration::from_secs(30), || {
-        (!slot_field(cluster, &slot, "active_pid").is_empty()).then_some(())
-    });
+    wait_active(cluster, &slot);
     // Terminate the walsender, write, and advance the slot as soon as it is free: walwatch's
     // first reconnect attempt comes at least 100 ms later.
     cluster
@@ -1020,5 +1073,59 @@ fn retained_wal_above_the_threshold_is_a_warning() {
     });
     let _ = cluster;
     drop(_child);
+    drop_slot(&slot);
+}
+
+/// Standard output with a permanent slot is not durable, and walwatch says so; a file whose
+/// last commit is beyond the server's WAL comes from another server and is refused.
+#[test]
+fn stdout_with_a_slot_warns_and_a_file_from_another_server_is_refused() {
+    let t = support::unique_name("foreign");
+    let slot = support::unique_name("fslot");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let dsn = dsn();
+    let run = harness::run_expecting(
+        &[
+            "--dsn", &dsn, "--slot", &slot, "--tables", &t, "--endpos", "now", "--format", "json",
+        ],
+        0,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("standard output is not durable") && stderr.contains("--output"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("foreign.jsonl");
+    std::fs::write(
+        &out,
+        concat!(
+            r#"{"type":"wal","op":"INSERT","schema":"public","table":"x","lsn":"FF/10","#,
+            r#""commit_lsn":"FF/20","xid":7,"ts":"2026-11-22T03:22:01.000000Z","data":{"id":1},"#,
+            r#""old":null,"key":{"id":1},"unchanged":[]}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let run = harness::run_expecting(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--endpos",
+            "now",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        2,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("holds changes up to commit FF/20, beyond this server's WAL position"),
+        "{stderr}"
+    );
     drop_slot(&slot);
 }

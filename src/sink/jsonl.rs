@@ -202,8 +202,8 @@ fn last_tally(f: &mut File, path: &Path) -> Result<Tally> {
             let text = std::str::from_utf8(line).map_err(|_| unreadable(path, lines_from_end))?;
             let ev = parse_line(text).map_err(|e| {
                 Error::Config(format!(
-                    "{}: line {lines_from_end} from the end is not a walwatch event ({e}): walwatch \
-                     cannot tell what this file already holds; write to a new file",
+                    "{}: line {lines_from_end} from the end: {e}; walwatch cannot tell what this \
+                     file already holds: write to a new file",
                     path.display()
                 ))
             })?;
