@@ -31,6 +31,12 @@ pub async fn run(args: &SlotsArgs) -> anyhow::Result<Verdict> {
             let client = connect(dsn.as_deref().or(args.dsn.as_deref())).await?;
             catalog::drop_slot(&client, name, *force).await?;
             tracing::info!("dropped replication slot {name}");
+            // The publication walwatch made for a --slot run (`walwatch_NAME`) served only it.
+            let publication = format!("walwatch_{name}");
+            match catalog::drop_publication(&client, &publication).await {
+                Ok(()) => tracing::info!("dropped publication {publication} (if it existed)"),
+                Err(e) => tracing::warn!("could not drop publication {publication}: {e}"),
+            }
         }
     }
     Ok(Verdict::Done)

@@ -966,6 +966,13 @@ fn slots_lists_and_drops() {
     );
     harness::run_expecting(&["slots", "drop", &slot, "--dsn", &admin, "--force"], 0);
     assert_eq!(slot_field(cluster, &slot, "slot_name"), "");
+    assert_eq!(
+        sql(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = 'walwatch_{slot}'"
+        )),
+        "0",
+        "walwatch's publication for the slot goes with it"
+    );
     let _ = child.kill();
     let _ = child.wait();
     let missing = harness::run_expecting(&["slots", "drop", &slot, "--dsn", &admin], 2);
