@@ -31,6 +31,8 @@ const AFTER_HELP: &str = r#"Examples:
   walwatch assert never --input run.jsonl --since fault-start --where 'op == "INSERT"'
   walwatch --slot orders_cdc --tables orders --output orders.jsonl   durable CDC, resumable
   walwatch slots                                   slots, retained WAL, lag
+  walwatch --slot orders_cdc --tables orders --sink kafka://127.0.0.1:9092
+  walwatch --slot cdc --sink 'kafka://b1:9092?topic={schema}.{table}&envelope=debezium' -X compression.type=lz4
 
 Without --dsn, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and
 ~/.pgpass apply, as for psql. Exit codes: 0 ok (assertion satisfied), 1 assertion failed,
@@ -274,8 +276,9 @@ pub struct WatchArgs {
     #[arg(short, long, value_name = "PATH")]
     pub output: Vec<PathBuf>,
 
-    /// Where events go (repeatable; every event reaches every sink): jsonl:PATH, stdout,
-    /// stdout:json, stdout:terminal. Default: stdout.
+    /// Where events go (repeatable; every event reaches every sink): jsonl:PATH,
+    /// kafka://BROKERS[?topic=..&envelope=native|debezium&tombstones=true&tx_topic=..
+    /// &message_topic=..&name=..], stdout, stdout:json, stdout:terminal. Default: stdout.
     #[arg(long, value_name = "SPEC")]
     pub sink: Vec<String>,
 
@@ -327,6 +330,11 @@ pub struct WatchArgs {
     /// Directory for spill files (default: $TMPDIR or /tmp).
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
+
+    /// A librdkafka property for the Kafka sinks (repeatable), e.g. -X compression.type=lz4,
+    /// -X security.protocol=SASL_SSL.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_property: Vec<String>,
 
     /// Log a warning when the slot holds back more WAL than this on the server (e.g. 1GB).
     #[arg(long, value_name = "SIZE", default_value = "1GB")]
@@ -450,6 +458,7 @@ impl WatchArgs {
             .map_err(|_| Error::Config("--spill-threshold is too large".into()))?,
             spill_dir: self.spill_dir.clone(),
             warn_retained_wal: config::parse_size("--warn-retained-wal", &self.warn_retained_wal)?,
+            kafka_props: config::parse_kafka_props(&self.kafka_property)?,
         })
     }
 

@@ -12,6 +12,7 @@ use crate::event_read::Envelope;
 use crate::expr::Expr;
 use crate::filter::{OpSet, TablePattern};
 use crate::pg::params::ConnParams;
+use crate::sink::kafka::KafkaSpec;
 
 /// Where to stop streaming.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,11 +50,17 @@ pub enum SinkSpec {
     Stdout(Format),
     /// JSONL appended to a file, fsync'd before its position is confirmed to the server.
     Jsonl(PathBuf),
+    /// Kafka: a topic per table, acknowledged before its position is confirmed.
+    Kafka(KafkaSpec),
 }
 
 impl SinkSpec {
-    /// Parse a `--sink` argument: `jsonl:PATH`, `stdout`, `stdout:json`, `stdout:terminal`.
+    /// Parse a `--sink` argument: `jsonl:PATH`, `stdout`, `stdout:json`, `stdout:terminal`,
+    /// `kafka://BROKERS[?options]`.
     pub fn parse(spec: &str, stdout_format: Format) -> Result<SinkSpec> {
+        if let Some(rest) = spec.strip_prefix("kafka://") {
+            return KafkaSpec::parse(rest).map(SinkSpec::Kafka);
+        }
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         match kind {
             "jsonl" if !rest.is_empty() => Ok(SinkSpec::Jsonl(PathBuf::from(rest))),
@@ -69,7 +76,7 @@ impl SinkSpec {
                 ))),
             },
             _ => Err(Error::Config(format!(
-                "--sink `{spec}`: unknown sink; this build supports jsonl:PATH and stdout[:json|:terminal]"
+                "--sink `{spec}`: unknown sink; the sinks are jsonl:PATH, kafka://BROKERS[?options] and stdout[:json|:terminal]"
             ))),
         }
     }
@@ -119,6 +126,8 @@ pub struct Config {
     pub spill_dir: Option<PathBuf>,
     /// Warn when the slot retains more WAL than this many bytes.
     pub warn_retained_wal: u64,
+    /// librdkafka properties for every Kafka sink (`-X key=value`).
+    pub kafka_props: Vec<(String, String)>,
 }
 
 /// Default for [`Config::spill_threshold`]: 64 MiB.
@@ -147,8 +156,21 @@ impl Config {
             spill_threshold: DEFAULT_SPILL_THRESHOLD,
             spill_dir: None,
             warn_retained_wal: DEFAULT_WARN_RETAINED_WAL,
+            kafka_props: Vec::new(),
         }
     }
+}
+
+/// Parses `-X key=value` librdkafka properties.
+pub fn parse_kafka_props(list: &[String]) -> Result<Vec<(String, String)>> {
+    list.iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(Error::Config(format!(
+                "-X `{p}`: a librdkafka property is key=value, e.g. -X compression.type=lz4"
+            ))),
+        })
+        .collect()
 }
 
 /// Parses a byte size: `65536`, `512k`, `64MB`, `64MiB`, `1G` (k/M/G are powers of 1024, as

@@ -67,6 +67,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Kafka did not take the changes (a delivery failed after librdkafka's retries). Nothing
+    /// past the last acknowledged transaction was confirmed.
+    #[error("Kafka: {0}")]
+    Kafka(String),
+
     /// The demo's or a test's throwaway cluster failed.
     #[error(transparent)]
     Scratch(#[from] crate::scratch::ScratchError),

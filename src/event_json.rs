@@ -10,7 +10,7 @@ use crate::event::{Event, Row, Value, bytea_hex};
 /// A JSON string, escaped exactly as serde_json escapes: `"` and backslash, the short escapes
 /// for backspace, form feed, newline, return and tab, other control characters as `\u00xx`;
 /// everything else verbatim.
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
@@ -50,7 +50,7 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+pub(crate) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(v).as_bytes());
 }
@@ -68,7 +68,7 @@ fn row(out: &mut Vec<u8>, r: &Row) {
     out.push(b'}');
 }
 
-fn opt_row(out: &mut Vec<u8>, r: Option<&Row>) {
+pub(crate) fn opt_row(out: &mut Vec<u8>, r: Option<&Row>) {
     match r {
         Some(r) => row(out, r),
         None => out.extend_from_slice(b"null"),

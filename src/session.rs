@@ -14,14 +14,13 @@ use crate::config::{Config, EndPos, SinkSpec, SlotMode};
 use crate::decode::Decoder;
 use crate::error::{Error, Result};
 use crate::event::Lsn;
-use crate::event_read::Envelope;
 use crate::filter::Filter;
 use crate::pg::catalog::{self, ServerInfo};
 use crate::pg::conn::ReplConn;
 use crate::pg::slot;
 use crate::pg::stream::ReplStream;
 use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
-use crate::sink::{JsonlSink, Sink, TerminalSink};
+use crate::sink::{JsonlSink, KafkaSink, Sink, TerminalSink};
 use crate::spill;
 
 pub use crate::pipeline::StreamOutcome;
@@ -70,12 +69,10 @@ pub async fn connect_meta(config: &Config) -> Result<Client> {
 
 /// Builds the sinks a config asks for. With `resume` (a permanent slot), a JSONL file is opened
 /// to continue: a torn last line is repaired and what it holds is skipped when replayed.
-pub fn open_sinks(
-    specs: &[SinkSpec],
-    envelope: Envelope,
-    resume: bool,
-) -> Result<Vec<Box<dyn Sink>>> {
-    specs
+pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
+    let envelope = config.envelope;
+    config
+        .sinks
         .iter()
         .map(|spec| -> Result<Box<dyn Sink>> {
             Ok(match spec {
@@ -89,6 +86,21 @@ pub fn open_sinks(
                     Box::new(JsonlSink::resume_file(path, envelope)?)
                 }
                 SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path, envelope)?),
+                SinkSpec::Kafka(spec) => {
+                    let handle = tokio::runtime::Handle::current();
+                    let lookup_config = config.clone();
+                    // Runs on the decode thread, so blocking on the query is fine.
+                    let lookup = move |schema: &str, table: &str| {
+                        handle.block_on(async {
+                            let client = connect_meta(&lookup_config).await?;
+                            catalog::primary_key(&client, schema, table).await
+                        })
+                    };
+                    Box::new(
+                        KafkaSink::new(spec, &config.conn.dbname, &config.kafka_props)?
+                            .with_key_lookup(Box::new(lookup)),
+                    )
+                }
             })
         })
         .collect()
@@ -107,7 +119,7 @@ pub async fn run_with(
 ) -> Result<Outcome> {
     // Sinks first: an unwritable output file is reported before anything is created.
     let permanent = matches!(config.slot, SlotMode::Permanent(_));
-    let mut sinks = open_sinks(&config.sinks, config.envelope, permanent)?;
+    let mut sinks = open_sinks(&config, permanent)?;
     if permanent {
         for sink in sinks.iter().filter(|s| !s.durable()) {
             tracing::warn!(

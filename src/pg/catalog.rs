@@ -320,6 +320,23 @@ pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> 
     }))
 }
 
+/// The primary-key columns of a table, in key order (empty when it has none).
+pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text \
+             FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&schema, &table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// One row of `walwatch slots`: what `pg_replication_slots` says, with the WAL it holds back.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SlotRow {

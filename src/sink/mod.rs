@@ -7,11 +7,13 @@
 
 mod assert;
 mod jsonl;
+pub mod kafka;
 pub(crate) mod resume;
 mod terminal;
 
 pub use assert::{AssertSink, EventLog, Slice};
 pub use jsonl::JsonlSink;
+pub use kafka::KafkaSink;
 pub use terminal::TerminalSink;
 
 use crate::error::Result;

@@ -1,0 +1,386 @@
+//! Kafka: one message per change, on a topic per table, keyed by the row's replica identity so
+//! that a row's changes stay in order within their partition.
+//!
+//! Delivery (ARCHITECTURE.md, "Delivery"): the producer is idempotent with `acks=all`, and
+//! `flush` returns only once every message written so far has a successful delivery report.
+//! The pipeline confirms a WAL position to PostgreSQL only after `flush`, so a transaction
+//! counts as durable only when all of its messages are acknowledged. While the broker is away,
+//! `flush` waits (logging what it waits for) and librdkafka keeps retrying; its bounded queue
+//! (`queue.buffering.max.*`) fills and `write` blocks, which stops the decode thread and, through
+//! the bounded frame channel, the reads from the replication socket: memory does not grow and
+//! the slot does not advance. A message that still fails after librdkafka's retries
+//! (`message.timeout.ms`) stops walwatch with an error; nothing after the last acknowledged
+//! transaction was confirmed.
+//!
+//! The producer is driven from the decode thread (a `BaseProducer` polled in `write` and
+//! `flush`), so delivery reports are served exactly where they are needed.
+
+mod debezium;
+mod spec;
+
+pub use debezium::VERSION as DEBEZIUM_SOURCE_VERSION;
+pub use spec::{DEFAULT_TOPIC, KafkaEnvelope, KafkaSpec};
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+
+use super::Sink;
+use crate::error::{Error, Result};
+use crate::event::{Event, Op, Row};
+use crate::event_json::string;
+
+/// librdkafka callbacks: logs to tracing, and the first failed delivery.
+struct Context {
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!("kafka: {fac}: {message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!("kafka: {fac}: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!("kafka: {fac}: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!("kafka: {fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker connection errors are retried by librdkafka; say so once per occurrence.
+        tracing::warn!("kafka: {error}: {reason}");
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, msg)) = result {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            if failed.is_none() {
+                use rdkafka::Message as _;
+                *failed = Some(format!(
+                    "delivery to topic `{}` failed after librdkafka's retries: {e}",
+                    msg.topic()
+                ));
+            }
+        }
+    }
+}
+
+/// Looks up a table's primary-key columns (`schema`, `table`); called once per table, from the
+/// decode thread.
+pub type KeyLookup = Box<dyn FnMut(&str, &str) -> Result<Vec<String>> + Send>;
+
+/// How long `write` may wait on a full producer queue, and `flush` on acknowledgements, before
+/// saying so (then again at this interval).
+const WAIT_NOTICE: Duration = Duration::from_secs(5);
+
+pub struct KafkaSink {
+    producer: BaseProducer<Context>,
+    spec: KafkaSpec,
+    db: String,
+    failed: Arc<Mutex<Option<String>>>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    /// Changes per table in the open transaction, for Debezium's END event.
+    tx_counts: Vec<(String, u64)>,
+    sent: u64,
+    /// Primary keys by `schema.table`, looked up on first use. Under REPLICA IDENTITY FULL the
+    /// server marks every column as key, but a row's messages must share one Kafka key (its
+    /// partition, hence its order): the primary key.
+    primary_keys: std::collections::HashMap<String, Vec<String>>,
+    key_lookup: Option<KeyLookup>,
+}
+
+impl KafkaSink {
+    /// Creates the producer (no connection yet: librdkafka connects in the background).
+    /// `props` are librdkafka properties (`-X key=value`); they override walwatch's defaults
+    /// except the two the delivery promise rests on.
+    pub fn new(spec: &KafkaSpec, db: &str, props: &[(String, String)]) -> Result<KafkaSink> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &spec.brokers)
+            .set("client.id", "walwatch")
+            .set("linger.ms", "5")
+            .set("compression.type", "none");
+        for (k, v) in props {
+            if matches!(k.as_str(), "enable.idempotence" | "acks") {
+                return Err(Error::Config(format!(
+                    "-X {k}: walwatch sets enable.idempotence=true and acks=all itself; the \
+                     no-loss promise depends on them"
+                )));
+            }
+            cfg.set(k, v);
+        }
+        cfg.set("enable.idempotence", "true").set("acks", "all");
+        let failed = Arc::new(Mutex::new(None));
+        let producer = cfg
+            .create_with_context(Context {
+                failed: Arc::clone(&failed),
+            })
+            .map_err(|e| Error::Config(format!("--sink kafka://{}: {e}", spec.brokers)))?;
+        Ok(KafkaSink {
+            producer,
+            spec: spec.clone(),
+            db: db.to_string(),
+            failed,
+            key: Vec::with_capacity(64),
+            value: Vec::with_capacity(512),
+            tx_counts: Vec::new(),
+            sent: 0,
+            primary_keys: std::collections::HashMap::new(),
+            key_lookup: None,
+        })
+    }
+
+    /// Keys rows by their primary key when the table has one (see `primary_keys`).
+    pub fn with_key_lookup(mut self, lookup: KeyLookup) -> KafkaSink {
+        self.key_lookup = Some(lookup);
+        self
+    }
+
+    /// The message key of a row change: its primary-key columns when the table has a primary
+    /// key and the row carries them all, else the replica-identity key the server sent.
+    fn write_row_key(&mut self, ev: &Event, table: &str) -> Result<()> {
+        if !self.primary_keys.contains_key(table) {
+            let pk = match &mut self.key_lookup {
+                Some(lookup) => lookup(ev.schema(), ev.table())?,
+                None => Vec::new(),
+            };
+            self.primary_keys.insert(table.to_string(), pk);
+        }
+        let pk = &self.primary_keys[table];
+        let row = ev.data.as_ref();
+        if !pk.is_empty()
+            && let Some(row) = row
+        {
+            let cols: Option<Vec<crate::event::Column>> = pk
+                .iter()
+                .map(|name| row.columns.iter().find(|c| &*c.name == name).cloned())
+                .collect();
+            if let Some(columns) = cols {
+                write_key(Some(&Row { columns }), &mut self.key);
+                return Ok(());
+            }
+        }
+        write_key(ev.key.as_ref(), &mut self.key);
+        Ok(())
+    }
+
+    fn kafka_error(&self, what: String) -> Error {
+        Error::Kafka(format!(
+            "{what} (brokers {}); nothing after the last acknowledged transaction was confirmed \
+             to PostgreSQL: fix the broker or the topic and run walwatch again",
+            self.spec.brokers
+        ))
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match failed {
+            Some(f) => Err(self.kafka_error(f)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends one message, waiting while the producer's queue is full (backpressure).
+    fn send(&mut self, topic: &str, ev: &Event, key: bool, value: bool) -> Result<()> {
+        let headers = headers(ev);
+        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(headers);
+        if key {
+            record = record.key(&self.key[..]);
+        }
+        if value {
+            record = record.payload(&self.value[..]);
+        }
+        let mut waiting_since: Option<Instant> = None;
+        let mut noticed = Instant::now();
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if noticed.elapsed() >= WAIT_NOTICE {
+                        tracing::warn!(
+                            "Kafka's producer queue has been full for {:.0?}: waiting for the \
+                             broker ({}) to take messages",
+                            since.elapsed(),
+                            self.spec.brokers
+                        );
+                        noticed = Instant::now();
+                    }
+                    self.producer.poll(Duration::from_millis(50));
+                    self.check_failed()?;
+                }
+                Err((e, _)) => {
+                    return Err(self.kafka_error(format!("cannot send to topic `{topic}`: {e}")));
+                }
+            }
+        }
+        self.sent += 1;
+        if self.sent.is_multiple_of(1024) {
+            self.producer.poll(Duration::ZERO);
+        }
+        Ok(())
+    }
+}
+
+/// `lsn`, `commit_lsn`, `xid`, `op` and `table` (schema-qualified) as message headers.
+fn headers(ev: &Event) -> OwnedHeaders {
+    let lsn = ev.lsn.to_string();
+    let commit = ev.commit_lsn.to_string();
+    let xid = ev.xid.map(|x| x.to_string()).unwrap_or_default();
+    let table = if ev.table.is_some() {
+        format!("{}.{}", ev.schema(), ev.table())
+    } else {
+        String::new()
+    };
+    OwnedHeaders::new_with_capacity(5)
+        .insert(Header {
+            key: "lsn",
+            value: Some(&lsn),
+        })
+        .insert(Header {
+            key: "commit_lsn",
+            value: Some(&commit),
+        })
+        .insert(Header {
+            key: "xid",
+            value: Some(&xid),
+        })
+        .insert(Header {
+            key: "op",
+            value: Some(ev.op.as_str()),
+        })
+        .insert(Header {
+            key: "table",
+            value: Some(&table),
+        })
+}
+
+/// The row's key as a JSON object (replica identity / primary key columns).
+fn write_key(key: Option<&Row>, out: &mut Vec<u8>) {
+    out.clear();
+    match key {
+        Some(r) => crate::event_json::opt_row(out, Some(r)),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, ev: &Event) -> Result<()> {
+        match ev.op {
+            Op::Begin | Op::Commit => {
+                if ev.op == Op::Begin {
+                    self.tx_counts.clear();
+                }
+                let Some(topic) = self.spec.tx_topic.clone() else {
+                    return Ok(());
+                };
+                self.value.clear();
+                match self.spec.envelope {
+                    KafkaEnvelope::Native => ev.write_json(&mut self.value),
+                    KafkaEnvelope::Debezium => {
+                        debezium::write_tx(ev, &self.tx_counts, &mut self.value)
+                    }
+                }
+                self.key.clear();
+                string(&mut self.key, &format!("{}", ev.xid.unwrap_or(0)));
+                self.send(&topic, ev, true, true)
+            }
+            Op::Message => {
+                let Some(topic) = self.spec.message_topic.clone() else {
+                    return Ok(());
+                };
+                self.value.clear();
+                match self.spec.envelope {
+                    KafkaEnvelope::Native => ev.write_json(&mut self.value),
+                    KafkaEnvelope::Debezium => {
+                        debezium::write(ev, &self.db, &self.spec.name, now_ms(), &mut self.value);
+                    }
+                }
+                self.key.clear();
+                let prefix = ev.message.as_ref().map_or("", |m| m.prefix.as_str());
+                string(&mut self.key, prefix);
+                self.send(&topic, ev, true, true)
+            }
+            Op::Insert | Op::Update | Op::Delete | Op::Truncate => {
+                let topic = self.spec.topic_for(ev.schema(), ev.table());
+                let table = format!("{}.{}", ev.schema(), ev.table());
+                match self.tx_counts.iter_mut().find(|(t, _)| *t == table) {
+                    Some((_, n)) => *n += 1,
+                    None => self.tx_counts.push((table.clone(), 1)),
+                }
+                self.value.clear();
+                match self.spec.envelope {
+                    KafkaEnvelope::Native => ev.write_json(&mut self.value),
+                    KafkaEnvelope::Debezium => {
+                        debezium::write(ev, &self.db, &self.spec.name, now_ms(), &mut self.value);
+                    }
+                }
+                // TRUNCATE concerns the whole table: no row key.
+                let keyed = ev.op != Op::Truncate;
+                if keyed {
+                    self.write_row_key(ev, &table)?;
+                }
+                self.send(&topic, ev, keyed, true)?;
+                if ev.op == Op::Delete && self.spec.tombstones {
+                    // A tombstone: the same key, no value, so log compaction can drop the row.
+                    self.send(&topic, ev, true, false)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            self.check_failed()?;
+            match self.producer.flush(WAIT_NOTICE) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    tracing::warn!(
+                        "waiting {:.0?} so far for Kafka ({}) to acknowledge {} message(s); \
+                         the slot is not advanced meanwhile",
+                        started.elapsed(),
+                        self.spec.brokers,
+                        self.producer.in_flight_count()
+                    );
+                }
+                Err(e) => return Err(self.kafka_error(format!("flush failed: {e}"))),
+            }
+        }
+        self.check_failed()
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka://{}", self.spec.brokers)
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}

