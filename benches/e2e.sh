@@ -13,12 +13,17 @@
 # Then the memory bound of bounded-memory CDC: one HUGE_ROWS-row transaction (default
 # 5,000,000; 0 skips it) drained by walwatch at its default spill threshold (64 MB); the script
 # fails unless every line arrived and the peak RSS stayed under 200 MB.
+# Then Kafka throughput: KAFKA_ROWS changes (default 1,000,000, in 1,000-row transactions; 0
+# skips it) drained by walwatch into a Tansu broker (tests/install-tansu.sh), against a plain
+# rdkafka producer (benches/kafka_producer.rs) sending as many messages of the same average size
+# to the same broker, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 ROWS_BIG=${ROWS_BIG:-1000000}
 TXNS_SMALL=${TXNS_SMALL:-100000}
 HUGE_ROWS=${HUGE_ROWS:-5000000}
+KAFKA_ROWS=${KAFKA_ROWS:-1000000}
 
 bash tests/install-postgres.sh
 cargo build --release --quiet
@@ -30,7 +35,9 @@ chmod 755 "$WORK"
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; fi
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+TANSU_PID=
 cleanup() {
+  if [ -n "$TANSU_PID" ]; then kill "$TANSU_PID" 2>/dev/null || true; fi
   as_pg "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -146,4 +153,34 @@ if [ "$HUGE_ROWS" -gt 0 ]; then
     echo "e2e: walwatch's peak RSS was $mb MB for the huge transaction; the bound is 200 MB" >&2
     exit 1
   fi
+fi
+
+if [ "$KAFKA_ROWS" -gt 0 ]; then
+  TANSU=$(bash tests/install-tansu.sh)
+  cargo bench --quiet --bench kafka_producer --no-run 2>/dev/null
+  KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
+    --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
+  TANSU_PID=$!
+  for _ in $(seq 1 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$KPORT))" 2>/dev/null && break; sleep 0.1; done
+  psql_admin -c "TRUNCATE orders" >/dev/null
+  "$WALWATCH" -q --dsn "$DSN" --slot ww_kafka --tables orders --endpos now
+  "$WALWATCH" -q --dsn "$DSN" --slot ww_ksize --tables orders --endpos now
+  "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_kafka --create-slot -P pgoutput
+  psql_admin -c "DO \$\$ BEGIN FOR i IN 0..$((KAFKA_ROWS / 1000 - 1)) LOOP
+         INSERT INTO orders (user_id, item, status, amount, created_at)
+         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(i * 1000 + 1, i * 1000 + 1000) g;
+         COMMIT; END LOOP; END \$\$" >/dev/null
+  END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
+  # The average message: the JSON of a change, as walwatch writes it.
+  "$WALWATCH" -q --dsn "$DSN" --slot ww_ksize --tables orders --endpos "$END" --ops insert --output "$WORK/ksize.jsonl"
+  SIZE=$(python3 -c "import os; n=sum(1 for _ in open('$WORK/ksize.jsonl')); print(os.path.getsize('$WORK/ksize.jsonl') // n - 1)")
+  # What the server alone needs to decode and send the same changes.
+  read -r pr _ < <(run_timed "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_kafka --start --no-loop \
+      -E "$END" -o proto_version=3 -o publication_names=walwatch_ww_kafka -o messages=true -o streaming=on -f /dev/null)
+  read -r ww mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_kafka --tables orders --endpos "$END" --sink "kafka://127.0.0.1:$KPORT")
+  read -r plain _ < <(cargo bench --quiet --bench kafka_producer -- "127.0.0.1:$KPORT" plain.orders "$KAFKA_ROWS" "$SIZE")
+  psql_admin -c "SELECT pg_drop_replication_slot('ww_kafka'), pg_drop_replication_slot('ww_ksize'), pg_drop_replication_slot('pr_kafka')" >/dev/null
+  rate() { python3 -c "print(f'{$KAFKA_ROWS/$1:,.0f}')"; }
+  echo "kafka  ${KAFKA_ROWS} changes (~${SIZE}-byte values) to Tansu: walwatch end to end ${ww}s ($(rate "$ww") changes/s, peak RSS ${mb} MB); plain rdkafka producer ${plain}s ($(rate "$plain") msgs/s); pg_recvlogical alone draining the same changes to /dev/null ${pr}s"
 fi

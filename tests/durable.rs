@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use harness::{drop_slot, dsn, parse_jsonl, sql, walwatch};
+use harness::{Proc, drop_slot, dsn, parse_jsonl, sql, walwatch};
 use support::{ScratchCluster, ScratchOptions, wait_until};
 
 /// A small deterministic generator (xorshift), so a failure can be replayed by its seed.
@@ -29,31 +29,6 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
-    }
-}
-
-/// A walwatch process, killed if the test ends (or panics) while it still runs.
-struct Proc(Child);
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
     }
 }
 

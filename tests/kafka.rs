@@ -19,7 +19,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use harness::{drop_slot, dsn, sql, walwatch};
+use harness::{Proc, drop_slot, dsn, sql, walwatch};
 use support::wait_until;
 
 /// A Tansu broker on a free loopback port, killed when dropped.
@@ -49,13 +49,21 @@ fn tansu_bin() -> PathBuf {
         })
 }
 
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Tansu {
     fn start() -> Tansu {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Tansu::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = std::process::Command::new(tansu_bin())
             .args([
@@ -128,7 +136,12 @@ fn consume(brokers: &str, topics: &[&str], expect: usize, within: Duration) -> V
     let deadline = Instant::now() + within;
     let mut out = Vec::new();
     let mut settle: Option<Instant> = None;
+    let mut progress = Instant::now();
     while Instant::now() < deadline {
+        if progress.elapsed() > Duration::from_secs(10) {
+            eprintln!("consumed {} of {expect} so far", out.len());
+            progress = Instant::now();
+        }
         if out.len() >= expect {
             let s = *settle.get_or_insert_with(Instant::now);
             if s.elapsed() > Duration::from_millis(700) {
@@ -425,14 +438,17 @@ fn the_debezium_envelope_validates_and_tombstones_follow_deletes() {
     drop_slot(&slot);
 }
 
-fn spawn_logged(args: &[&str], log: &Path) -> Child {
-    walwatch()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(log).unwrap())
-        .spawn()
-        .expect("spawn walwatch")
+/// Starts walwatch with stderr to `log`; killed when the guard drops (also on a panic).
+fn spawn_logged(args: &[&str], log: &Path) -> Proc {
+    Proc(
+        walwatch()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .expect("spawn walwatch"),
+    )
 }
 
 /// `kill -9` of walwatch mid-stream, restarted on the same slot, three times: every change is
@@ -674,4 +690,98 @@ fn kafka_options_are_checked_before_connecting() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no.such.property"), "{stderr}");
+}
+
+/// A process's peak resident set (VmHWM), in MB.
+fn peak_rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        / 1024
+}
+
+/// The broker is unreachable from the start while 200,000 changes (about 80 MB of messages)
+/// are committed: walwatch logs it, blocks with bounded memory (it stops reading the stream),
+/// and the slot does not move; once the broker is up, everything arrives.
+#[test]
+fn serial_a_broker_down_from_the_start_means_bounded_memory_and_no_slot_advance() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let t = support::unique_name("kdown");
+    let slot = support::unique_name("kdslot");
+    let topic = format!("walwatch.public.{t}");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY, pad text);"));
+    let dsn = dsn();
+    let sink = format!("kafka://{addr}");
+    let args = [
+        "--dsn", &dsn, "--slot", &slot, "--tables", &t, "--sink", &sink,
+    ];
+    run_ok(&[&args[..], &["--endpos", "now"]].concat());
+    let created = slot_confirmed(&slot);
+    const ROWS: i64 = 200_000;
+    let inserts: String = (0..ROWS / 1000)
+        .map(|i| {
+            format!(
+                "INSERT INTO {t} SELECT g, repeat('p', 200) FROM generate_series({}, {}) g;\n",
+                i * 1000 + 1,
+                i * 1000 + 1000
+            )
+        })
+        .collect();
+    sql(&inserts);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("down.log");
+    let child = spawn_logged(&args, &log);
+    // Blocked: waiting on acknowledgements (or on room in the producer queue), twice in a row.
+    let notices = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("to acknowledge") || l.contains("producer queue has been full"))
+            .count()
+    };
+    wait_until(
+        "walwatch to wait on the broker twice",
+        Duration::from_secs(60),
+        || (notices() >= 2).then_some(()),
+    );
+    let peak = peak_rss_mb(child.id());
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    eprintln!("peak RSS with the broker down: {peak} MB");
+    assert!(
+        peak < 100,
+        "walwatch's peak RSS reached {peak} MB with the broker down; the producer queue and \
+         the frame channel should bound it"
+    );
+    assert!(
+        stderr.contains("Connection refused"),
+        "librdkafka's connection errors are logged:\n{stderr}"
+    );
+    assert_eq!(
+        slot_confirmed(&slot),
+        created,
+        "no slot advance while nothing is delivered"
+    );
+
+    let broker = Tansu::start_on(port);
+    let msgs = consume(
+        &broker.addr,
+        &[&topic],
+        ROWS as usize,
+        Duration::from_secs(120),
+    );
+    let ids: std::collections::BTreeSet<i64> = msgs
+        .iter()
+        .map(|m| m.value.as_ref().unwrap()["data"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len() as i64, ROWS, "every row once the broker is up");
+    let done = current_lsn();
+    wait_until("the slot to catch up", Duration::from_secs(60), || {
+        (slot_confirmed(&slot) >= done).then_some(())
+    });
+    drop(child);
+    drop_slot(&slot);
 }

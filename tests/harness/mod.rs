@@ -167,3 +167,28 @@ pub fn summary(events: &[Value]) -> Vec<String> {
         })
         .collect()
 }
+
+/// A walwatch process, killed if the test ends (or panics) while it still runs.
+pub struct Proc(pub std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}

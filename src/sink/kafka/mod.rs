@@ -112,7 +112,12 @@ impl KafkaSink {
         cfg.set("bootstrap.servers", &spec.brokers)
             .set("client.id", "walwatch")
             .set("linger.ms", "5")
-            .set("compression.type", "none");
+            .set("compression.type", "none")
+            // Bounded buffering: while the broker is slow or away, at most this much waits in
+            // the producer (librdkafka's default is 1 GB); past it `write` blocks, which is
+            // the backpressure on the replication stream.
+            .set("queue.buffering.max.messages", "50000")
+            .set("queue.buffering.max.kbytes", "65536");
         for (k, v) in props {
             if matches!(k.as_str(), "enable.idempotence" | "acks") {
                 return Err(Error::Config(format!(
