@@ -524,6 +524,8 @@ fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
     let sink = format!("kafka://{}", cluster.bootstrap_servers());
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("outage.log");
+    // A JSONL file beside Kafka: the slot advances to what both hold.
+    let file = dir.path().join("beside.jsonl");
     let mut child = spawn_logged(
         &[
             "--dsn",
@@ -532,6 +534,8 @@ fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
             &slot,
             "--tables",
             &t,
+            "--sink",
+            &format!("jsonl:{}", file.display()),
             "--sink",
             &sink,
             "--status-interval",
@@ -570,6 +574,13 @@ fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
             .contains("to acknowledge")
             .then_some(())
     });
+    // The file sink (flushed first: it comes first) holds the batch, fsync'd...
+    let in_file = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        in_file.contains("\"data\":{\"id\":20}"),
+        "the file holds the batch:\n{in_file}"
+    );
+    // ...but the slot follows the sink that holds the least.
     let confirmed = slot_confirmed(&slot);
     assert!(
         confirmed < after_batch,
