@@ -337,15 +337,7 @@ fn a_stalled_reader_does_not_get_walwatch_timed_out() {
     // and buffered until its commit): were they read off the socket regardless, memory would
     // grow by that much.
     const ROWS: usize = 300_000;
-    let inserts: String = (0..ROWS / 1000)
-        .map(|i| {
-            format!(
-                "INSERT INTO stall_t SELECT g, repeat('x', 250) FROM generate_series({}, {}) g;\n",
-                i * 1000 + 1,
-                i * 1000 + 1000
-            )
-        })
-        .collect();
+    let inserts = harness::inserts_in_batches("stall_t", ROWS, 250);
     cluster.psql("walwatch", &inserts).unwrap();
     let stalled_at = cluster.psql("walwatch", "SELECT now()").unwrap();
     // Condition, not a sleep: the server keeps receiving our replies more than three

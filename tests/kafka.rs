@@ -49,18 +49,9 @@ fn tansu_bin() -> PathBuf {
         })
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Tansu {
     fn start() -> Tansu {
-        Tansu::start_on(free_port())
+        Tansu::start_on(support::free_port())
     }
 
     fn start_on(port: u16) -> Tansu {
@@ -719,7 +710,7 @@ fn peak_rss_mb(pid: u32) -> u64 {
 /// and the slot does not move; once the broker is up, everything arrives.
 #[test]
 fn serial_a_broker_down_from_the_start_means_bounded_memory_and_no_slot_advance() {
-    let port = free_port();
+    let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let t = support::unique_name("kdown");
     let slot = support::unique_name("kdslot");
@@ -733,15 +724,7 @@ fn serial_a_broker_down_from_the_start_means_bounded_memory_and_no_slot_advance(
     run_ok(&[&args[..], &["--endpos", "now"]].concat());
     let created = slot_confirmed(&slot);
     const ROWS: i64 = 200_000;
-    let inserts: String = (0..ROWS / 1000)
-        .map(|i| {
-            format!(
-                "INSERT INTO {t} SELECT g, repeat('p', 200) FROM generate_series({}, {}) g;\n",
-                i * 1000 + 1,
-                i * 1000 + 1000
-            )
-        })
-        .collect();
+    let inserts = harness::inserts_in_batches(&t, ROWS as usize, 200);
     sql(&inserts);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("down.log");

@@ -54,15 +54,6 @@ fn tcp(c: &ClusterHandle, rest: &str) -> ConnParams {
     params(&format!("host=127.0.0.1 port={} {rest}", c.port()))
 }
 
-/// A TCP port of 127.0.0.1 nobody listens on (free when probed).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn connects_with_each_auth_method() {
     let c = shared().await;
@@ -168,7 +159,7 @@ async fn auth_and_permission_errors_are_mapped() {
     // Nobody listening.
     let dsn = format!(
         "host=127.0.0.1 port={} user=x connect_timeout=5",
-        free_port()
+        support::free_port()
     );
     let e = ReplConn::connect(&params(&dsn)).await.unwrap_err();
     let s = e.to_string();

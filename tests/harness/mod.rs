@@ -192,3 +192,17 @@ impl Drop for Proc {
         }
     }
 }
+
+/// A psql script inserting `rows` rows into `table` in transactions of 1,000 (one statement
+/// each), each row `(g, repeat('x', pad))` for g = 1..=rows.
+pub fn inserts_in_batches(table: &str, rows: usize, pad: usize) -> String {
+    (0..rows.div_ceil(1000))
+        .map(|i| {
+            format!(
+                "INSERT INTO {table} SELECT g, repeat('x', {pad}) FROM generate_series({}, {}) g;\n",
+                i * 1000 + 1,
+                (i * 1000 + 1000).min(rows)
+            )
+        })
+        .collect()
+}

@@ -406,3 +406,12 @@ pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
 pub fn flush_stdout() {
     let _ = std::io::stdout().flush();
 }
+
+/// A TCP port of 127.0.0.1 nobody listens on (free when probed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
