@@ -55,14 +55,21 @@ impl Tansu {
     }
 
     fn start_on(port: u16) -> Tansu {
+        Tansu::start_advertising(port, port)
+    }
+
+    /// Listens on `port` and tells clients (in metadata) to connect to `advertised` instead:
+    /// a proxy in front of it.
+    fn start_advertising(port: u16, advertised: u16) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
+        let adv = format!("tcp://127.0.0.1:{advertised}");
         let child = std::process::Command::new(tansu_bin())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &adv,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
@@ -99,12 +106,25 @@ struct Msg {
 /// Consumes `topics` from the beginning until `expect` messages arrived (then a little longer,
 /// to see extra ones), or panics at the deadline saying how many came.
 fn consume(brokers: &str, topics: &[&str], expect: usize, within: Duration) -> Vec<Msg> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    consume_with(brokers, &[], topics, expect, within)
+}
+
+/// [`consume`] with extra librdkafka properties (TLS).
+fn consume_with(
+    brokers: &str,
+    props: &[(&str, &str)],
+    topics: &[&str],
+    expect: usize,
+    within: Duration,
+) -> Vec<Msg> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers)
         .set("group.id", support::unique_name("g"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    for (k, v) in props {
+        cfg.set(*k, *v);
+    }
+    let c: BaseConsumer = cfg.create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for t in topics {
         let md = wait_until(&format!("topic {t} to exist"), within, || {
@@ -777,5 +797,134 @@ fn serial_a_broker_down_from_the_start_means_bounded_memory_and_no_slot_advance(
         (slot_confirmed(&slot) >= done).then_some(())
     });
     drop(child);
+    drop_slot(&slot);
+}
+
+/// Makes a self-signed certificate for 127.0.0.1 with openssl: (cert, key).
+fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (Debian: apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// TLS to the broker through librdkafka properties (`-X security.protocol=SSL -X
+/// ssl.ca.location=...`): with the right CA the changes arrive; with another CA the
+/// certificate is refused, the delivery fails, exit 2, and nothing is confirmed.
+#[test]
+fn tls_to_the_broker_works_and_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path(), "broker");
+    let (other_ca, _) = self_signed(dir.path(), "other");
+    let (plain, tls) = (support::free_port(), support::free_port());
+    let _broker = Tansu::start_advertising(plain, tls);
+    let mut proxy = Proc(
+        std::process::Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tls_proxy.py"))
+            .args([tls.to_string(), plain.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the TLS proxy"),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let t = support::unique_name("ktls");
+    let slot = support::unique_name("ktslot");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let dsn = dsn();
+    let sink = format!("kafka://127.0.0.1:{tls}");
+    let ca = format!("ssl.ca.location={}", cert.display());
+    let args = [
+        "--dsn",
+        &dsn,
+        "--slot",
+        &slot,
+        "--tables",
+        &t,
+        "--sink",
+        &sink,
+        "--endpos",
+        "now",
+        "-X",
+        "security.protocol=SSL",
+        "-X",
+        &ca,
+    ];
+    run_ok(&args);
+    sql(&format!("INSERT INTO {t} SELECT generate_series(1, 10);"));
+    run_ok(&args);
+    let brokers = format!("127.0.0.1:{tls}");
+    let ca_path = cert.display().to_string();
+    let msgs = consume_with(
+        &brokers,
+        &[("security.protocol", "SSL"), ("ssl.ca.location", &ca_path)],
+        &[&format!("walwatch.public.{t}")],
+        10,
+        Duration::from_secs(60),
+    );
+    assert_eq!(msgs.len(), 10);
+
+    // The wrong CA: the broker's certificate is refused.
+    let before = current_lsn();
+    sql(&format!("INSERT INTO {t} VALUES (11);"));
+    let wrong = format!("ssl.ca.location={}", other_ca.display());
+    let out = harness::run_expecting(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--sink",
+            &sink,
+            "--endpos",
+            "now",
+            "-X",
+            "security.protocol=SSL",
+            "-X",
+            &wrong,
+            "-X",
+            "message.timeout.ms=3000",
+        ],
+        2,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("certificate verify failed") && stderr.contains("Kafka: delivery"),
+        "{stderr}"
+    );
+    assert!(
+        slot_confirmed(&slot) <= before,
+        "nothing confirmed past the refused delivery"
+    );
     drop_slot(&slot);
 }
