@@ -215,7 +215,7 @@ async fn stream_with_publication(
                 check_existing_slot(name, &existing, info)?;
                 // Resume where the slot was confirmed (0/0 says the same). Never from
                 // IDENTIFY_SYSTEM's position, which would skip whatever the slot still holds.
-                let from = existing.confirmed_flush.unwrap_or(Lsn::ZERO);
+                let from = existing.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
                 check_held(held_by(&sinks), name, meta, true).await?;
                 tracing::info!("resuming slot {name} from {from}");
                 (name.clone(), from, false)
@@ -326,11 +326,11 @@ const SLOT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The slot's row, waiting a little while it is still active: a restart right after a crash
 /// finds the old walsender not yet gone. Another live consumer still gets the error.
-async fn slot_when_free(meta: &Client, name: &str) -> Result<Option<catalog::SlotInfo>> {
+async fn slot_when_free(meta: &Client, name: &str) -> Result<Option<catalog::SlotRow>> {
     let deadline = std::time::Instant::now() + SLOT_RELEASE_WAIT;
     let mut said = false;
     loop {
-        let slot = catalog::slot_info(meta, name).await?;
+        let slot = catalog::slot_row(meta, name).await?;
         match slot.as_ref().and_then(|s| s.active_pid) {
             Some(pid) if std::time::Instant::now() < deadline => {
                 if !said {
@@ -348,7 +348,7 @@ async fn slot_when_free(meta: &Client, name: &str) -> Result<Option<catalog::Slo
 }
 
 /// A permanent slot must be a pgoutput slot of this database and not in use.
-fn check_existing_slot(name: &str, slot: &catalog::SlotInfo, info: &ServerInfo) -> Result<()> {
+fn check_existing_slot(name: &str, slot: &catalog::SlotRow, info: &ServerInfo) -> Result<()> {
     if slot.plugin.as_deref() != Some("pgoutput") {
         return Err(Error::Setup(format!(
             "slot `{name}` uses the output plugin `{}`, not pgoutput: pick another --slot name",
@@ -440,7 +440,7 @@ async fn reopen(
     from: Lsn,
 ) -> Result<ReplStream> {
     let meta = connect_meta(config).await?;
-    match catalog::slot_info(&meta, slot).await? {
+    match catalog::slot_row(&meta, slot).await? {
         None => {
             return Err(Error::SlotLost(format!(
                 "replication slot `{slot}` was dropped while walwatch was disconnected: changes \
@@ -449,12 +449,12 @@ async fn reopen(
             )));
         }
         Some(s) if s.wal_status.as_deref() == Some("lost") => return Err(invalidated(slot)),
-        Some(s) if s.confirmed_flush.is_some_and(|c| c > from) => {
+        Some(s) if s.confirmed_flush_lsn.is_some_and(|c| c > from) => {
             return Err(Error::SlotLost(format!(
                 "slot `{slot}` was moved to {} while walwatch had confirmed only {from} \
                  (pg_replication_slot_advance, or another consumer): the changes in between \
                  were skipped. Start again with a fresh slot and a fresh output",
-                s.confirmed_flush.unwrap_or(Lsn::ZERO)
+                s.confirmed_flush_lsn.unwrap_or(Lsn::ZERO)
             )));
         }
         Some(s) if s.active_pid.is_some() => {

@@ -293,33 +293,6 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
         .map_err(|e| Error::Setup(format!("the server returned a bad LSN: {e}")))
 }
 
-/// What `pg_replication_slots` says of one slot.
-#[derive(Clone, Debug)]
-pub struct SlotInfo {
-    pub plugin: Option<String>,
-    pub database: Option<String>,
-    pub active_pid: Option<i32>,
-    pub confirmed_flush: Option<Lsn>,
-    pub wal_status: Option<String>,
-}
-
-pub async fn slot_info(client: &Client, name: &str) -> Result<Option<SlotInfo>> {
-    let row = client
-        .query_opt(
-            "SELECT plugin::text, database::text, active_pid, confirmed_flush_lsn::text, wal_status \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[&name],
-        )
-        .await?;
-    Ok(row.map(|r| SlotInfo {
-        plugin: r.get(0),
-        database: r.get(1),
-        active_pid: r.get(2),
-        confirmed_flush: r.get::<_, Option<String>>(3).and_then(|s| s.parse().ok()),
-        wal_status: r.get(4),
-    }))
-}
-
 /// The primary-key columns of a table, in key order (empty when it has none).
 pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<Vec<String>> {
     let rows = client
