@@ -21,6 +21,7 @@ mod spec;
 pub use debezium::VERSION as DEBEZIUM_SOURCE_VERSION;
 pub use spec::{DEFAULT_TOPIC, KafkaEnvelope, KafkaSpec};
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,11 +97,20 @@ pub struct KafkaSink {
     /// Changes per table in the open transaction, for Debezium's END event.
     tx_counts: Vec<(String, u64)>,
     sent: u64,
-    /// Primary keys by `schema.table`, looked up on first use. Under REPLICA IDENTITY FULL the
-    /// server marks every column as key, but a row's messages must share one Kafka key (its
-    /// partition, hence its order): the primary key.
-    primary_keys: std::collections::HashMap<String, Vec<String>>,
+    /// Per table, worked out on its first change: topic, name and primary key.
+    tables: HashMap<(Arc<str>, Arc<str>), Arc<TableOut>>,
     key_lookup: Option<KeyLookup>,
+}
+
+/// What the sink needs of one table, computed once rather than for every change.
+struct TableOut {
+    topic: String,
+    /// `schema.table`, as Debezium's transaction events and the `table` header name it.
+    name: String,
+    /// Under REPLICA IDENTITY FULL the server marks every column as key, but a row's messages
+    /// must share one Kafka key (its partition, hence its order): the primary key. Empty when
+    /// the table has none.
+    primary_key: Vec<String>,
 }
 
 impl KafkaSink {
@@ -143,43 +153,56 @@ impl KafkaSink {
             value: Vec::with_capacity(512),
             tx_counts: Vec::new(),
             sent: 0,
-            primary_keys: std::collections::HashMap::new(),
+            tables: HashMap::new(),
             key_lookup: None,
         })
     }
 
-    /// Keys rows by their primary key when the table has one (see `primary_keys`).
+    /// Keys rows by their primary key when the table has one (see `TableOut`).
     pub fn with_key_lookup(mut self, lookup: KeyLookup) -> KafkaSink {
         self.key_lookup = Some(lookup);
         self
     }
 
+    /// The table's topic, name and primary key, looked up on its first change.
+    fn table(&mut self, ev: &Event) -> Result<Arc<TableOut>> {
+        let id = (
+            ev.schema.clone().unwrap_or_else(|| Arc::from("")),
+            ev.table.clone().unwrap_or_else(|| Arc::from("")),
+        );
+        if let Some(t) = self.tables.get(&id) {
+            return Ok(Arc::clone(t));
+        }
+        let primary_key = match &mut self.key_lookup {
+            Some(lookup) => lookup(&id.0, &id.1)?,
+            None => Vec::new(),
+        };
+        let t = Arc::new(TableOut {
+            topic: self.spec.topic_for(&id.0, &id.1),
+            name: format!("{}.{}", id.0, id.1),
+            primary_key,
+        });
+        self.tables.insert(id, Arc::clone(&t));
+        Ok(t)
+    }
+
     /// The message key of a row change: its primary-key columns when the table has a primary
     /// key and the row carries them all, else the replica-identity key the server sent.
-    fn write_row_key(&mut self, ev: &Event, table: &str) -> Result<()> {
-        if !self.primary_keys.contains_key(table) {
-            let pk = match &mut self.key_lookup {
-                Some(lookup) => lookup(ev.schema(), ev.table())?,
-                None => Vec::new(),
-            };
-            self.primary_keys.insert(table.to_string(), pk);
-        }
-        let pk = &self.primary_keys[table];
-        let row = ev.data.as_ref();
-        if !pk.is_empty()
-            && let Some(row) = row
+    fn write_row_key(&mut self, ev: &Event, table: &TableOut) {
+        if !table.primary_key.is_empty()
+            && let Some(row) = ev.data.as_ref()
         {
-            let cols: Option<Vec<crate::event::Column>> = pk
+            let cols: Option<Vec<crate::event::Column>> = table
+                .primary_key
                 .iter()
                 .map(|name| row.columns.iter().find(|c| &*c.name == name).cloned())
                 .collect();
             if let Some(columns) = cols {
                 write_key(Some(&Row { columns }), &mut self.key);
-                return Ok(());
+                return;
             }
         }
         write_key(ev.key.as_ref(), &mut self.key);
-        Ok(())
     }
 
     fn kafka_error(&self, what: String) -> Error {
@@ -203,8 +226,9 @@ impl KafkaSink {
     }
 
     /// Sends one message, waiting while the producer's queue is full (backpressure).
-    fn send(&mut self, topic: &str, ev: &Event, key: bool, value: bool) -> Result<()> {
-        let headers = headers(ev);
+    /// `table` is the `schema.table` header ("" for BEGIN, COMMIT and MESSAGE).
+    fn send(&mut self, topic: &str, table: &str, ev: &Event, key: bool, value: bool) -> Result<()> {
+        let headers = headers(ev, table);
         let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(headers);
         if key {
             record = record.key(&self.key[..]);
@@ -246,15 +270,10 @@ impl KafkaSink {
 }
 
 /// `lsn`, `commit_lsn`, `xid`, `op` and `table` (schema-qualified) as message headers.
-fn headers(ev: &Event) -> OwnedHeaders {
+fn headers(ev: &Event, table: &str) -> OwnedHeaders {
     let lsn = ev.lsn.to_string();
     let commit = ev.commit_lsn.to_string();
     let xid = ev.xid.map(|x| x.to_string()).unwrap_or_default();
-    let table = if ev.table.is_some() {
-        format!("{}.{}", ev.schema(), ev.table())
-    } else {
-        String::new()
-    };
     OwnedHeaders::new_with_capacity(5)
         .insert(Header {
             key: "lsn",
@@ -274,7 +293,7 @@ fn headers(ev: &Event) -> OwnedHeaders {
         })
         .insert(Header {
             key: "table",
-            value: Some(&table),
+            value: Some(table),
         })
 }
 
@@ -313,7 +332,7 @@ impl Sink for KafkaSink {
                 }
                 self.key.clear();
                 string(&mut self.key, &format!("{}", ev.xid.unwrap_or(0)));
-                self.send(&topic, ev, true, true)
+                self.send(&topic, "", ev, true, true)
             }
             Op::Message => {
                 let Some(topic) = self.spec.message_topic.clone() else {
@@ -329,14 +348,13 @@ impl Sink for KafkaSink {
                 self.key.clear();
                 let prefix = ev.message.as_ref().map_or("", |m| m.prefix.as_str());
                 string(&mut self.key, prefix);
-                self.send(&topic, ev, true, true)
+                self.send(&topic, "", ev, true, true)
             }
             Op::Insert | Op::Update | Op::Delete | Op::Truncate => {
-                let topic = self.spec.topic_for(ev.schema(), ev.table());
-                let table = format!("{}.{}", ev.schema(), ev.table());
-                match self.tx_counts.iter_mut().find(|(t, _)| *t == table) {
+                let table = self.table(ev)?;
+                match self.tx_counts.iter_mut().find(|(t, _)| *t == table.name) {
                     Some((_, n)) => *n += 1,
-                    None => self.tx_counts.push((table.clone(), 1)),
+                    None => self.tx_counts.push((table.name.clone(), 1)),
                 }
                 self.value.clear();
                 match self.spec.envelope {
@@ -348,12 +366,12 @@ impl Sink for KafkaSink {
                 // TRUNCATE concerns the whole table: no row key.
                 let keyed = ev.op != Op::Truncate;
                 if keyed {
-                    self.write_row_key(ev, &table)?;
+                    self.write_row_key(ev, &table);
                 }
-                self.send(&topic, ev, keyed, true)?;
+                self.send(&table.topic, &table.name, ev, keyed, true)?;
                 if ev.op == Op::Delete && self.spec.tombstones {
                     // A tombstone: the same key, no value, so log compaction can drop the row.
-                    self.send(&topic, ev, true, false)?;
+                    self.send(&table.topic, &table.name, ev, true, false)?;
                 }
                 Ok(())
             }
