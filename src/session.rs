@@ -67,6 +67,31 @@ pub async fn connect_meta(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
+/// Catalog queries from the decode thread (not a runtime thread, so blocking on them is
+/// fine), each on a connection of its own: they are rare (a new type, a table's first change),
+/// and a fresh connection survives a server restart.
+struct BlockingCatalog {
+    handle: tokio::runtime::Handle,
+    config: Config,
+}
+
+impl BlockingCatalog {
+    /// Must be created on the runtime.
+    fn new(config: &Config) -> BlockingCatalog {
+        BlockingCatalog {
+            handle: tokio::runtime::Handle::current(),
+            config: config.clone(),
+        }
+    }
+
+    fn call<T>(&self, query: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
+        self.handle.block_on(async {
+            let client = connect_meta(&self.config).await?;
+            query(&client).await
+        })
+    }
+}
+
 /// Builds the sinks a config asks for. With `resume` (a permanent slot), a JSONL file is opened
 /// to continue: a torn last line is repaired and what it holds is skipped when replayed.
 pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
@@ -87,14 +112,9 @@ pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
                 }
                 SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path, envelope)?),
                 SinkSpec::Kafka(spec) => {
-                    let handle = tokio::runtime::Handle::current();
-                    let lookup_config = config.clone();
-                    // Runs on the decode thread, so blocking on the query is fine.
+                    let catalog = BlockingCatalog::new(config);
                     let lookup = move |schema: &str, table: &str| {
-                        handle.block_on(async {
-                            let client = connect_meta(&lookup_config).await?;
-                            catalog::primary_key(&client, schema, table).await
-                        })
+                        catalog.call(async |c| catalog::primary_key(c, schema, table).await)
                     };
                     Box::new(
                         KafkaSink::new(spec, &config.conn.dbname, &config.kafka_props)?
@@ -278,8 +298,7 @@ async fn stream_with_publication(
             config.spill_threshold,
             config.spill_dir.clone(),
         ));
-    let handle = tokio::runtime::Handle::current();
-    let loader_config = config.clone();
+    let types_catalog = BlockingCatalog::new(&config);
     let retry = match &config.slot {
         SlotMode::Permanent(_) => Some(Retry {
             reopen: reopener(config.clone(), slot_name.clone(), options.clone()),
@@ -294,13 +313,8 @@ async fn stream_with_publication(
     ));
     let setup = StreamSetup {
         decoder,
-        // Runs on the decode thread (not a runtime thread), so blocking on the query is fine.
-        // A connection of its own each time: it is rare, and survives a server restart.
         load_types: Some(Box::new(move || {
-            handle.block_on(async {
-                let client = connect_meta(&loader_config).await?;
-                catalog::load_types(&client).await
-            })
+            types_catalog.call(async |c| catalog::load_types(c).await)
         })),
         filter: Filter::new(tables.as_deref(), config.ops)
             .with_where(config.filter.clone(), config.keep_markers),
