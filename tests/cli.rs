@@ -276,16 +276,6 @@ fn a_server_restart_mid_stream_is_an_error_not_a_silent_exit() {
     cluster.stop().expect("stop cluster");
 }
 
-/// A live process's peak resident set (VmHWM), in kB.
-fn peak_kb_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 #[test]
 fn a_stalled_reader_does_not_get_walwatch_timed_out() {
     let cluster = ScratchCluster::start(ScratchOptions {
@@ -360,9 +350,9 @@ fn a_stalled_reader_does_not_get_walwatch_timed_out() {
     // Memory did not grow with the backlog: the bounded channel stopped the socket reads.
     eprintln!(
         "walwatch peak RSS while stalled: {} MB",
-        peak_kb_of(pid) / 1024
+        support::peak_rss_kb(pid) / 1024
     );
-    let peak_kb = peak_kb_of(pid);
+    let peak_kb = support::peak_rss_kb(pid);
     assert!(
         peak_kb < 60 * 1024,
         "walwatch's peak RSS reached {} MB with a stalled reader; backpressure should hold it \

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use harness::{Proc, drop_slot, dsn, parse_jsonl, sql, walwatch};
+use harness::{
+    Proc, drop_slot, dsn, parse_jsonl, slot_field, spawn_logged, sql, wait_active, walwatch,
+};
 use support::{ScratchCluster, ScratchOptions, wait_until};
 
 /// A small deterministic generator (xorshift), so a failure can be replayed by its seed.
@@ -30,19 +32,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-/// Starts walwatch with stderr going to `log` (read it with `std::fs::read_to_string`).
-fn spawn(args: &[&str], log: &Path) -> Proc {
-    Proc(
-        walwatch()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).expect("log file"))
-            .spawn()
-            .expect("spawn walwatch"),
-    )
 }
 
 fn wait_exit(child: &mut Child, within: Duration, log: &Path) -> i32 {
@@ -259,24 +248,6 @@ async fn mixed_workload(dsn: &str, table: &str, target: usize, seed: u64) -> Vec
     done
 }
 
-/// Waits until a walsender holds `slot` (walwatch is streaming from it).
-fn wait_active(cluster: &support::ClusterHandle, slot: &str) {
-    wait_until(
-        &format!("slot {slot} to be in use"),
-        Duration::from_secs(30),
-        || (!slot_field(cluster, slot, "active_pid").is_empty()).then_some(()),
-    );
-}
-
-fn slot_field(cluster: &support::ClusterHandle, slot: &str, field: &str) -> String {
-    cluster
-        .psql(
-            "walwatch",
-            &format!("SELECT {field} FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-        )
-        .unwrap()
-}
-
 /// The headline promise: `kill -9` at random points while a 200,000-change workload runs,
 /// five times over, and the file still holds every committed change exactly once.
 #[test]
@@ -304,7 +275,7 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
     ];
     // Create the slot first, so every change of the workload is in it.
     let log0 = dir.path().join("create.log");
-    let mut first = spawn(&[&args[..], &["--endpos", "now"]].concat(), &log0);
+    let mut first = spawn_logged(&[&args[..], &["--endpos", "now"]].concat(), &log0);
     assert_eq!(wait_exit(&mut first, Duration::from_secs(60), &log0), 0);
 
     let seed = std::time::SystemTime::now()
@@ -326,7 +297,7 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
         // file is most likely ahead of the slot's confirmed position (mid-transaction).
         std::thread::sleep(Duration::from_millis(300 + rng.below(700)));
         let log = dir.path().join(format!("run{round}.log"));
-        let mut child = spawn(&args, &log);
+        let mut child = spawn_logged(&args, &log);
         std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -338,7 +309,7 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
     let expected = workload.join().expect("workload");
     // Drain the rest after the last kill; walwatch waits for the dead one's slot to be freed.
     let log = dir.path().join("final.log");
-    let mut last = spawn(&[&args[..], &["--endpos", "now"]].concat(), &log);
+    let mut last = spawn_logged(&[&args[..], &["--endpos", "now"]].concat(), &log);
     assert_eq!(
         wait_exit(&mut last, Duration::from_secs(120), &log),
         0,
@@ -416,7 +387,7 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rc.jsonl");
     let log = dir.path().join("rc.log");
-    let mut child = spawn(
+    let mut child = spawn_logged(
         &[
             "--dsn",
             &dsn,
@@ -546,7 +517,7 @@ fn an_idle_slot_does_not_hold_back_wal() {
     let log = dir.path().join("idle.log");
     let out = dir.path().join("idle.jsonl");
     let dsn = dsn();
-    let mut child = spawn(
+    let mut child = spawn_logged(
         &[
             "--dsn",
             &dsn,
@@ -735,7 +706,7 @@ fn a_full_disk_stops_walwatch_and_a_restart_completes_the_file() {
         "now",
     ];
     let log = dir.path().join("create.log");
-    let mut c = spawn(&args, &log);
+    let mut c = spawn_logged(&args, &log);
     assert_eq!(wait_exit(&mut c, Duration::from_secs(60), &log), 0);
     // About 4 MB of JSON in 200 transactions, for a 1 MB disk.
     for i in 0..200 {
@@ -747,7 +718,7 @@ fn a_full_disk_stops_walwatch_and_a_restart_completes_the_file() {
     }
     let log = dir.path().join("full.log");
     let mut c = if tmpfs.is_some() {
-        spawn(&args, &log)
+        spawn_logged(&args, &log)
     } else {
         spawn_with_file_size_limit(&args, &log, 1 << 20)
     };
@@ -785,7 +756,7 @@ fn a_full_disk_stops_walwatch_and_a_restart_completes_the_file() {
         t.resize("64m");
     }
     let log = dir.path().join("resume.log");
-    let mut c = spawn(&args, &log);
+    let mut c = spawn_logged(&args, &log);
     let code = wait_exit(&mut c, Duration::from_secs(60), &log);
     let stderr = std::fs::read_to_string(&log).unwrap();
     assert_eq!(code, 0, "{stderr}");
@@ -926,7 +897,7 @@ fn slots_lists_and_drops() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("active.log");
     let dsn = dsn();
-    let mut child = spawn(
+    let mut child = spawn_logged(
         &[
             "--dsn", &dsn, "--slot", &slot, "--tables", &t, "--format", "json",
         ],
@@ -967,7 +938,7 @@ fn a_slot_moved_while_reconnecting_is_a_named_error() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("moved.log");
     let dsn = dsn();
-    let mut child = spawn(
+    let mut child = spawn_logged(
         &[
             "--dsn",
             &dsn,
@@ -1033,7 +1004,7 @@ fn retained_wal_above_the_threshold_is_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("retained.log");
     let dsn = dsn();
-    let _child = spawn(
+    let _child = spawn_logged(
         &[
             "--dsn",
             &dsn,

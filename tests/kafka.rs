@@ -7,7 +7,6 @@ mod harness;
 mod support;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
-use harness::{Proc, drop_slot, dsn, sql, walwatch};
+use harness::{Proc, current_lsn, drop_slot, dsn, slot_confirmed, spawn_logged, sql, wait_active};
 use support::wait_until;
 
 /// A Tansu broker on a free loopback port, killed when dropped.
@@ -192,25 +191,6 @@ fn consume_with(
 fn run_ok(args: &[&str]) -> String {
     let out = harness::run_expecting(args, 0);
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn slot_confirmed(slot: &str) -> walwatch::Lsn {
-    support::cluster()
-        .psql(
-            "walwatch",
-            &format!(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
-            ),
-        )
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// The WAL insert position: past every record written so far (the scratch clusters run with
-/// `synchronous_commit = off`, so the write position can lag behind a commit that returned).
-fn current_lsn() -> walwatch::Lsn {
-    sql("SELECT pg_current_wal_insert_lsn()").parse().unwrap()
 }
 
 /// Every change of a mixed workload on two tables reaches its table's topic exactly once (a
@@ -449,19 +429,6 @@ fn the_debezium_envelope_validates_and_tombstones_follow_deletes() {
     drop_slot(&slot);
 }
 
-/// Starts walwatch with stderr to `log`; killed when the guard drops (also on a panic).
-fn spawn_logged(args: &[&str], log: &Path) -> Proc {
-    Proc(
-        walwatch()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap())
-            .spawn()
-            .expect("spawn walwatch"),
-    )
-}
-
 /// `kill -9` of walwatch mid-stream, restarted on the same slot, three times: every change is
 /// in Kafka at least once.
 #[test]
@@ -554,15 +521,7 @@ fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
         ],
         &log,
     );
-    wait_until("walwatch streaming", Duration::from_secs(30), || {
-        let pid = support::cluster()
-            .psql(
-                "walwatch",
-                &format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-            )
-            .ok()?;
-        (!pid.is_empty()).then_some(())
-    });
+    wait_active(support::cluster(), &slot);
     sql(&format!("INSERT INTO {t} SELECT generate_series(1, 10);"));
     consume(
         &cluster.bootstrap_servers(),
@@ -716,17 +675,6 @@ fn kafka_options_are_checked_before_connecting() {
     assert!(stderr.contains("no.such.property"), "{stderr}");
 }
 
-/// A process's peak resident set (VmHWM), in MB.
-fn peak_rss_mb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        / 1024
-}
-
 /// The broker is unreachable from the start while 200,000 changes (about 80 MB of messages)
 /// are committed: walwatch logs it, blocks with bounded memory (it stops reading the stream),
 /// and the slot does not move; once the broker is up, everything arrives.
@@ -764,7 +712,7 @@ fn serial_a_broker_down_from_the_start_means_bounded_memory_and_no_slot_advance(
         Duration::from_secs(60),
         || (notices() >= 2).then_some(()),
     );
-    let peak = peak_rss_mb(child.id());
+    let peak = support::peak_rss_kb(child.id()) / 1024;
     let stderr = std::fs::read_to_string(&log).unwrap();
     eprintln!("peak RSS with the broker down: {peak} MB");
     assert!(

@@ -206,3 +206,50 @@ pub fn inserts_in_batches(table: &str, rows: usize, pad: usize) -> String {
         })
         .collect()
 }
+
+/// Starts walwatch with stdout discarded and stderr going to `log` (read it with
+/// `std::fs::read_to_string`); killed when the guard drops (also on a panic).
+pub fn spawn_logged(args: &[&str], log: &std::path::Path) -> Proc {
+    Proc(
+        walwatch()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("spawn walwatch"),
+    )
+}
+
+/// One column of `pg_replication_slots` for `slot` ("" when there is no such slot or the value
+/// is null).
+pub fn slot_field(cluster: &support::ClusterHandle, slot: &str, field: &str) -> String {
+    cluster
+        .psql(
+            "walwatch",
+            &format!("SELECT {field} FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+        )
+        .unwrap()
+}
+
+/// The shared cluster's `confirmed_flush_lsn` of `slot`.
+pub fn slot_confirmed(slot: &str) -> walwatch::Lsn {
+    slot_field(support::cluster(), slot, "confirmed_flush_lsn")
+        .parse()
+        .unwrap()
+}
+
+/// Waits until a walsender holds `slot` (walwatch is streaming from it).
+pub fn wait_active(cluster: &support::ClusterHandle, slot: &str) {
+    support::wait_until(
+        &format!("slot {slot} to be in use"),
+        std::time::Duration::from_secs(30),
+        || (!slot_field(cluster, slot, "active_pid").is_empty()).then_some(()),
+    );
+}
+
+/// The WAL insert position: past every record written so far (the scratch clusters run with
+/// `synchronous_commit = off`, so the write position can lag behind a commit that returned).
+pub fn current_lsn() -> walwatch::Lsn {
+    sql("SELECT pg_current_wal_insert_lsn()").parse().unwrap()
+}

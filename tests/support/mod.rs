@@ -415,3 +415,13 @@ pub fn free_port() -> u16 {
         .expect("its address")
         .port()
 }
+
+/// A live process's peak resident set (VmHWM), in kB.
+pub fn peak_rss_kb(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
