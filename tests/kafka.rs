@@ -488,18 +488,45 @@ fn serial_kill_9_mid_stream_loses_nothing_in_kafka() {
     drop_slot(&slot);
 }
 
+/// A table, a slot name, and librdkafka's mock cluster holding the table's topic.
+struct Mocked {
+    cluster: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    t: String,
+    slot: String,
+    topic: String,
+    /// The `--sink` argument.
+    sink: String,
+}
+
+fn mocked(prefix: &str) -> Mocked {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let t = support::unique_name(prefix);
+    let slot = support::unique_name(&format!("{prefix}_slot"));
+    let topic = format!("walwatch.public.{t}");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let sink = format!("kafka://{}", cluster.bootstrap_servers());
+    Mocked {
+        cluster,
+        t,
+        slot,
+        topic,
+        sink,
+    }
+}
+
 /// With the broker down mid-stream (librdkafka's mock cluster), the slot does not advance;
 /// once it is back, everything is delivered and the slot moves on.
 #[test]
 fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let t = support::unique_name("kout");
-    let slot = support::unique_name("koslot");
-    let topic = format!("walwatch.public.{t}");
-    cluster.create_topic(&topic, 1, 1).unwrap();
-    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let Mocked {
+        cluster,
+        t,
+        slot,
+        topic,
+        sink,
+    } = mocked("kout");
     let dsn = dsn();
-    let sink = format!("kafka://{}", cluster.bootstrap_servers());
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("outage.log");
     // A JSONL file beside Kafka: the slot advances to what both hold.
@@ -590,14 +617,14 @@ fn a_broker_outage_holds_the_slot_and_everything_arrives_after_it() {
 /// walwatch with exit 2 and a clear message; the slot is not advanced past it.
 #[test]
 fn a_delivery_that_keeps_failing_is_exit_2_and_no_ack() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    let t = support::unique_name("kfail");
-    let slot = support::unique_name("kfslot");
-    let topic = format!("walwatch.public.{t}");
-    cluster.create_topic(&topic, 1, 1).unwrap();
-    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let Mocked {
+        cluster,
+        t,
+        slot,
+        topic,
+        sink,
+    } = mocked("kfail");
     let dsn = dsn();
-    let sink = format!("kafka://{}", cluster.bootstrap_servers());
     let args = [
         "--dsn",
         &dsn,
