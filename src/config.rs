@@ -12,6 +12,7 @@ use crate::event_read::Envelope;
 use crate::expr::Expr;
 use crate::filter::{OpSet, TablePattern};
 use crate::pg::params::ConnParams;
+use crate::sink::arrow::ArrowSpec;
 use crate::sink::kafka::KafkaSpec;
 
 /// Where to stop streaming.
@@ -52,14 +53,19 @@ pub enum SinkSpec {
     Jsonl(PathBuf),
     /// Kafka: a topic per table, acknowledged before its position is confirmed.
     Kafka(KafkaSpec),
+    /// Arrow IPC or Parquet files, one per closed batch, written before their position counts.
+    Arrow(ArrowSpec),
 }
 
 impl SinkSpec {
     /// Parse a `--sink` argument: `jsonl:PATH`, `stdout`, `stdout:json`, `stdout:terminal`,
-    /// `kafka://BROKERS[?options]`.
+    /// `kafka://BROKERS[?options]`, `arrow:DIR[?options]`.
     pub fn parse(spec: &str, stdout_format: Format) -> Result<SinkSpec> {
         if let Some(rest) = spec.strip_prefix("kafka://") {
             return KafkaSpec::parse(rest).map(SinkSpec::Kafka);
+        }
+        if let Some(rest) = spec.strip_prefix("arrow:") {
+            return ArrowSpec::parse(rest).map(SinkSpec::Arrow);
         }
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         match kind {
@@ -76,7 +82,7 @@ impl SinkSpec {
                 ))),
             },
             _ => Err(Error::Config(format!(
-                "--sink `{spec}`: unknown sink; the sinks are jsonl:PATH, kafka://BROKERS[?options] and stdout[:json|:terminal]"
+                "--sink `{spec}`: unknown sink; the sinks are jsonl:PATH, kafka://BROKERS[?options], arrow:DIR[?options] and stdout[:json|:terminal]"
             ))),
         }
     }

@@ -72,6 +72,10 @@ pub enum Error {
     #[error("Kafka: {0}")]
     Kafka(String),
 
+    /// An Arrow or Parquet file could not be encoded, or read back to resume.
+    #[error("Arrow sink, {target}: {message}")]
+    Arrow { target: String, message: String },
+
     /// The demo's or a test's throwaway cluster failed.
     #[error(transparent)]
     Scratch(#[from] crate::scratch::ScratchError),

@@ -464,6 +464,105 @@ impl Serialize for Row {
     }
 }
 
+/// A table as its last Relation message described it: the shape every row event of it was
+/// decoded with. Shared (one `Arc` per table version) by every event of that version, so a sink
+/// that needs column types (Arrow) sees a schema change as a new relation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    pub oid: u32,
+    /// The schema; the wire's "" (pg_catalog) is stored as `pg_catalog`.
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub replica_identity: ReplicaIdentity,
+    /// The published columns, in table order (what tuple data is laid out by).
+    pub columns: Vec<RelationColumn>,
+    pub(crate) key_count: usize,
+}
+
+impl Relation {
+    /// Whether any column is part of the replica identity key.
+    pub fn has_key(&self) -> bool {
+        self.key_count > 0
+    }
+
+    /// Whether `other` has the same columns (names, types, modifiers, key flags): rows of both
+    /// fit one typed schema.
+    pub fn same_columns(&self, other: &Relation) -> bool {
+        self.columns == other.columns
+    }
+}
+
+/// One column of a [`Relation`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelationColumn {
+    /// Shared with every [`Row`] decoded for this relation.
+    pub name: Arc<str>,
+    pub type_oid: u32,
+    /// `atttypmod`: for numeric `((precision << 16) | scale) + 4`, -1 when unconstrained; for
+    /// an array column it applies to the elements.
+    pub type_modifier: i32,
+    /// What the type is, domains resolved (from the type registry when the Relation arrived).
+    pub kind: ColumnKind,
+    /// Part of the replica identity key (Relation column flag bit 1).
+    pub is_key: bool,
+}
+
+/// `pg_class.relreplident`, as sent in the Relation message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// 'd': the primary key.
+    Default,
+    /// 'n': nothing; updates and deletes carry no old values.
+    Nothing,
+    /// 'f': the whole row.
+    Full,
+    /// 'i': a chosen unique index.
+    Index,
+}
+
+impl ReplicaIdentity {
+    pub(crate) fn as_byte(self) -> u8 {
+        match self {
+            ReplicaIdentity::Default => b'd',
+            ReplicaIdentity::Nothing => b'n',
+            ReplicaIdentity::Full => b'f',
+            ReplicaIdentity::Index => b'i',
+        }
+    }
+}
+
+/// A column's type as walwatch maps it, domains resolved to their base type. The [`Value`]
+/// variant a column's values decode to follows from it (int2/int4/int8 are all [`Value::Int`],
+/// for example); typed sinks need the declared type itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Float4,
+    Float8,
+    Numeric,
+    /// text, varchar, bpchar, name, xml, `"char"`.
+    Text,
+    Bytea,
+    Uuid,
+    Json,
+    Jsonb,
+    Date,
+    Time,
+    TimeTz,
+    Timestamp,
+    TimestampTz,
+    Interval,
+    Enum,
+    /// An array of the element kind.
+    Array(Box<ColumnKind>),
+    /// Anything else (inet, money, composite, range, extension types): kept as text.
+    Other,
+}
+
 /// The payload of a MESSAGE event (`pg_logical_emit_message`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogicalMessage {
@@ -521,6 +620,9 @@ pub struct Event {
     pub unchanged: Vec<Arc<str>>,
     /// MESSAGE events only.
     pub message: Option<LogicalMessage>,
+    /// The relation a row event (INSERT, UPDATE, DELETE, TRUNCATE) was decoded with; `None`
+    /// for BEGIN, COMMIT, MESSAGE and for events read back from JSON. Not part of the JSON.
+    pub relation: Option<Arc<Relation>>,
 }
 
 impl Event {
@@ -540,6 +642,7 @@ impl Event {
             key: None,
             unchanged: Vec::new(),
             message: None,
+            relation: None,
         }
     }
 

@@ -40,6 +40,8 @@ enum Frame {
     /// A new connection follows: forget the old one's partial state and skip what the server
     /// replays of what was already written.
     Reset,
+    /// Time passes: sinks that batch by time (Arrow) close what is due.
+    Tick,
 }
 
 /// What the decode thread tells the replication task.
@@ -97,6 +99,10 @@ const CHANNEL_FRAMES: usize = 8192;
 
 /// How long the decode thread may go without flushing its sinks while busy.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// How often the decode thread is told the time, so batching sinks close time windows on an
+/// idle stream too.
+const TICK_EVERY: Duration = Duration::from_millis(250);
 
 /// Reopens the replication stream after a transient failure, from the given position (what is
 /// durable). It checks the slot first: a slot dropped, invalidated or moved meanwhile is a
@@ -171,6 +177,8 @@ pub async fn run_stream(
     // With an end position, ask the server for a keepalive now and then: on an idle server it
     // tells us how far WAL has been decoded, which is how an idle stream learns it is done.
     let mut poke = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(TICK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut received = Lsn::ZERO;
     let mut reported = Lsn::ZERO;
     let mut tx = Some(tx);
@@ -244,6 +252,12 @@ pub async fn run_stream(
                         let durable = progress_rx.borrow().durable;
                         current.send_status(received.max(durable), durable, durable, false).await?;
                         reported = durable;
+                    }
+                    _ = tick.tick() => {
+                        // Skipped when the channel is full: the thread is busy and flushes anyway.
+                        if let Some(sender) = &tx {
+                            let _ = sender.try_send(Frame::Tick);
+                        }
                     }
                     _ = poke.tick(), if endpos.is_some() => {
                         let durable = progress_rx.borrow().durable;
@@ -412,20 +426,30 @@ impl Fanout {
 
     fn run_inner(&mut self, rx: &mut mpsc::Receiver<Frame>) -> Result<()> {
         while let Some(frame) = rx.blocking_recv() {
+            let mut only_ticks = matches!(frame, Frame::Tick);
             self.handle(frame)?;
             let started = Instant::now();
             while !self.out.done && started.elapsed() < FLUSH_EVERY {
                 match rx.try_recv() {
-                    Ok(frame) => self.handle(frame)?,
+                    Ok(frame) => {
+                        only_ticks &= matches!(frame, Frame::Tick);
+                        self.handle(frame)?;
+                    }
                     Err(_) => break,
                 }
             }
-            self.out.flush()?;
+            if only_ticks {
+                // Nothing was written since the last flush: what a tick closed is durable
+                // already (a batching sink makes a batch durable when it closes it).
+                self.out.publish();
+            } else {
+                self.out.flush()?;
+            }
             if self.out.done {
                 break;
             }
         }
-        self.out.flush()
+        self.out.finish()
     }
 
     fn handle(&mut self, frame: Frame) -> Result<()> {
@@ -445,6 +469,7 @@ impl Fanout {
                 self.decoder.reset();
                 self.out.restart();
             }
+            Frame::Tick => self.out.tick()?,
             Frame::Keepalive { wal_end } => {
                 // Idle (no transaction open or buffered) and every sink caught up once flushed:
                 // everything the server decoded up to wal_end has been received, so confirming
@@ -591,8 +616,42 @@ impl Output {
         for sink in &mut self.sinks {
             sink.flush()?;
         }
-        if self.candidate > self.durable {
-            self.durable = self.candidate;
+        self.publish();
+        Ok(())
+    }
+
+    /// The end of the run: every sink writes out what it still holds, then the final position.
+    fn finish(&mut self) -> Result<()> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        for sink in &mut self.sinks {
+            sink.finish()?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        for sink in &mut self.sinks {
+            sink.tick()?;
+        }
+        Ok(())
+    }
+
+    /// Publish the durable position: everything flushed up to the candidate, except what a
+    /// batching sink still holds. A sink holding events of the transaction that commits at `h`
+    /// caps the position at `h`: the server replays every transaction whose commit record is at
+    /// or after the position it resumes from (logical decoding skips commits before its
+    /// start point, `SnapBuildXactNeedsSkip`), so that transaction comes again.
+    fn publish(&mut self) {
+        let held = self.sinks.iter().filter_map(|s| s.holding()).min();
+        let target = match held {
+            Some(h) => self.candidate.min(h),
+            None => self.candidate,
+        };
+        if target > self.durable {
+            self.durable = target;
         }
         let p = Progress {
             durable: self.durable,
@@ -604,7 +663,6 @@ impl Output {
             *cur = p;
             changed
         });
-        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ use crate::pg::conn::ReplConn;
 use crate::pg::slot;
 use crate::pg::stream::ReplStream;
 use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
-use crate::sink::{JsonlSink, KafkaSink, Sink, TerminalSink};
+use crate::sink::{ArrowSink, JsonlSink, KafkaSink, Sink, TerminalSink};
 use crate::spill;
 
 pub use crate::pipeline::StreamOutcome;
@@ -120,6 +120,13 @@ pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
                         KafkaSink::new(spec, &config.conn.dbname, &config.kafka_props)?
                             .with_key_lookup(Box::new(lookup)),
                     )
+                }
+                SinkSpec::Arrow(spec) => {
+                    let catalog = BlockingCatalog::new(config);
+                    let lookup = move |schema: &str, table: &str| {
+                        catalog.call(async |c| catalog::array_dims(c, schema, table).await)
+                    };
+                    Box::new(ArrowSink::files(spec, resume)?.with_dims_lookup(Box::new(lookup)))
                 }
             })
         })

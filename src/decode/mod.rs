@@ -40,6 +40,7 @@ pub use pgoutput::{Message, ParseContext, parse, parse_in};
 pub use value::{TypeKind, TypeRegistry};
 
 use crate::event::{Column, Event, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
+pub use crate::event::{ColumnKind, Relation, RelationColumn, ReplicaIdentity};
 use pgoutput::{ColumnData, OldKind, RelationMsg, TupleData};
 use txbuf::TxBuf;
 pub use txbuf::{Spill, SpillStore};
@@ -68,66 +69,8 @@ impl Hasher for OidHasher {
     }
 }
 
-/// A table as its last Relation message described it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Relation {
-    pub oid: u32,
-    /// The schema; the wire's "" (pg_catalog) is stored as `pg_catalog`.
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-    pub replica_identity: ReplicaIdentity,
-    /// The published columns, in table order (what tuple data is laid out by).
-    pub columns: Vec<RelationColumn>,
-    key_count: usize,
-}
-
-/// One column of a [`Relation`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelationColumn {
-    /// Shared with every [`Row`] decoded for this relation.
-    pub name: Arc<str>,
-    pub type_oid: u32,
-    pub type_modifier: i32,
-    /// Part of the replica identity key (Relation column flag bit 1).
-    pub is_key: bool,
-}
-
-/// `pg_class.relreplident`, as sent in the Relation message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplicaIdentity {
-    /// 'd': the primary key.
-    Default,
-    /// 'n': nothing; updates and deletes carry no old values.
-    Nothing,
-    /// 'f': the whole row.
-    Full,
-    /// 'i': a chosen unique index.
-    Index,
-}
-
-impl ReplicaIdentity {
-    fn from_byte(b: u8) -> ReplicaIdentity {
-        match b {
-            b'n' => ReplicaIdentity::Nothing,
-            b'f' => ReplicaIdentity::Full,
-            b'i' => ReplicaIdentity::Index,
-            // The parser admits only d, n, f, i.
-            _ => ReplicaIdentity::Default,
-        }
-    }
-
-    pub(crate) fn as_byte(self) -> u8 {
-        match self {
-            ReplicaIdentity::Default => b'd',
-            ReplicaIdentity::Nothing => b'n',
-            ReplicaIdentity::Full => b'f',
-            ReplicaIdentity::Index => b'i',
-        }
-    }
-}
-
 impl Relation {
-    fn from_msg(r: &RelationMsg<'_>) -> Relation {
+    fn from_msg(r: &RelationMsg<'_>, types: &TypeRegistry) -> Relation {
         // "The namespace (empty string for pg_catalog)" (Relation message).
         let namespace = if r.namespace.is_empty() {
             "pg_catalog"
@@ -140,6 +83,7 @@ impl Relation {
                 name: Arc::from(c.name),
                 type_oid: c.type_oid,
                 type_modifier: c.type_modifier,
+                kind: types.kind_of(c.type_oid),
                 // "Flags for the column. Currently can be either 0 for no flags or 1 which
                 // marks the column as part of the key."
                 is_key: c.flags & 1 != 0,
@@ -149,15 +93,21 @@ impl Relation {
             oid: r.oid,
             namespace: Arc::from(namespace),
             name: Arc::from(r.name),
-            replica_identity: ReplicaIdentity::from_byte(r.replica_identity),
+            replica_identity: replica_identity(r.replica_identity),
             key_count: columns.iter().filter(|c| c.is_key).count(),
             columns,
         }
     }
+}
 
-    /// Whether any column is part of the replica identity key.
-    pub fn has_key(&self) -> bool {
-        self.key_count > 0
+/// `relreplident` as the Relation message sends it.
+fn replica_identity(b: u8) -> ReplicaIdentity {
+    match b {
+        b'n' => ReplicaIdentity::Nothing,
+        b'f' => ReplicaIdentity::Full,
+        b'i' => ReplicaIdentity::Index,
+        // The parser admits only d, n, f, i.
+        _ => ReplicaIdentity::Default,
     }
 }
 
@@ -432,7 +382,7 @@ impl Decoder {
             // Origin: which upstream a replicated transaction came from; not part of the event.
             Message::Origin(_) => {}
             Message::Relation(r) => {
-                let rel = Arc::new(Relation::from_msg(&r));
+                let rel = Arc::new(Relation::from_msg(&r, &self.types));
                 self.relations.insert(r.oid, rel);
                 if let Some(p) = &mut self.preparing {
                     p.buf.pinned.insert(r.oid);
@@ -676,7 +626,7 @@ impl Decoder {
         buf.for_each(|rlsn, rec| {
             match parse_in(rec, ctx)? {
                 Message::Relation(r) => {
-                    overlay.insert(r.oid, Arc::new(Relation::from_msg(&r)));
+                    overlay.insert(r.oid, Arc::new(Relation::from_msg(&r, &self.types)));
                 }
                 Message::Type(t) => self.remember_type(&t),
                 m => self.change(&m, rlsn, tx, Some(&overlay), emit)?,
@@ -692,14 +642,12 @@ impl Decoder {
         overlay: Option<&'s OidMap<Arc<Relation>>>,
         oid: u32,
         msg: &'static str,
-    ) -> Result<&'s Relation, DecodeError> {
+    ) -> Result<&'s Arc<Relation>, DecodeError> {
         let found = match overlay {
             Some(o) => o.get(&oid),
             None => self.relations.get(&oid),
         };
-        found
-            .map(|r| &**r)
-            .ok_or(DecodeError::UnknownRelation { msg, oid })
+        found.ok_or(DecodeError::UnknownRelation { msg, oid })
     }
 
     /// Turns one change (or transactional message) into events stamped with `tx`.
@@ -931,10 +879,11 @@ fn boundary(op: Op, lsn: Lsn, tx: TxCtx, end_lsn: Option<Lsn>) -> Event {
     ev
 }
 
-fn change_event(op: Op, lsn: Lsn, tx: TxCtx, rel: &Relation) -> Event {
+fn change_event(op: Op, lsn: Lsn, tx: TxCtx, rel: &Arc<Relation>) -> Event {
     let mut ev = boundary(op, lsn, tx, None);
     ev.schema = Some(rel.namespace.clone());
     ev.table = Some(rel.name.clone());
+    ev.relation = Some(rel.clone());
     ev
 }
 

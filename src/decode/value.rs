@@ -36,7 +36,7 @@ mod temporal;
 
 use std::collections::HashMap;
 
-use crate::event::Value;
+use crate::event::{ColumnKind, Value};
 
 /// The query the metadata connection runs to fill a [`TypeRegistry`] (one row per type, fed to
 /// [`TypeRegistry::insert_row`]).
@@ -252,6 +252,46 @@ impl TypeRegistry {
             }
         }
         Resolved::Unknown
+    }
+
+    /// What a column of this type is, domains resolved: what typed sinks build their schema
+    /// from.
+    pub fn kind_of(&self, oid: u32) -> ColumnKind {
+        self.kind_at(oid, 0)
+    }
+
+    fn kind_at(&self, oid: u32, depth: u8) -> ColumnKind {
+        match self.resolve(oid) {
+            Resolved::Builtin(b) => match b {
+                Builtin::Bool => ColumnKind::Bool,
+                Builtin::Int2 => ColumnKind::Int2,
+                Builtin::Int4 => ColumnKind::Int4,
+                Builtin::Int8 => ColumnKind::Int8,
+                Builtin::Oid => ColumnKind::Oid,
+                Builtin::Float4 => ColumnKind::Float4,
+                Builtin::Float8 => ColumnKind::Float8,
+                Builtin::Numeric => ColumnKind::Numeric,
+                Builtin::Text | Builtin::Char => ColumnKind::Text,
+                Builtin::Bytea => ColumnKind::Bytea,
+                Builtin::Uuid => ColumnKind::Uuid,
+                Builtin::Json => ColumnKind::Json,
+                Builtin::Jsonb => ColumnKind::Jsonb,
+                Builtin::Date => ColumnKind::Date,
+                Builtin::Time => ColumnKind::Time,
+                Builtin::TimeTz => ColumnKind::TimeTz,
+                Builtin::Timestamp => ColumnKind::Timestamp,
+                Builtin::TimestampTz => ColumnKind::TimestampTz,
+                Builtin::Interval => ColumnKind::Interval,
+                Builtin::Inet | Builtin::Macaddr | Builtin::Macaddr8 | Builtin::Money => {
+                    ColumnKind::Other
+                }
+            },
+            Resolved::Enum => ColumnKind::Enum,
+            Resolved::Array { elem, .. } if depth < MAX_DEPTH => {
+                ColumnKind::Array(Box::new(self.kind_at(elem, depth + 1)))
+            }
+            Resolved::Array { .. } | Resolved::Unknown => ColumnKind::Other,
+        }
     }
 
     /// Decode a column sent in text format (`t`). Never fails: text that does not parse as its

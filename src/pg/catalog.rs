@@ -310,6 +310,34 @@ pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<V
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// How many dimensions each array column of a table declares (`pg_attribute.attndims`: 2 for
+/// `int[][]`), for the columns that declare more than one. PostgreSQL does not enforce it on
+/// values; the Arrow sink uses it as the list nesting of the column.
+pub async fn array_dims(
+    client: &Client,
+    schema: &str,
+    table: &str,
+) -> Result<std::collections::HashMap<String, usize>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.attndims \
+             FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 \
+               AND NOT a.attisdropped AND a.attndims > 1",
+            &[&schema, &table],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let dims: i32 = r.get(1);
+            (r.get(0), usize::try_from(dims).unwrap_or(1))
+        })
+        .collect())
+}
+
 /// One row of `walwatch slots`: what `pg_replication_slots` says, with the WAL it holds back.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SlotRow {

@@ -5,19 +5,21 @@
 //! confirms a WAL position to the server only after every sink has flushed past it, so a sink
 //! that fails to flush stops the run before anything it lost is confirmed.
 
+pub mod arrow;
 mod assert;
 mod jsonl;
 pub mod kafka;
 pub(crate) mod resume;
 mod terminal;
 
+pub use arrow::{ArrowFormat, ArrowSink, ArrowSpec, TableBatch};
 pub use assert::{AssertSink, EventLog, Slice};
 pub use jsonl::JsonlSink;
 pub use kafka::KafkaSink;
 pub use terminal::TerminalSink;
 
 use crate::error::Result;
-use crate::event::Event;
+use crate::event::{Event, Lsn};
 pub use resume::Tally;
 
 pub trait Sink: Send {
@@ -33,6 +35,24 @@ pub trait Sink: Send {
     /// Whether `flush` makes events durable (a file), or only delivers them (stdout, memory).
     fn durable(&self) -> bool {
         false
+    }
+
+    /// The commit position of the oldest transaction whose events the sink was given but has
+    /// not made durable yet (an open Arrow batch), after a flush. The pipeline confirms no
+    /// position past it. `None` when a flush makes everything durable.
+    fn holding(&self) -> Option<Lsn> {
+        None
+    }
+
+    /// Time passed (called a few times a second): a sink that batches by time closes what is
+    /// due and makes it durable.
+    fn tick(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The run ends: write out everything held (partial batches) and make it durable.
+    fn finish(&mut self) -> Result<()> {
+        self.flush()
     }
 
     /// What the sink already held when it was opened to resume (the last event's position and
