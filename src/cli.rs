@@ -33,6 +33,8 @@ const AFTER_HELP: &str = r#"Examples:
   walwatch slots                                   slots, retained WAL, lag
   walwatch --slot orders_cdc --tables orders --sink kafka://127.0.0.1:9092
   walwatch --slot cdc --sink 'kafka://b1:9092?topic={schema}.{table}&envelope=debezium' -X compression.type=lz4
+  walwatch --slot lake --tables orders,users --sink arrow:./changes          Arrow IPC files
+  walwatch --slot lake --sink 'arrow:./changes?format=parquet&rows=100000&seconds=30'
 
 Without --dsn, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and
 ~/.pgpass apply, as for psql. Exit codes: 0 ok (assertion satisfied), 1 assertion failed,
@@ -278,7 +280,8 @@ pub struct WatchArgs {
 
     /// Where events go (repeatable; every event reaches every sink): jsonl:PATH,
     /// kafka://BROKERS[?topic=..&envelope=native|debezium&tombstones=true&tx_topic=..
-    /// &message_topic=..&name=..], stdout, stdout:json, stdout:terminal. Default: stdout.
+    /// &message_topic=..&name=..], arrow:DIR[?format=ipc|parquet&rows=N&seconds=S&bytes=SIZE
+    /// &old=true], stdout, stdout:json, stdout:terminal. Default: stdout.
     #[arg(long, value_name = "SPEC")]
     pub sink: Vec<String>,
 

@@ -9,7 +9,10 @@ pub mod expr;
 pub mod pg;
 pub mod scratch;
 
-pub use event::{Column, Event, JsonText, LogicalMessage, Lsn, Op, Row, Timestamp, Value};
+pub use event::{
+    Column, ColumnKind, Event, JsonText, LogicalMessage, Lsn, Op, Relation, RelationColumn, Row,
+    Timestamp, Value,
+};
 pub mod assert;
 #[doc(hidden)]
 pub mod cli;

@@ -65,8 +65,8 @@ pub struct ArrowSink {
     open: HashMap<String, TableBuilder>,
     /// What each table's output holds: the last commit position and how many of its rows.
     tallies: HashMap<String, Tally>,
-    /// Per table, the replay to skip after a restart.
-    resume: HashMap<String, Resume>,
+    /// Per table, the replay to skip after a restart, and how much of it was skipped.
+    resume: HashMap<String, (Resume, u64)>,
     held: Option<Tally>,
     dims: Option<DimsLookup>,
     dims_cache: HashMap<String, Dims>,
@@ -85,7 +85,7 @@ impl ArrowSink {
         let held = tallies.values().copied().max_by_key(|t| (t.key, t.count));
         let resume = tallies
             .iter()
-            .map(|(k, t)| (k.clone(), Resume::after(*t)))
+            .map(|(k, t)| (k.clone(), (Resume::after(*t), 0)))
             .collect();
         Ok(ArrowSink {
             target: Target::Files {
@@ -220,10 +220,20 @@ impl Sink for ArrowSink {
             ));
         };
         let key = files::table_dir_name(&rel.namespace, &rel.name);
-        if let Some(r) = self.resume.get_mut(&key)
-            && !r.admit(ev)
-        {
-            return Ok(());
+        if let Some((r, skipped)) = self.resume.get_mut(&key) {
+            if !r.admit(ev) {
+                *skipped += 1;
+                return Ok(());
+            }
+            if *skipped > 0 {
+                tracing::info!(
+                    "skipped {skipped} replayed change(s) of {}.{} that its Arrow files already \
+                     hold",
+                    rel.namespace,
+                    rel.name
+                );
+            }
+            self.resume.remove(&key);
         }
         if let Some(b) = self.open.get(&key)
             && !Arc::ptr_eq(&b.relation, rel)
