@@ -5,13 +5,17 @@
 //! `decode+json` is the hot path of `walwatch --format json`: bytes -> events -> JSONL.
 //! `decode` isolates the decoder (and value parsing) from serialisation; `json only` is the
 //! serialisation of already-decoded events; `decode streamed` is the same transaction sent with
-//! `streaming on` (buffered as bytes, replayed at Stream Commit).
+//! `streaming on` (buffered as bytes, replayed at Stream Commit). `arrow batch` is the Arrow
+//! sink turning decoded events into one typed RecordBatch; `arrow ipc file` and
+//! `arrow parquet file` encode that batch.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use walwatch::Lsn;
 use walwatch::decode::{Decoder, TypeRegistry};
+use walwatch::sink::Sink;
+use walwatch::sink::arrow::{ArrowOptions, ArrowSink};
 
 const ROWS: u64 = 10_000;
 const ORDERS: u32 = 16_384;
@@ -140,6 +144,43 @@ fn bench(c: &mut Criterion) {
                 buf.push(b'\n');
             }
             black_box(buf.len())
+        })
+    });
+
+    // The Arrow sink (sink/arrow): decoded `orders` events -> one typed RecordBatch (Int64,
+    // Int32, Utf8, Decimal128(10,2), Timestamp(µs, UTC) columns plus the change columns), then
+    // the same batch encoded as an Arrow IPC file and as a Parquet file.
+    let to_batch = |events: &[walwatch::Event]| {
+        let options = ArrowOptions {
+            rows: events.len(),
+            ..ArrowOptions::default()
+        };
+        let (mut sink, rx) = ArrowSink::channel(options, 2);
+        for e in events {
+            sink.write(e).expect("arrow accepts the event");
+        }
+        sink.finish().expect("the batch closes");
+        rx.try_recv().expect("one batch").batch
+    };
+    g.bench_function("arrow batch", |b| {
+        b.iter(|| black_box(to_batch(&decoded).num_rows()))
+    });
+    let batch = to_batch(&decoded);
+    g.bench_function("arrow ipc file", |b| {
+        b.iter(|| {
+            let mut w = arrow_ipc::writer::FileWriter::try_new(Vec::new(), &batch.schema())
+                .expect("ipc writer");
+            w.write(&batch).expect("ipc write");
+            w.finish().expect("ipc footer");
+            black_box(w.into_inner().expect("ipc bytes").len())
+        })
+    });
+    g.bench_function("arrow parquet file", |b| {
+        b.iter(|| {
+            let mut w = parquet::arrow::ArrowWriter::try_new(Vec::new(), batch.schema(), None)
+                .expect("parquet writer");
+            w.write(&batch).expect("parquet write");
+            black_box(w.into_inner().expect("parquet bytes").len())
         })
     });
 

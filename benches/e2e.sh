@@ -17,6 +17,9 @@
 # skips it) drained by walwatch into a Tansu broker (tests/install-tansu.sh), against a plain
 # rdkafka producer (benches/kafka_producer.rs) sending as many messages of the same average size
 # to the same broker, in the same run.
+# Then the Arrow sink: ARROW_ROWS changes (default 1,000,000, in 1,000-row transactions; 0 skips
+# it) drained by walwatch into JSONL, Parquet and Arrow IPC from three identical slots: time and
+# size of each; the Parquet rows are counted with pyarrow (tests/install-pytools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
@@ -24,6 +27,7 @@ ROWS_BIG=${ROWS_BIG:-1000000}
 TXNS_SMALL=${TXNS_SMALL:-100000}
 HUGE_ROWS=${HUGE_ROWS:-5000000}
 KAFKA_ROWS=${KAFKA_ROWS:-1000000}
+ARROW_ROWS=${ARROW_ROWS:-1000000}
 
 bash tests/install-postgres.sh
 cargo build --release --quiet
@@ -183,4 +187,29 @@ if [ "$KAFKA_ROWS" -gt 0 ]; then
   psql_admin -c "SELECT pg_drop_replication_slot('ww_kafka'), pg_drop_replication_slot('ww_ksize'), pg_drop_replication_slot('pr_kafka')" >/dev/null
   rate() { python3 -c "print(f'{$KAFKA_ROWS/$1:,.0f}')"; }
   echo "kafka  ${KAFKA_ROWS} changes (~${SIZE}-byte values) to Tansu: walwatch end to end ${ww}s ($(rate "$ww") changes/s, peak RSS ${mb} MB); plain rdkafka producer ${plain}s ($(rate "$plain") msgs/s); pg_recvlogical alone draining the same changes to /dev/null ${pr}s"
+fi
+
+if [ "$ARROW_ROWS" -gt 0 ]; then
+  PY=$(bash tests/install-pytools.sh)
+  psql_admin -c "TRUNCATE orders" >/dev/null
+  for f in jsonl parquet ipc; do "$WALWATCH" -q --dsn "$DSN" --slot "ww_a$f" --tables orders --endpos now; done
+  psql_admin -c "DO \$\$ BEGIN FOR i IN 0..$((ARROW_ROWS / 1000 - 1)) LOOP
+         INSERT INTO orders (user_id, item, status, amount, created_at)
+         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(i * 1000 + 1, i * 1000 + 1000) g;
+         COMMIT; END LOOP; END \$\$" >/dev/null
+  END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
+  read -r tj mj < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_ajsonl --tables orders --endpos "$END" --output "$WORK/arrow.jsonl")
+  read -r tp mp < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_aparquet --tables orders --endpos "$END" --sink "arrow:$WORK/pq?format=parquet")
+  read -r ti mi < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_aipc --tables orders --endpos "$END" --sink "arrow:$WORK/ipc")
+  psql_admin -c "SELECT pg_drop_replication_slot('ww_ajsonl'), pg_drop_replication_slot('ww_aparquet'), pg_drop_replication_slot('ww_aipc')" >/dev/null
+  sj=$(du -sb "$WORK/arrow.jsonl" | cut -f1); sp=$(du -sb "$WORK/pq" | cut -f1); si=$(du -sb "$WORK/ipc" | cut -f1)
+  rows=$("$PY" -c "import glob, pyarrow.parquet as pq; print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob('$WORK/pq/*/*.parquet')))")
+  files=$(ls "$WORK"/pq/*/*.parquet | wc -l)
+  rm -rf "$WORK/arrow.jsonl" "$WORK/pq" "$WORK/ipc"
+  if [ "$rows" != "$ARROW_ROWS" ]; then
+    echo "e2e: the Parquet files hold $rows rows, expected $ARROW_ROWS" >&2
+    exit 1
+  fi
+  mb() { python3 -c "print(f'{$1/1e6:.1f}')"; }
+  echo "arrow  ${ARROW_ROWS} changes: JSONL ${tj}s $(mb "$sj") MB (RSS ${mj} MB); Parquet ${tp}s $(mb "$sp") MB in ${files} files (RSS ${mp} MB, $(python3 -c "print(f'{$sp/$sj:.3f}')")x the JSONL size); Arrow IPC ${ti}s $(mb "$si") MB (RSS ${mi} MB)"
 fi

@@ -610,23 +610,22 @@ impl Output {
 
     /// Flush every sink, then publish the new durable position.
     fn flush(&mut self) -> Result<()> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        for sink in &mut self.sinks {
-            sink.flush()?;
-        }
-        self.publish();
-        Ok(())
+        self.all_then_publish(|sink| sink.flush())
     }
 
     /// The end of the run: every sink writes out what it still holds, then the final position.
     fn finish(&mut self) -> Result<()> {
+        self.all_then_publish(|sink| sink.finish())
+    }
+
+    /// Stops at a pending error or the first sink that fails (nothing more is confirmed);
+    /// publishes the durable position once every sink has done `f`.
+    fn all_then_publish(&mut self, mut f: impl FnMut(&mut dyn Sink) -> Result<()>) -> Result<()> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
         for sink in &mut self.sinks {
-            sink.finish()?;
+            f(sink.as_mut())?;
         }
         self.publish();
         Ok(())

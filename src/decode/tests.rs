@@ -410,6 +410,15 @@ fn v1_transaction_with_insert() {
         rel.columns.iter().map(|c| c.is_key).collect::<Vec<_>>(),
         [true, false, false, false]
     );
+    // The change carries the relation it was decoded with (typed sinks read the column kinds);
+    // BEGIN and COMMIT carry none.
+    let carried = evs[1]
+        .relation
+        .as_ref()
+        .expect("INSERT carries its relation");
+    assert!(std::ptr::eq(&**carried, rel));
+    assert!(carried.columns.iter().all(|c| c.kind != ColumnKind::Other));
+    assert!(evs[0].relation.is_none() && evs[2].relation.is_none());
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! A sink is written to from the pipeline's decode thread. `write` may buffer; `flush` makes
 //! everything written so far as durable as the sink can make it (fsync for files). The pipeline
 //! confirms a WAL position to the server only after every sink has flushed past it, so a sink
-//! that fails to flush stops the run before anything it lost is confirmed.
+//! that fails to flush stops the run before anything it lost is confirmed. A sink that batches
+//! (Arrow) keeps rows in memory across flushes: it reports the oldest transaction it still holds
+//! (`holding`), and the pipeline confirms nothing past it until the batch is written.
 
 pub mod arrow;
 mod assert;

@@ -239,12 +239,18 @@ pub fn slot_confirmed(slot: &str) -> walwatch::Lsn {
         .unwrap()
 }
 
-/// Waits until a walsender holds `slot` (walwatch is streaming from it).
+/// Waits until a walsender holds `slot` (walwatch is streaming from it). A slot being created
+/// is listed with its creator's pid before it exists for good (it is dropped if the creator
+/// dies before reaching a consistent point), so its `confirmed_flush_lsn`, set once creation is
+/// complete, must be there too.
 pub fn wait_active(cluster: &support::ClusterHandle, slot: &str) {
     support::wait_until(
-        &format!("slot {slot} to be in use"),
+        &format!("slot {slot} to be created and in use"),
         std::time::Duration::from_secs(30),
-        || (!slot_field(cluster, slot, "active_pid").is_empty()).then_some(()),
+        || {
+            let row = slot_field(cluster, slot, "active_pid || ' ' || confirmed_flush_lsn");
+            (!row.is_empty()).then_some(())
+        },
     );
 }
 

@@ -1104,3 +1104,35 @@ fn text_garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn column_kinds_resolve_domains_enums_and_arrays() {
+    let mut r = TypeRegistry::new();
+    r.insert(20_000, TypeKind::Domain { base: 1700 });
+    r.insert(20_001, TypeKind::Domain { base: 20_000 });
+    r.insert(20_002, TypeKind::Enum);
+    r.insert(
+        20_003,
+        TypeKind::Array {
+            elem: 20_002,
+            delim: b',',
+        },
+    );
+    r.insert(20_004, TypeKind::Other);
+    assert_eq!(r.kind_of(21), ColumnKind::Int2);
+    assert_eq!(r.kind_of(1184), ColumnKind::TimestampTz);
+    assert_eq!(r.kind_of(1042), ColumnKind::Text);
+    assert_eq!(r.kind_of(20_001), ColumnKind::Numeric);
+    assert_eq!(r.kind_of(20_002), ColumnKind::Enum);
+    assert_eq!(
+        r.kind_of(20_003),
+        ColumnKind::Array(Box::new(ColumnKind::Enum))
+    );
+    assert_eq!(
+        r.kind_of(1007),
+        ColumnKind::Array(Box::new(ColumnKind::Int4))
+    );
+    assert_eq!(r.kind_of(869), ColumnKind::Other);
+    assert_eq!(r.kind_of(20_004), ColumnKind::Other);
+    assert_eq!(r.kind_of(99_999), ColumnKind::Other);
+}
