@@ -19,6 +19,10 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod filter;
+/// Fuzz-target entry points (`fuzz/`); not part of the library face.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod marker;
 pub mod pipeline;
 pub mod session;

@@ -30,6 +30,9 @@ use crate::event::Lsn;
 /// larger length can only be a corrupt stream; refuse it instead of allocating.
 const MAX_MESSAGE_LEN: usize = 1 << 30 | 1 << 20;
 
+/// How much buffer a partly received message may reserve ahead of its bytes.
+const RESERVE_AHEAD: usize = 1 << 20;
+
 /// TCP or unix-domain socket.
 pub(crate) enum Socket {
     Tcp(TcpStream),
@@ -107,7 +110,10 @@ impl Decoder for PgCodec {
             )));
         }
         if buf.len() < len + 1 {
-            buf.reserve(len + 1 - buf.len());
+            // Room for what is missing, but never more than RESERVE_AHEAD at once: the length
+            // is the server's claim, and a hostile or broken server may claim 1 GB and send
+            // nothing. The buffer grows with the bytes that really arrive.
+            buf.reserve((len + 1 - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let own = |buf: &mut BytesMut| {
@@ -745,6 +751,29 @@ mod tests {
         assert!(matches!(out[1], Backend::CopyBothResponse));
         assert!(matches!(out[2], Backend::Other(Message::ReadyForQuery(_))));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_claimed_length_is_not_allocated_before_its_bytes_arrive() {
+        // CopyData claiming just under 1 GB, of which 10 bytes came.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"d");
+        buf.extend_from_slice(&((1u32 << 30) - 1).to_be_bytes());
+        buf.extend_from_slice(&[0; 10]);
+        assert!(PgCodec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 2 * RESERVE_AHEAD,
+            "reserved {} bytes for a claim",
+            buf.capacity()
+        );
+        // More than 1 GB is no message PostgreSQL can send: an error, not a wait.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"d");
+        buf.extend_from_slice(&(u32::MAX).to_be_bytes());
+        let Err(e) = PgCodec.decode(&mut buf) else {
+            panic!("a 4 GB claim was accepted");
+        };
+        assert!(e.to_string().contains("impossible length"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,23 @@ use crate::sink::Sink;
 use crate::sink::resume::{Resume, Tally};
 use batch::{Dims, TableBuilder};
 
+/// Runs every conversion of decoded text to Arrow values on `v` (for the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn fuzz_convert(v: &crate::event::Value) {
+    if let Some(t) = v.as_str() {
+        std::hint::black_box((
+            convert::date32(t),
+            convert::time64(t),
+            convert::timestamp_us(t),
+            convert::interval(t),
+            convert::uuid(t),
+            convert::decimal(t, 0),
+            convert::decimal(t, 38),
+            convert::decimal(t, -5),
+        ));
+    }
+}
+
 /// One closed batch of one table's changes, for in-process consumers
 /// ([`ArrowSink::channel`]).
 #[derive(Clone, Debug)]
