@@ -124,8 +124,12 @@ mod tests {
     fn hostile_shapes_are_errors_not_panics() {
         // A Relation claiming 32767 columns with none sent; an Insert with a 2 GB tuple value
         // length; a Begin cut short; a Stream Commit for a transaction never started.
-        let mut rel = vec![0u8, 0, 1, b'R', 0, 0, 0x40, 0, b'p', 0, b't', 0, b'd', 0x7f, 0xff];
-        rel.extend_from_slice(&[0, 23, b'I', 0, 0, 0x40, 0, b'N', 0, 1, b't', 0x7f, 0xff, 0xff]);
+        let mut rel = vec![
+            0u8, 0, 1, b'R', 0, 0, 0x40, 0, b'p', 0, b't', 0, b'd', 0x7f, 0xff,
+        ];
+        rel.extend_from_slice(&[
+            0, 23, b'I', 0, 0, 0x40, 0, b'N', 0, 1, b't', 0x7f, 0xff, 0xff,
+        ]);
         rel.extend_from_slice(&[0xff, b'x', 0, 3, b'B', 0, 0]);
         rel.extend_from_slice(&[0, 5, b'c', 0, 0, 0, 9]);
         pgoutput(&rel);

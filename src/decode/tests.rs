@@ -1882,3 +1882,186 @@ fn spilled_streamed_transactions_replay_the_same_events_in_bounded_memory() {
     spilling.reset();
     assert!(spilling.spill.is_some());
 }
+
+/// Round trips through the byte builders: any field values, encoded as the protocol docs lay
+/// them out, parse back to the same fields, for every message kind.
+mod roundtrip {
+    use super::fx;
+    use super::pgoutput::{ColumnData, Message, OldKind, ParseContext, parse_in};
+    use crate::event::{Lsn, Timestamp};
+    use proptest::prelude::*;
+
+    const PLAIN: ParseContext = ParseContext {
+        in_stream: false,
+        abort_info: false,
+    };
+
+    /// A name as the server sends it: a C string, so no NUL.
+    fn name() -> impl Strategy<Value = String> {
+        "[^\u{0}]{0,24}"
+    }
+
+    #[derive(Clone, Debug)]
+    enum Cell {
+        Null,
+        Unchanged,
+        Text(String),
+        Binary(Vec<u8>),
+    }
+
+    fn cells() -> impl Strategy<Value = Vec<Cell>> {
+        prop::collection::vec(
+            prop_oneof![
+                Just(Cell::Null),
+                Just(Cell::Unchanged),
+                "[^\u{0}]{0,40}".prop_map(Cell::Text),
+                prop::collection::vec(any::<u8>(), 0..40).prop_map(Cell::Binary),
+            ],
+            0..12,
+        )
+    }
+
+    fn encode(cells: &[Cell]) -> Vec<fx::Col<'_>> {
+        cells
+            .iter()
+            .map(|c| match c {
+                Cell::Null => fx::N,
+                Cell::Unchanged => fx::U,
+                Cell::Text(s) => fx::T(s),
+                Cell::Binary(b) => fx::B(b),
+            })
+            .collect()
+    }
+
+    fn same(got: impl Iterator<Item = ColumnData<'static>>, want: &[Cell]) -> bool {
+        let got: Vec<_> = got.collect();
+        got.len() == want.len()
+            && got.iter().zip(want).all(|(g, w)| match (g, w) {
+                (ColumnData::Null, Cell::Null) => true,
+                (ColumnData::UnchangedToast, Cell::Unchanged) => true,
+                (ColumnData::Text(t), Cell::Text(s)) => *t == s.as_bytes(),
+                (ColumnData::Binary(b), Cell::Binary(v)) => *b == v.as_slice(),
+                _ => false,
+            })
+    }
+
+    /// Parses `bytes` (leaked: parsed messages borrow them, and proptest cases are few).
+    fn parse(bytes: Vec<u8>, ctx: ParseContext) -> Message<'static> {
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        parse_in(bytes, ctx).unwrap_or_else(|e| panic!("{e}: {bytes:?}"))
+    }
+
+    fn in_stream(x: Option<u32>) -> ParseContext {
+        ParseContext {
+            in_stream: x.is_some(),
+            abort_info: false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn begin_and_commit(lsn: u64, end: u64, ts: i64, xid: u32) {
+            let Message::Begin(b) = parse(fx::begin(lsn, ts, xid), PLAIN) else { panic!() };
+            prop_assert_eq!((b.final_lsn, b.commit_ts, b.xid), (Lsn(lsn), Timestamp(ts), xid));
+            let Message::Commit(c) = parse(fx::commit(lsn, end, ts), PLAIN) else { panic!() };
+            prop_assert_eq!((c.commit_lsn, c.end_lsn, c.commit_ts), (Lsn(lsn), Lsn(end), Timestamp(ts)));
+        }
+
+        #[test]
+        fn origin_and_type(lsn: u64, oid: u32, x: Option<u32>, a in name(), b in name()) {
+            let Message::Origin(o) = parse(fx::origin(lsn, &a), PLAIN) else { panic!() };
+            prop_assert_eq!((o.lsn, o.name), (Lsn(lsn), a.as_str()));
+            let Message::Type(t) = parse(fx::type_(x, oid, &a, &b), in_stream(x)) else { panic!() };
+            prop_assert_eq!((t.xid, t.oid, t.namespace, t.name), (x, oid, a.as_str(), b.as_str()));
+        }
+
+        #[test]
+        fn relation(
+            x: Option<u32>,
+            oid: u32,
+            ns in name(),
+            rel in name(),
+            ident in prop::sample::select(vec![b'd', b'n', b'f', b'i']),
+            cols in prop::collection::vec((0u8..2, name(), any::<u32>(), any::<i32>()), 0..10),
+        ) {
+            let defs: Vec<(u8, &str, u32, i32)> =
+                cols.iter().map(|(f, n, t, m)| (*f, n.as_str(), *t, *m)).collect();
+            let Message::Relation(r) = parse(fx::relation(x, oid, &ns, &rel, ident, &defs), in_stream(x))
+            else { panic!() };
+            prop_assert_eq!((r.xid, r.oid, r.namespace, r.name, r.replica_identity),
+                (x, oid, ns.as_str(), rel.as_str(), ident));
+            let got: Vec<(u8, String, u32, i32)> =
+                r.columns().map(|c| (c.flags, c.name.to_string(), c.type_oid, c.type_modifier)).collect();
+            prop_assert_eq!(got, cols);
+        }
+
+        #[test]
+        fn insert_update_delete(x: Option<u32>, oid: u32, new in cells(), old in cells(), full: bool) {
+            let kind = if full { b'O' } else { b'K' };
+            let Message::Insert(i) = parse(fx::insert(x, oid, &encode(&new)), in_stream(x)) else { panic!() };
+            prop_assert!(i.xid == x && i.oid == oid && same(i.new.iter(), &new));
+            let bytes = fx::update(x, oid, Some((kind, &encode(&old))), &encode(&new));
+            let Message::Update(u) = parse(bytes, in_stream(x)) else { panic!() };
+            let (k, t) = u.old.unwrap();
+            prop_assert!(u.xid == x && u.oid == oid && same(u.new.iter(), &new) && same(t.iter(), &old));
+            prop_assert_eq!(k, if full { OldKind::Full } else { OldKind::Key });
+            let Message::Delete(d) = parse(fx::delete(x, oid, kind, &encode(&old)), in_stream(x)) else { panic!() };
+            prop_assert!(d.xid == x && d.oid == oid && same(d.old.iter(), &old));
+        }
+
+        #[test]
+        fn truncate_and_message(
+            x: Option<u32>,
+            options in 0u8..4,
+            oids in prop::collection::vec(any::<u32>(), 0..8),
+            transactional: bool,
+            lsn: u64,
+            prefix in name(),
+            content in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let Message::Truncate(t) = parse(fx::truncate(x, options, &oids), in_stream(x)) else { panic!() };
+            prop_assert_eq!((t.xid, t.options), (x, options));
+            prop_assert_eq!(t.relation_ids().collect::<Vec<_>>(), oids);
+            let bytes = fx::message(x, transactional, lsn, &prefix, &content);
+            let Message::Message(m) = parse(bytes, in_stream(x)) else { panic!() };
+            prop_assert_eq!((m.xid, m.transactional, m.lsn, m.prefix, m.content),
+                (x, transactional, Lsn(lsn), prefix.as_str(), content.as_slice()));
+        }
+
+        #[test]
+        fn streaming(xid: u32, sub: u32, first: bool, lsn: u64, end: u64, ts: i64, info: Option<(u64, i64)>) {
+            let Message::StreamStart(s) = parse(fx::stream_start(xid, first), PLAIN) else { panic!() };
+            prop_assert_eq!((s.xid, s.first_segment), (xid, first));
+            prop_assert!(matches!(parse(fx::stream_stop(), PLAIN), Message::StreamStop));
+            let Message::StreamCommit(c) = parse(fx::stream_commit(xid, lsn, end, ts), PLAIN) else { panic!() };
+            prop_assert_eq!((c.xid, c.commit_lsn, c.end_lsn, c.commit_ts), (xid, Lsn(lsn), Lsn(end), Timestamp(ts)));
+            let ctx = ParseContext { in_stream: false, abort_info: info.is_some() };
+            let Message::StreamAbort(a) = parse(fx::stream_abort(xid, sub, info), ctx) else { panic!() };
+            prop_assert_eq!((a.xid, a.subxid), (xid, sub));
+            prop_assert_eq!(a.abort_lsn.zip(a.abort_ts), info.map(|(l, t)| (Lsn(l), Timestamp(t))));
+        }
+
+        #[test]
+        fn two_phase(xid: u32, lsn: u64, end: u64, ts: i64, ts2: i64, gid in name(), streamed: bool) {
+            let Message::BeginPrepare(b) = parse(fx::begin_prepare(lsn, end, ts, xid, &gid), PLAIN) else { panic!() };
+            prop_assert_eq!((b.prepare_lsn, b.end_lsn, b.prepare_ts, b.xid, b.gid),
+                (Lsn(lsn), Lsn(end), Timestamp(ts), xid, gid.as_str()));
+            let tag = if streamed { b'p' } else { b'P' };
+            let p = match parse(fx::prepare(tag, lsn, end, ts, xid, &gid), PLAIN) {
+                Message::Prepare(p) | Message::StreamPrepare(p) => p,
+                _ => panic!(),
+            };
+            prop_assert_eq!((p.prepare_lsn, p.end_lsn, p.prepare_ts, p.xid, p.gid),
+                (Lsn(lsn), Lsn(end), Timestamp(ts), xid, gid.as_str()));
+            let Message::CommitPrepared(c) = parse(fx::commit_prepared(lsn, end, ts, xid, &gid), PLAIN) else { panic!() };
+            prop_assert_eq!((c.commit_lsn, c.end_lsn, c.commit_ts, c.xid, c.gid),
+                (Lsn(lsn), Lsn(end), Timestamp(ts), xid, gid.as_str()));
+            let bytes = fx::rollback_prepared(lsn, end, ts, ts2, xid, &gid);
+            let Message::RollbackPrepared(r) = parse(bytes, PLAIN) else { panic!() };
+            prop_assert_eq!((r.prepare_end_lsn, r.rollback_end_lsn, r.prepare_ts, r.rollback_ts, r.xid, r.gid),
+                (Lsn(lsn), Lsn(end), Timestamp(ts), Timestamp(ts2), xid, gid.as_str()));
+        }
+    }
+}
