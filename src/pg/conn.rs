@@ -997,6 +997,89 @@ mod tests {
         conn.close().await.unwrap();
     }
 
+    /// What a scripted server sends after startup and the client's START_REPLICATION; the
+    /// stream's first outcome, as text (`Ok(..)` or the error).
+    async fn hostile(reply: Vec<u8>) -> String {
+        let p = fake::serve("", move |mut s| async move {
+            fake::read_startup(&mut s).await;
+            fake::write(&mut s, &fake::ready()).await;
+            fake::read_msg(&mut s).await;
+            fake::write(&mut s, &reply).await;
+            // Then the connection closes (the task ends).
+        })
+        .await;
+        let conn = ReplConn::connect(&p).await.unwrap();
+        let stream = conn.start_replication("s", Lsn::ZERO, &[]).await;
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => return format!("start: {e}"),
+        };
+        let out = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .expect("the stream answers within 10 s, whatever the server sent");
+        match out {
+            Ok(m) => format!("Ok({m:?})"),
+            Err(e) => format!("next: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hostile_server_gets_clean_errors() {
+        let copy_both = frame(b'W', &[0, 0, 0]);
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            // Out of order: rows instead of a copy.
+            (
+                "DataRow for START_REPLICATION",
+                frame(b'D', &[0, 0]),
+                "start: ",
+            ),
+            // Out of order: a copy before CopyBoth.
+            ("CopyData before CopyBoth", frame(b'd', b"k"), "start: "),
+            // Truncated: a frame cut off by the connection closing.
+            (
+                "a frame cut short",
+                [copy_both.clone(), vec![b'd', 0, 0, 1, 0, b'w', 0]].concat(),
+                "next: ",
+            ),
+            // Oversized: a CopyData claiming 1 GB, then nothing.
+            (
+                "a 1 GB claim",
+                [copy_both.clone(), vec![b'd', 0x40, 0, 0, 0]].concat(),
+                "next: ",
+            ),
+            // Beyond any message PostgreSQL sends.
+            (
+                "a 4 GB claim",
+                [copy_both.clone(), vec![b'd', 0xff, 0xff, 0xff, 0xff]].concat(),
+                "impossible length",
+            ),
+            // An unknown CopyData kind, and a keepalive one byte short.
+            (
+                "an unknown CopyData kind",
+                [copy_both.clone(), frame(b'd', b"x123")].concat(),
+                "next: ",
+            ),
+            (
+                "a short keepalive",
+                [copy_both.clone(), frame(b'd', &[b'k'; 17])].concat(),
+                "next: ",
+            ),
+            // A query's rows in the middle of the stream.
+            (
+                "a RowDescription mid-stream",
+                [copy_both, frame(b'T', &[0, 0])].concat(),
+                "next: ",
+            ),
+        ];
+        for (what, reply, expect) in cases {
+            let got = hostile(reply).await;
+            assert!(
+                got.contains(expect) && !got.starts_with("Ok"),
+                "{what}: got {got}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn stream_errors() {
         // A truncated XLogData inside a well-framed CopyData.
