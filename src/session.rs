@@ -174,6 +174,7 @@ pub async fn run_with(
         Some(catalog::resolve_tables(&meta, &config.tables, &info.search_path).await?)
     };
     if let Some(t) = &tables {
+        catalog::check_select(&meta, &info, t).await?;
         let names: Vec<String> = t.iter().map(|(s, n)| format!("{s}.{n}")).collect();
         tracing::info!("watching {}", names.join(", "));
     }

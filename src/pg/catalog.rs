@@ -218,6 +218,41 @@ pub async fn publication_tables(client: &Client, name: &str) -> Result<Vec<(Stri
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Checks that the role may read every watched table. Logical decoding itself checks no table
+/// privilege (a REPLICATION role sees every published row), so walwatch refuses to stream a
+/// table its role could not `SELECT`: the change stream never shows more than the role may
+/// read, and a missing grant is a message that names it.
+pub async fn check_select(
+    client: &Client,
+    info: &ServerInfo,
+    tables: &[(String, String)],
+) -> Result<()> {
+    let (schemas, names): (Vec<&str>, Vec<&str>) =
+        tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) \
+             FROM unnest($1::text[], $2::text[]) AS w(s, t) \
+             JOIN pg_namespace n ON n.nspname = w.s \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.t \
+             WHERE NOT has_table_privilege(c.oid, 'SELECT') ORDER BY 1",
+            &[&schemas, &names],
+        )
+        .await?;
+    let denied: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    if denied.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Setup(format!(
+        "role `{}` may not read {}: walwatch streams only tables its role can SELECT. An \
+         administrator can grant it: GRANT SELECT ON {} TO {};",
+        info.user,
+        denied.join(", "),
+        denied.join(", "),
+        quote_ident(&info.user)
+    )))
+}
+
 /// Checks that an existing publication exists and publishes every watched table.
 pub async fn check_publication(
     client: &Client,
