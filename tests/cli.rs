@@ -77,6 +77,65 @@ fn an_unreachable_server_is_a_clear_error() {
     );
 }
 
+/// The password never reaches the output of a failing run, even with every log level on,
+/// nor `--help` while it is in the environment.
+#[test]
+fn the_password_appears_in_no_log_line_or_error() {
+    let c = support::cluster();
+    let secret = "s3cr3t-Pa55-xyzzy";
+    let port = c.port();
+    // (what, DSN, PGPASSWORD)
+    let runs: Vec<(&str, String, Option<&str>)> = vec![
+        (
+            "wrong password",
+            format!("postgres://walwatch:{secret}@127.0.0.1:{port}/walwatch"),
+            None,
+        ),
+        (
+            "no such database",
+            format!("postgres://walwatch:{secret}@127.0.0.1:{port}/nope"),
+            None,
+        ),
+        (
+            "unreachable",
+            format!("postgres://walwatch:{secret}@127.0.0.1:1/walwatch"),
+            None,
+        ),
+        (
+            "password from the environment",
+            format!("postgres://walwatch@127.0.0.1:{port}/walwatch"),
+            Some(secret),
+        ),
+        (
+            "key=value DSN",
+            format!("host=127.0.0.1 port={port} user=walwatch password={secret} dbname=walwatch"),
+            None,
+        ),
+    ];
+    for (what, dsn, env) in runs {
+        let out = walwatch()
+            .args(["--dsn", &dsn, "--tables", "no_such_table_here"])
+            .envs(env.map(|pw| ("PGPASSWORD", pw)))
+            .env("WALWATCH_LOG", "trace")
+            .output()
+            .expect("spawn walwatch");
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr_of(&out));
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr_of(&out)
+        );
+        assert!(!all.contains(secret), "{what}: the password leaked:\n{all}");
+    }
+    let out = walwatch()
+        .arg("--help")
+        .env("PGPASSWORD", secret)
+        .output()
+        .expect("spawn walwatch");
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+}
+
 #[test]
 fn a_role_without_replication_is_told_how_to_fix_it() {
     let c = support::cluster();
