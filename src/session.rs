@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{Config, EndPos, SinkSpec, SlotMode};
 use crate::decode::Decoder;
@@ -58,7 +58,8 @@ pub struct Outcome {
 
 /// Opens the metadata connection and spawns its connection task.
 pub async fn connect_meta(config: &Config) -> Result<Client> {
-    let (client, conn) = config.conn.tokio_postgres_config().connect(NoTls).await?;
+    let tls = crate::pg::tls::MakeRustls::new(&config.conn.tls)?;
+    let (client, conn) = config.conn.tokio_postgres_config().connect(tls).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("metadata connection closed: {e}");

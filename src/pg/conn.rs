@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -22,7 +24,7 @@ use tokio_postgres::fallible_iterator::FallibleIterator;
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
 use super::error::{ErrorContext, PgError, ServerError};
-use super::params::{ConnParams, Host};
+use super::params::{ChannelBindingMode, ConnParams, Host, SslMode};
 use super::stream::ReplStream;
 use crate::event::Lsn;
 
@@ -33,9 +35,10 @@ const MAX_MESSAGE_LEN: usize = 1 << 30 | 1 << 20;
 /// How much buffer a partly received message may reserve ahead of its bytes.
 const RESERVE_AHEAD: usize = 1 << 20;
 
-/// TCP or unix-domain socket.
+/// TCP, TCP with TLS, or unix-domain socket.
 pub(crate) enum Socket {
     Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -47,6 +50,7 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -60,18 +64,21 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
@@ -188,6 +195,13 @@ pub struct ReplConn {
     parameters: HashMap<String, String>,
     backend_key: Option<(i32, i32)>,
     server_version_num: u32,
+    /// The `tls-server-end-point` channel binding data of a TLS connection (None: no TLS, or
+    /// a certificate whose signature names no hash).
+    end_point: Option<Vec<u8>>,
+    tls: bool,
+    /// The authentication exchange that succeeded: `SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`, `md5`,
+    /// `password`, or `trust` when the server asked for nothing.
+    auth_mechanism: &'static str,
 }
 
 impl std::fmt::Debug for ReplConn {
@@ -205,7 +219,7 @@ impl ReplConn {
     /// Opens the socket, sends the startup packet, authenticates and waits for ReadyForQuery.
     /// `params.connect_timeout` bounds the whole sequence, as in libpq.
     pub async fn connect(params: &ConnParams) -> Result<ReplConn, PgError> {
-        let fut = Self::connect_inner(params);
+        let fut = Self::connect_tls_as_asked(params);
         match params.connect_timeout {
             Some(t) => tokio::time::timeout(t, fut)
                 .await
@@ -217,8 +231,88 @@ impl ReplConn {
         }
     }
 
-    async fn connect_inner(params: &ConnParams) -> Result<ReplConn, PgError> {
+    /// `sslmode` decides the attempts (libpq, 34.19 "SSL Support"): `allow` tries plain first
+    /// and TLS when the server refuses a plain connection; `prefer` tries TLS first and plain
+    /// when the server has none or the TLS handshake fails; the others make one attempt.
+    async fn connect_tls_as_asked(params: &ConnParams) -> Result<ReplConn, PgError> {
+        match params.tls.mode {
+            SslMode::Allow => match Self::connect_inner(params, false).await {
+                // 28000: no pg_hba.conf entry matches the plain connection ("no encryption").
+                Err(e) if e.code() == Some("28000") => Self::connect_inner(params, true).await,
+                other => other,
+            },
+            SslMode::Prefer => match Self::connect_inner(params, true).await {
+                Err(PgError::Tls(why)) => {
+                    tracing::debug!("TLS failed ({why}); sslmode=prefer tries without");
+                    Self::connect_inner(params, false).await
+                }
+                other => other,
+            },
+            SslMode::Disable => Self::connect_inner(params, false).await,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                Self::connect_inner(params, true).await
+            }
+        }
+    }
+
+    /// Asks for TLS (SSLRequest, 55.2.10 "SSL Session Encryption") and does the handshake
+    /// when the server answers `S`; `N` means the server has no TLS.
+    async fn negotiate_tls(
+        mut s: TcpStream,
+        host: &str,
+        params: &ConnParams,
+    ) -> Result<(Socket, Option<Vec<u8>>), PgError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Int32 length 8, Int32 80877103 (1234 << 16 | 5679).
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        match s.read_u8().await? {
+            b'S' => {
+                let config = super::tls::client_config(&params.tls)?;
+                let name = super::tls::server_name(host)?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, s)
+                    .await
+                    .map_err(|e| {
+                        PgError::Tls(format!(
+                            "the TLS handshake with {} failed: {e}{}",
+                            params.target(),
+                            match params.tls.mode {
+                                SslMode::VerifyFull =>
+                                    " (sslmode=verify-full: the certificate must be signed by \
+                                     sslrootcert's CA and name this host)",
+                                SslMode::VerifyCa =>
+                                    " (sslmode=verify-ca: the certificate must be signed by \
+                                     sslrootcert's CA)",
+                                _ => "",
+                            }
+                        ))
+                    })?;
+                let end_point = super::tls::peer_end_point(&tls);
+                Ok((Socket::Tls(Box::new(tls)), end_point))
+            }
+            b'N' if matches!(params.tls.mode, SslMode::Allow | SslMode::Prefer) => {
+                Ok((Socket::Tcp(s), None))
+            }
+            b'N' => Err(PgError::Tls(format!(
+                "the server at {} does not accept TLS connections (it answered N to SSLRequest), \
+                 and sslmode={} needs TLS: turn on ssl in postgresql.conf, or use sslmode=prefer",
+                params.target(),
+                match params.tls.mode {
+                    SslMode::Require => "require",
+                    SslMode::VerifyCa => "verify-ca",
+                    _ => "verify-full",
+                }
+            ))),
+            other => Err(PgError::Protocol(format!(
+                "the server answered SSLRequest with `{}`, not S or N",
+                other.escape_ascii()
+            ))),
+        }
+    }
+
+    async fn connect_inner(params: &ConnParams, want_tls: bool) -> Result<ReplConn, PgError> {
         let ctx = params.error_context();
+        let mut end_point = None;
         let socket = match &params.host {
             Host::Tcp(h) => {
                 let s = TcpStream::connect((h.as_str(), params.port))
@@ -229,7 +323,13 @@ impl ReplConn {
                     })?;
                 // Standby status updates are tiny and latency matters (keepalive replies).
                 s.set_nodelay(true)?;
-                Socket::Tcp(s)
+                if want_tls {
+                    let (socket, ep) = Self::negotiate_tls(s, h, params).await?;
+                    end_point = ep;
+                    socket
+                } else {
+                    Socket::Tcp(s)
+                }
             }
             Host::Unix(_) => {
                 let path = params.socket_path().unwrap_or_default();
@@ -242,12 +342,16 @@ impl ReplConn {
                 Socket::Unix(s)
             }
         };
+        let tls = matches!(socket, Socket::Tls(_));
         let mut conn = ReplConn {
             framed: Framed::new(socket, PgCodec),
             ctx,
             parameters: HashMap::new(),
             backend_key: None,
             server_version_num: 0,
+            end_point,
+            tls,
+            auth_mechanism: "trust",
         };
         conn.startup(params).await?;
         Ok(conn)
@@ -318,14 +422,31 @@ impl ReplConn {
         };
         loop {
             match self.recv().await? {
-                Backend::Other(Message::AuthenticationOk) => return Ok(()),
+                Backend::Other(Message::AuthenticationOk) => {
+                    // channel_binding=require: the server must have proved it holds the
+                    // certificate's session, which only SCRAM-SHA-256-PLUS does (libpq refuses
+                    // trust, password and md5 here too).
+                    if params.tls.channel_binding == ChannelBindingMode::Require
+                        && self.auth_mechanism != SCRAM_SHA_256_PLUS
+                    {
+                        return Err(PgError::Auth(format!(
+                            "channel_binding=require, but the server authenticated role \"{}\" \
+                             with {} instead of SCRAM-SHA-256-PLUS: nothing proves it is the \
+                             server the TLS certificate names",
+                            params.user, self.auth_mechanism
+                        )));
+                    }
+                    return Ok(());
+                }
                 Backend::Other(Message::AuthenticationCleartextPassword) => {
+                    self.auth_mechanism = "password";
                     let pw = need_password()?;
                     let mut buf = BytesMut::new();
                     frontend::password_message(pw.as_bytes(), &mut buf)?;
                     self.send(buf).await?;
                 }
                 Backend::Other(Message::AuthenticationMd5Password(body)) => {
+                    self.auth_mechanism = "md5";
                     let pw = need_password()?;
                     let hash = md5_hash(params.user.as_bytes(), pw.as_bytes(), body.salt());
                     let mut buf = BytesMut::new();
@@ -339,7 +460,8 @@ impl ReplConn {
                         mechanisms.push(m.to_string());
                     }
                     let pw = need_password()?;
-                    self.scram(pw, &mechanisms).await?;
+                    self.scram(pw, &mechanisms, params.tls.channel_binding)
+                        .await?;
                 }
                 Backend::Error(body) => return Err(self.server_error(&body)),
                 Backend::Notice(body) => self.notice(&body),
@@ -359,25 +481,58 @@ impl ReplConn {
         }
     }
 
-    /// SCRAM-SHA-256 without channel binding ("SASL Authentication"). Channel binding
-    /// (SCRAM-SHA-256-PLUS) needs TLS, which this connection does not do yet.
-    async fn scram(&mut self, password: &str, mechanisms: &[String]) -> Result<(), PgError> {
-        if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
-            let offered = mechanisms.join(", ");
-            let why = if mechanisms.iter().any(|m| m == "SCRAM-SHA-256-PLUS") {
-                "SCRAM-SHA-256-PLUS needs channel binding over TLS, which walwatch does not do \
-                 yet; allow plain scram-sha-256 for this connection"
+    /// SCRAM-SHA-256, with `tls-server-end-point` channel binding (SCRAM-SHA-256-PLUS) over TLS
+    /// when the server offers it and `channel_binding` allows ("SASL Authentication", 55.3.1).
+    /// The GS2 header tells the server what the client could do, so a man in the middle that
+    /// strips the PLUS offer is caught by the server ("y": client supports binding, thought the
+    /// server did not).
+    async fn scram(
+        &mut self,
+        password: &str,
+        mechanisms: &[String],
+        binding: ChannelBindingMode,
+    ) -> Result<(), PgError> {
+        let offered = |m: &str| mechanisms.iter().any(|x| x == m);
+        let (mechanism, channel) = match (binding, &self.end_point) {
+            (ChannelBindingMode::Disable, _) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+            (_, Some(hash)) if offered(SCRAM_SHA_256_PLUS) => (
+                SCRAM_SHA_256_PLUS,
+                ChannelBinding::tls_server_end_point(hash.clone()),
+            ),
+            (ChannelBindingMode::Require, _) => {
+                let why = if !self.tls {
+                    "the connection is not TLS (check sslmode, and that the server has ssl = on)"
+                } else if self.end_point.is_none() {
+                    "the server's certificate has no hash to bind to (an Ed25519 certificate)"
+                } else {
+                    "the server does not offer SCRAM-SHA-256-PLUS"
+                };
+                return Err(PgError::Auth(format!(
+                    "channel_binding=require, but channel binding is not possible: {why}; the \
+                     server offers SASL mechanisms [{}]",
+                    mechanisms.join(", ")
+                )));
+            }
+            (ChannelBindingMode::Prefer, Some(_)) => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+            (ChannelBindingMode::Prefer, None) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+        };
+        if !offered(mechanism) {
+            let hint = if offered(SCRAM_SHA_256_PLUS) && !self.tls {
+                ": SCRAM-SHA-256-PLUS binds to a TLS session, and this connection is not TLS \
+                 (use sslmode=require or stricter, with ssl = on on the server)"
             } else {
-                "walwatch supports SCRAM-SHA-256"
+                ""
             };
             return Err(PgError::Auth(format!(
-                "the server offers SASL mechanisms [{offered}]: {why}"
+                "the server offers SASL mechanisms [{}], and walwatch can do {mechanism} \
+                 here{hint}",
+                mechanisms.join(", ")
             )));
         }
-        // `unsupported`: we cannot do channel binding (gs2 header "n,,").
-        let mut scram = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        self.auth_mechanism = mechanism;
+        let mut scram = ScramSha256::new(password.as_bytes(), channel);
         let mut buf = BytesMut::new();
-        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut buf)?;
+        frontend::sasl_initial_response(mechanism, scram.message(), &mut buf)?;
         self.send(buf).await?;
         loop {
             match self.recv().await? {
@@ -561,6 +716,17 @@ impl ReplConn {
     }
 
     /// `server_version_num` as reported, or derived from `server_version` (15.20 → 150020).
+    /// The authentication exchange that succeeded (`SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`,
+    /// `md5`, `password`, `trust`).
+    pub fn auth_mechanism(&self) -> &'static str {
+        self.auth_mechanism
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     pub fn server_version_num(&self) -> u32 {
         self.server_version_num
     }
@@ -843,7 +1009,13 @@ mod tests {
                 let (s, _) = l.accept().await.unwrap();
                 script(s).await;
             });
-            let dsn = format!("host=127.0.0.1 port={port} user=u dbname=d {dsn_extra}");
+            // The scripts speak plain protocol unless they ask for TLS negotiation themselves.
+            let tls = if dsn_extra.contains("sslmode") {
+                ""
+            } else {
+                "sslmode=disable"
+            };
+            let dsn = format!("host=127.0.0.1 port={port} user=u dbname=d {tls} {dsn_extra}");
             ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap()
         }
 
@@ -885,6 +1057,61 @@ mod tests {
         conn.close().await.unwrap();
     }
 
+    /// The first 8 bytes a client sends, and what it does after the server answers `answer`.
+    async fn ssl_request_exchange(sslmode: &str, answer: u8) -> (Vec<u8>, Result<(), String>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let p = fake::serve(&format!("sslmode={sslmode}"), move |mut s| async move {
+            use tokio::io::AsyncReadExt;
+            let mut first = vec![0; 8];
+            s.read_exact(&mut first).await.unwrap();
+            let is_ssl_request = first == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+            let _ = tx.send(first);
+            if is_ssl_request {
+                fake::write(&mut s, &[answer]).await;
+                if answer == b'N' {
+                    fake::read_startup(&mut s).await;
+                    fake::write(&mut s, &fake::ready()).await;
+                }
+            } else {
+                // The rest of a startup packet.
+                let mut rest = vec![0; 1024];
+                let _ = s.read(&mut rest).await;
+                fake::write(&mut s, &fake::ready()).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        })
+        .await;
+        let res = ReplConn::connect(&p)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        (rx.await.unwrap(), res)
+    }
+
+    #[tokio::test]
+    async fn sslmode_decides_whether_tls_is_asked_and_needed() {
+        const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        // disable never sends SSLRequest: the first bytes are the startup packet (v3.0).
+        let (first, res) = ssl_request_exchange("disable", b'N').await;
+        assert_eq!(&first[4..8], &[0, 3, 0, 0], "{first:?}");
+        assert_eq!(res, Ok(()));
+        // prefer asks, and goes on in plain text when the server has no TLS.
+        let (first, res) = ssl_request_exchange("prefer", b'N').await;
+        assert_eq!(first, SSL_REQUEST);
+        assert_eq!(res, Ok(()));
+        // require asks, and stops when the server has no TLS.
+        let (first, res) = ssl_request_exchange("require", b'N').await;
+        assert_eq!(first, SSL_REQUEST);
+        let e = res.unwrap_err();
+        assert!(
+            e.contains("does not accept TLS") && e.contains("sslmode=require"),
+            "{e}"
+        );
+        // An answer that is neither S nor N is a protocol error.
+        let (_, res) = ssl_request_exchange("require", b'E').await;
+        assert!(res.unwrap_err().contains("not S or N"));
+    }
+
     #[tokio::test]
     async fn scram_plus_only_is_a_clear_error() {
         let p = fake::serve("password=pw", |mut s| async move {
@@ -897,6 +1124,50 @@ mod tests {
         let s = e.to_string();
         assert!(matches!(e, PgError::Auth(_)), "{s}");
         assert!(s.contains("SCRAM-SHA-256-PLUS") && s.contains("TLS"), "{s}");
+    }
+
+    #[tokio::test]
+    async fn channel_binding_required_without_tls_is_a_clear_error() {
+        // Offered SCRAM-SHA-256 on a plain connection.
+        let p = fake::serve(
+            "password=pw sslmode=prefer channel_binding=require",
+            |mut s| async move {
+                let mut first = [0u8; 8];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut first)
+                    .await
+                    .unwrap();
+                fake::write(&mut s, b"N").await;
+                fake::read_startup(&mut s).await;
+                fake::write(&mut s, &fake::auth(10, b"SCRAM-SHA-256\0\0")).await;
+                let _ = fake::read_msg(&mut s).await;
+            },
+        )
+        .await;
+        let e = ReplConn::connect(&p).await.unwrap_err().to_string();
+        assert!(
+            e.contains("channel_binding=require") && e.contains("not TLS"),
+            "{e}"
+        );
+        // Trust (no password exchange at all) does not satisfy it either.
+        let p = fake::serve(
+            "sslmode=prefer channel_binding=require",
+            |mut s| async move {
+                let mut first = [0u8; 8];
+                tokio::io::AsyncReadExt::read_exact(&mut s, &mut first)
+                    .await
+                    .unwrap();
+                fake::write(&mut s, b"N").await;
+                fake::read_startup(&mut s).await;
+                fake::write(&mut s, &fake::ready()).await;
+                let _ = fake::read_msg(&mut s).await;
+            },
+        )
+        .await;
+        let e = ReplConn::connect(&p).await.unwrap_err().to_string();
+        assert!(
+            e.contains("with trust instead of SCRAM-SHA-256-PLUS"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -235,6 +235,11 @@ pub enum PgError {
     /// The server sent something we cannot make sense of. A bug or an incompatible server.
     #[error("replication protocol error: {0}")]
     Protocol(String),
+
+    /// TLS could not be set up as `sslmode` asks (no TLS on the server, a certificate that
+    /// does not verify, unreadable certificate files): the message says which.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl PgError {
@@ -245,7 +250,7 @@ impl PgError {
         match self {
             PgError::Io(_) | PgError::Connect { .. } | PgError::ConnectTimeout { .. } => true,
             PgError::Server(e) => e.is_transient(),
-            PgError::Params(_) | PgError::Auth(_) | PgError::Protocol(_) => false,
+            PgError::Params(_) | PgError::Auth(_) | PgError::Protocol(_) | PgError::Tls(_) => false,
         }
     }
 

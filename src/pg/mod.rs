@@ -7,3 +7,4 @@ pub mod params;
 pub mod quote;
 pub mod slot;
 pub mod stream;
+pub(crate) mod tls;

@@ -66,6 +66,68 @@ pub struct ConnParams {
     pub application_name: String,
     /// None: wait as long as the OS does (libpq's default, and its reading of 0).
     pub connect_timeout: Option<Duration>,
+    /// TLS and channel binding, with libpq's meanings.
+    pub tls: TlsParams,
+}
+
+/// `sslmode` (libpq, 34.19 "SSL Support", table "SSL Mode Descriptions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never TLS: no SSLRequest is sent.
+    Disable,
+    /// Plain first; TLS only if the server refuses the plain connection.
+    Allow,
+    /// TLS if the server offers it, plain otherwise (the default).
+    Prefer,
+    /// TLS, without checking the certificate (unless a root certificate is given: then as
+    /// `VerifyCa`).
+    Require,
+    /// TLS, with a certificate signed by a trusted CA.
+    VerifyCa,
+    /// TLS, with a certificate signed by a trusted CA for the host name connected to.
+    VerifyFull,
+}
+
+/// Where trusted CA certificates come from (`sslrootcert`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootCert {
+    /// A PEM file of CA certificates.
+    File(PathBuf),
+    /// The operating system's store (`sslrootcert=system`).
+    System,
+}
+
+/// `channel_binding`: whether SCRAM-SHA-256-PLUS binds the authentication to the TLS session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelBindingMode {
+    Disable,
+    /// Use it when the server offers it over TLS (the default).
+    Prefer,
+    /// Fail unless the server authenticates with channel binding.
+    Require,
+}
+
+/// The TLS settings of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsParams {
+    pub mode: SslMode,
+    pub root_cert: Option<RootCert>,
+    /// A client certificate (PEM) and its key, for `cert` authentication.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub channel_binding: ChannelBindingMode,
+}
+
+impl Default for TlsParams {
+    fn default() -> Self {
+        TlsParams {
+            mode: SslMode::Prefer,
+            root_cert: None,
+            cert: None,
+            key: None,
+            channel_binding: ChannelBindingMode::Prefer,
+        }
+    }
 }
 
 /// libpq keywords we accept and ignore (they do not change what walwatch does, or are handled
@@ -101,6 +163,9 @@ struct Raw {
     connect_timeout: Option<String>,
     passfile: Option<String>,
     sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    sslcert: Option<String>,
+    sslkey: Option<String>,
     channel_binding: Option<String>,
 }
 
@@ -118,6 +183,9 @@ impl Raw {
             "connect_timeout" => &mut self.connect_timeout,
             "passfile" => &mut self.passfile,
             "sslmode" => &mut self.sslmode,
+            "sslrootcert" => &mut self.sslrootcert,
+            "sslcert" => &mut self.sslcert,
+            "sslkey" => &mut self.sslkey,
             "channel_binding" => &mut self.channel_binding,
             k if IGNORED_KEYS.contains(&k) || k.starts_with("ssl") => return Ok(()),
             k => return Err(ParamsError::UnknownOption(k.to_string())),
@@ -125,6 +193,85 @@ impl Raw {
         *slot = Some(value);
         Ok(())
     }
+}
+
+/// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `channel_binding` (and PGSSLMODE,
+/// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCHANNELBINDING), with libpq's defaults: the root
+/// certificate `~/.postgresql/root.crt` and the client certificate `~/.postgresql/postgresql.crt`
+/// (key `postgresql.key`) when those files exist, and `require` acting as `verify-ca` when a
+/// root certificate is there.
+fn tls_params(
+    raw: &mut Raw,
+    pick: &dyn Fn(Option<String>, &str) -> Option<String>,
+    home: Option<&Path>,
+) -> Result<TlsParams, ParamsError> {
+    let mut tls = TlsParams::default();
+    if let Some(mode) = pick(raw.sslmode.take(), "PGSSLMODE") {
+        tls.mode = match mode.as_str() {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => {
+                return Err(ParamsError::InvalidValue {
+                    key: "sslmode".into(),
+                    value: mode,
+                    why: "expected disable, allow, prefer, require, verify-ca or verify-full"
+                        .into(),
+                });
+            }
+        };
+    }
+    if let Some(cb) = pick(raw.channel_binding.take(), "PGCHANNELBINDING") {
+        tls.channel_binding = match cb.as_str() {
+            "disable" => ChannelBindingMode::Disable,
+            "prefer" => ChannelBindingMode::Prefer,
+            "require" => ChannelBindingMode::Require,
+            _ => {
+                return Err(ParamsError::InvalidValue {
+                    key: "channel_binding".into(),
+                    value: cb,
+                    why: "expected disable, prefer or require".into(),
+                });
+            }
+        };
+    }
+    let dot = home.map(|h| h.join(".postgresql"));
+    let existing = |name: &str| dot.as_ref().map(|d| d.join(name)).filter(|p| p.is_file());
+    tls.root_cert = match pick(raw.sslrootcert.take(), "PGSSLROOTCERT") {
+        Some(r) if r == "system" => Some(RootCert::System),
+        Some(r) => Some(RootCert::File(PathBuf::from(r))),
+        None => existing("root.crt").map(RootCert::File),
+    };
+    tls.cert = pick(raw.sslcert.take(), "PGSSLCERT")
+        .map(PathBuf::from)
+        .or_else(|| existing("postgresql.crt"));
+    tls.key = pick(raw.sslkey.take(), "PGSSLKEY")
+        .map(PathBuf::from)
+        .or_else(|| existing("postgresql.key"));
+    if tls.mode == SslMode::Require && tls.root_cert.is_some() {
+        tls.mode = SslMode::VerifyCa;
+    }
+    if matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull) && tls.root_cert.is_none() {
+        return Err(ParamsError::InvalidValue {
+            key: "sslrootcert".into(),
+            value: String::new(),
+            why: "sslmode=verify-ca and verify-full check the server's certificate against a \
+                  root certificate: give sslrootcert=FILE (PEM), or sslrootcert=system for the \
+                  operating system's store, or put it in ~/.postgresql/root.crt"
+                .into(),
+        });
+    }
+    if tls.mode == SslMode::Disable && tls.channel_binding == ChannelBindingMode::Require {
+        return Err(ParamsError::InvalidValue {
+            key: "channel_binding".into(),
+            value: "require".into(),
+            why: "channel binding needs TLS, and sslmode=disable rules it out".into(),
+        });
+    }
+    Ok(tls)
 }
 
 /// Things outside the DSN/env that defaults depend on; injectable for tests.
@@ -166,29 +313,7 @@ impl ConnParams {
         let env = |k: &str| env(k).filter(|v| !v.is_empty());
         let pick = |v: Option<String>, var: &str| v.filter(|v| !v.is_empty()).or_else(|| env(var));
 
-        if let Some(mode) = pick(raw.sslmode.take(), "PGSSLMODE") {
-            match mode.as_str() {
-                "disable" | "allow" | "prefer" => {}
-                "require" | "verify-ca" | "verify-full" => {
-                    return Err(ParamsError::Unsupported(format!(
-                        "sslmode={mode} (TLS); use sslmode=disable or prefer for now"
-                    )));
-                }
-                _ => {
-                    return Err(ParamsError::InvalidValue {
-                        key: "sslmode".into(),
-                        value: mode,
-                        why: "expected disable, allow, prefer, require, verify-ca or verify-full"
-                            .into(),
-                    });
-                }
-            }
-        }
-        if pick(raw.channel_binding.take(), "PGCHANNELBINDING").as_deref() == Some("require") {
-            return Err(ParamsError::Unsupported(
-                "channel_binding=require (needs TLS)".into(),
-            ));
-        }
+        let tls = tls_params(&mut raw, &pick, home)?;
 
         let port_s = pick(raw.port, "PGPORT");
         let port = match port_s {
@@ -259,6 +384,7 @@ impl ConnParams {
             dbname,
             application_name,
             connect_timeout,
+            tls,
         };
         if params.password.is_none() {
             let passfile = pick(raw.passfile, "PGPASSFILE")
@@ -340,6 +466,24 @@ impl ConnParams {
         if let Some(t) = self.connect_timeout {
             c.connect_timeout(t);
         }
+        // tokio-postgres knows disable, prefer and require; the certificate checks of
+        // verify-ca and verify-full are in the TLS connector (pg::tls), and `allow` (plain
+        // first) is taken as `prefer` there.
+        // No TLS over unix-domain sockets (the server has none there; libpq skips it too).
+        let unix = matches!(self.host, Host::Unix(_));
+        c.ssl_mode(match self.tls.mode {
+            _ if unix => tokio_postgres::config::SslMode::Disable,
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        });
+        c.channel_binding(match self.tls.channel_binding {
+            ChannelBindingMode::Disable => tokio_postgres::config::ChannelBinding::Disable,
+            ChannelBindingMode::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+            ChannelBindingMode::Require => tokio_postgres::config::ChannelBinding::Require,
+        });
         c
     }
 
@@ -794,10 +938,61 @@ mod tests {
             Err(ParamsError::Unsupported(_))
         ));
         assert!(matches!(
-            resolve(Some("sslmode=require"), &[]),
-            Err(ParamsError::Unsupported(_))
+            resolve(Some("sslmode=verify-full"), &[]),
+            Err(ParamsError::InvalidValue { ref key, .. }) if key == "sslrootcert"
         ));
-        assert!(resolve(Some("sslmode=prefer"), &[]).is_ok());
+        assert!(matches!(
+            resolve(Some("sslmode=disable channel_binding=require"), &[]),
+            Err(ParamsError::InvalidValue { ref key, .. }) if key == "channel_binding"
+        ));
+        assert!(matches!(
+            resolve(Some("sslmode=sometimes"), &[]),
+            Err(ParamsError::InvalidValue { ref key, .. }) if key == "sslmode"
+        ));
+    }
+
+    #[test]
+    fn tls_settings_follow_libpq() {
+        let p = resolve(Some("host=h"), &[]).unwrap();
+        assert_eq!(p.tls, TlsParams::default());
+        assert_eq!(p.tls.mode, SslMode::Prefer);
+        let p = resolve(Some("sslmode=require"), &[]).unwrap();
+        assert_eq!(p.tls.mode, SslMode::Require);
+        // A root certificate makes require check the chain, as in libpq.
+        let p = resolve(Some("sslmode=require sslrootcert=/ca.pem"), &[]).unwrap();
+        assert_eq!(p.tls.mode, SslMode::VerifyCa);
+        assert_eq!(p.tls.root_cert, Some(RootCert::File("/ca.pem".into())));
+        let p = resolve(
+            Some("postgres://u@h/d?sslmode=verify-full&sslrootcert=system&channel_binding=require"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::VerifyFull);
+        assert_eq!(p.tls.root_cert, Some(RootCert::System));
+        assert_eq!(p.tls.channel_binding, ChannelBindingMode::Require);
+        let p = resolve(
+            Some("host=h"),
+            &[
+                ("PGSSLMODE", "verify-ca"),
+                ("PGSSLROOTCERT", "/r.pem"),
+                ("PGSSLCERT", "/c.pem"),
+                ("PGSSLKEY", "/k.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.tls.mode, SslMode::VerifyCa);
+        assert_eq!(
+            (p.tls.cert.as_deref(), p.tls.key.as_deref()),
+            (Some(Path::new("/c.pem")), Some(Path::new("/k.pem")))
+        );
+        // JDBC's ssl=true.
+        assert_eq!(
+            resolve(Some("postgres://h/d?ssl=true"), &[])
+                .unwrap()
+                .tls
+                .mode,
+            SslMode::Require
+        );
     }
 
     #[test]
@@ -845,6 +1040,7 @@ mod tests {
             dbname: db.into(),
             application_name: "walwatch".into(),
             connect_timeout: None,
+            tls: TlsParams::default(),
         }
     }
 
