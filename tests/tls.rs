@@ -54,17 +54,30 @@ fn tls_cluster(ca: &Ca, dir: &Path) -> (ScratchCluster, PathBuf) {
     for (name, pem) in [
         ("walwatch-server.crt", cert.pem()),
         ("walwatch-server.key", key.serialize_pem()),
+        ("walwatch-ca.crt", ca.cert.pem()),
     ] {
         let path = data.join(name);
         std::fs::write(&path, pem).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
     }
+    // A role that logs in with a client certificate only (CN = role name, the `cert` method).
+    let hba = data.join("pg_hba.conf");
+    let lines = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("hostssl all,replication walwatch_cert 127.0.0.1/32 cert\n{lines}"),
+    )
+    .unwrap();
+    cluster
+        .psql("postgres", "CREATE ROLE walwatch_cert LOGIN REPLICATION;")
+        .unwrap();
     cluster
         .psql(
             "postgres",
             "ALTER SYSTEM SET ssl_cert_file = 'walwatch-server.crt';
              ALTER SYSTEM SET ssl_key_file = 'walwatch-server.key';
+             ALTER SYSTEM SET ssl_ca_file = 'walwatch-ca.crt';
              ALTER SYSTEM SET ssl = on;
              SELECT pg_reload_conf();",
         )
@@ -204,6 +217,44 @@ async fn verify_full_checks_the_ca_and_the_host_name_and_binds_the_channel() {
     assert!(
         walwatch::session::connect_meta(&bad).await.is_err(),
         "the metadata connection must verify the host name too"
+    );
+
+    // A client certificate (CN = the role) instead of a password.
+    let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    cp.distinguished_name
+        .push(rcgen::DnType::CommonName, "walwatch_cert");
+    let ck = rcgen::KeyPair::generate().unwrap();
+    let client = cp.signed_by(&ck, &right.issuer).unwrap();
+    let (crt, key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    std::fs::write(&crt, client.pem()).unwrap();
+    std::fs::write(&key, ck.serialize_pem()).unwrap();
+    let cert_dsn = |extra: &str| {
+        format!(
+            "host=localhost port={} user=walwatch_cert dbname=walwatch sslmode=verify-full \
+             sslrootcert={} {extra}",
+            cluster.port(),
+            ca_file.display()
+        )
+    };
+    let p = ConnParams::resolve(
+        Some(&cert_dsn(&format!(
+            "sslcert={} sslkey={}",
+            crt.display(),
+            key.display()
+        ))),
+        &|_| None,
+        None,
+    )
+    .unwrap();
+    let conn = ReplConn::connect(&p)
+        .await
+        .expect("certificate authentication");
+    assert_eq!(conn.auth_mechanism(), walwatch::pg::conn::NO_PASSWORD);
+    let p = ConnParams::resolve(Some(&cert_dsn("")), &|_| None, None).unwrap();
+    let e = ReplConn::connect(&p).await.unwrap_err().to_string();
+    assert!(
+        e.contains("client certificate"),
+        "without the certificate: {e}"
     );
 
     // And walwatch end to end over verify-full.

@@ -32,6 +32,10 @@ use crate::event::Lsn;
 /// larger length can only be a corrupt stream; refuse it instead of allocating.
 const MAX_MESSAGE_LEN: usize = 1 << 30 | 1 << 20;
 
+/// [`ReplConn::auth_mechanism`] when the server asked for no password (trust, or a client
+/// certificate).
+pub const NO_PASSWORD: &str = "no password exchange (trust or a client certificate)";
+
 /// How much buffer a partly received message may reserve ahead of its bytes.
 const RESERVE_AHEAD: usize = 1 << 20;
 
@@ -200,7 +204,7 @@ pub struct ReplConn {
     end_point: Option<Vec<u8>>,
     tls: bool,
     /// The authentication exchange that succeeded: `SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`, `md5`,
-    /// `password`, or `trust` when the server asked for nothing.
+    /// `password`, or [`NO_PASSWORD`] when the server asked for nothing.
     auth_mechanism: &'static str,
 }
 
@@ -351,7 +355,7 @@ impl ReplConn {
             server_version_num: 0,
             end_point,
             tls,
-            auth_mechanism: "trust",
+            auth_mechanism: NO_PASSWORD,
         };
         conn.startup(params).await?;
         Ok(conn)
@@ -717,7 +721,7 @@ impl ReplConn {
 
     /// `server_version_num` as reported, or derived from `server_version` (15.20 → 150020).
     /// The authentication exchange that succeeded (`SCRAM-SHA-256-PLUS`, `SCRAM-SHA-256`,
-    /// `md5`, `password`, `trust`).
+    /// `md5`, `password`, or [`NO_PASSWORD`]).
     pub fn auth_mechanism(&self) -> &'static str {
         self.auth_mechanism
     }
@@ -1165,7 +1169,7 @@ mod tests {
         .await;
         let e = ReplConn::connect(&p).await.unwrap_err().to_string();
         assert!(
-            e.contains("with trust instead of SCRAM-SHA-256-PLUS"),
+            e.contains("with no password exchange (trust or a client certificate) instead of SCRAM-SHA-256-PLUS"),
             "{e}"
         );
     }
