@@ -1023,6 +1023,14 @@ mod tests {
             ConnParams::resolve(Some(&dsn), &|_| None, None).unwrap()
         }
 
+        /// Reads the SSLRequest, answers N (no TLS here), then reads the startup packet.
+        pub(super) async fn refuse_tls(s: &mut tokio::net::TcpStream) {
+            let mut first = [0u8; 8];
+            s.read_exact(&mut first).await.unwrap();
+            write(s, b"N").await;
+            read_startup(s).await;
+        }
+
         pub(super) async fn write(s: &mut tokio::net::TcpStream, b: &[u8]) {
             s.write_all(b).await.unwrap();
         }
@@ -1136,12 +1144,7 @@ mod tests {
         let p = fake::serve(
             "password=pw sslmode=prefer channel_binding=require",
             |mut s| async move {
-                let mut first = [0u8; 8];
-                tokio::io::AsyncReadExt::read_exact(&mut s, &mut first)
-                    .await
-                    .unwrap();
-                fake::write(&mut s, b"N").await;
-                fake::read_startup(&mut s).await;
+                fake::refuse_tls(&mut s).await;
                 fake::write(&mut s, &fake::auth(10, b"SCRAM-SHA-256\0\0")).await;
                 let _ = fake::read_msg(&mut s).await;
             },
@@ -1156,12 +1159,7 @@ mod tests {
         let p = fake::serve(
             "sslmode=prefer channel_binding=require",
             |mut s| async move {
-                let mut first = [0u8; 8];
-                tokio::io::AsyncReadExt::read_exact(&mut s, &mut first)
-                    .await
-                    .unwrap();
-                fake::write(&mut s, b"N").await;
-                fake::read_startup(&mut s).await;
+                fake::refuse_tls(&mut s).await;
                 fake::write(&mut s, &fake::ready()).await;
                 let _ = fake::read_msg(&mut s).await;
             },

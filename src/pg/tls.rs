@@ -403,34 +403,30 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_signature_algorithm_picks_the_binding_hash() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+    /// A self-signed certificate for localhost, signed with `alg`.
+    fn self_signed(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        rcgen::CertificateParams::new(vec!["localhost".into()])
             .unwrap()
             .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
+            .unwrap()
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_signature_algorithm_picks_the_binding_hash() {
+        let der = self_signed(&rcgen::PKCS_ECDSA_P256_SHA256);
         assert_eq!(
             server_end_point(&der),
             Some(sha2::Sha256::digest(&der).to_vec())
         );
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
+        let der = self_signed(&rcgen::PKCS_ECDSA_P384_SHA384);
         assert_eq!(
             server_end_point(&der),
             Some(sha2::Sha384::digest(&der).to_vec())
         );
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        assert_eq!(server_end_point(cert.der()), None);
+        assert_eq!(server_end_point(&self_signed(&rcgen::PKCS_ED25519)), None);
         assert_eq!(server_end_point(b"\x30\x03\x02\x01"), None);
         assert_eq!(server_end_point(b""), None);
     }
