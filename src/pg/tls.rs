@@ -50,6 +50,13 @@ pub(crate) fn client_config(params: &TlsParams) -> Result<Arc<ClientConfig>, PgE
                 Arc::new(ChainOnly(webpki))
             }
         }
+        (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+            // ConnParams::resolve refuses this; a hand-built TlsParams must not verify nothing.
+            return Err(tls_error(
+                "sslmode=verify-ca/verify-full needs sslrootcert (a PEM file, or system)"
+                    .to_string(),
+            ));
+        }
         _ => Arc::new(Unverified(provider.signature_verification_algorithms)),
     };
     let builder = builder
@@ -429,5 +436,17 @@ mod tests {
         assert_eq!(server_end_point(&self_signed(&rcgen::PKCS_ED25519)), None);
         assert_eq!(server_end_point(b"\x30\x03\x02\x01"), None);
         assert_eq!(server_end_point(b""), None);
+    }
+
+    #[test]
+    fn verify_modes_without_a_root_certificate_are_refused() {
+        for mode in [SslMode::VerifyCa, SslMode::VerifyFull] {
+            let params = TlsParams {
+                mode,
+                ..TlsParams::default()
+            };
+            assert!(client_config(&params).is_err(), "{mode:?} verified nothing");
+        }
+        assert!(client_config(&TlsParams::default()).is_ok());
     }
 }
