@@ -1020,7 +1020,21 @@ fn retained_wal_above_the_threshold_is_a_warning() {
     let slot = support::unique_name("rslot");
     sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
     harness::create_slot(&slot, &t);
-    // WAL the slot must keep: written after the slot, never confirmed yet.
+    // A transaction left open from before the WAL below: the slot's restart_lsn cannot pass
+    // its start however fast walwatch confirms, so the retained WAL stays above the threshold
+    // whenever walwatch looks (it looks 1 s after start, then every 30 s).
+    let rt = tokio_rt();
+    let open = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&dsn(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (0);"))
+            .await
+            .unwrap();
+        client
+    });
     sql(&format!(
         "INSERT INTO {t} SELECT generate_series(1, 20000);"
     ));
@@ -1049,6 +1063,8 @@ fn retained_wal_above_the_threshold_is_a_warning() {
     });
     let _ = cluster;
     drop(_child);
+    drop(open);
+    drop(rt);
     drop_slot(&slot);
 }
 
