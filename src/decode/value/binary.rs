@@ -237,6 +237,12 @@ pub(super) fn array(b: &[u8], elem: &mut dyn FnMut(u32, &[u8]) -> Value) -> Opti
     } else {
         dims.iter().try_fold(1usize, |a, &n| a.checked_mul(n))?
     };
+    // array_send writes an empty array as ndim 0, never as a dimension of length 0; such a
+    // header is not from a server, and its other dimensions could claim billions of (empty)
+    // sub-arrays for nothing (found by the `values` fuzz target).
+    if ndim > 0 && total == 0 {
+        return None;
+    }
     // Each element takes at least its 4-byte length: bounds the allocation on garbage input.
     if total > r.0.len() / 4 {
         return None;

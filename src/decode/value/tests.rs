@@ -1136,3 +1136,17 @@ fn column_kinds_resolve_domains_enums_and_arrays() {
     assert_eq!(r.kind_of(20_004), ColumnKind::Other);
     assert_eq!(r.kind_of(99_999), ColumnKind::Other);
 }
+
+#[test]
+fn a_binary_array_with_a_zero_dimension_allocates_nothing() {
+    // ndim 2, dims [2^31 - 1, 0]: zero elements, but nesting them would build 2^31 - 1 empty
+    // arrays (16 GB of Values). The `values` fuzz target found the shape.
+    let mut b = Vec::new();
+    for v in [2i32, 0, 23, i32::MAX, 1, 0, 1] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    let started = std::time::Instant::now();
+    let v = TypeRegistry::new().parse_binary(1007, &b);
+    assert!(matches!(v, Value::Other(_)), "{v:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+}
