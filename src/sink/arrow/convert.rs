@@ -46,7 +46,10 @@ fn micros_frac(b: &[u8]) -> Option<i64> {
 /// the year given, and the bytes used. `bc` turns year Y BC into the proleptic year 1 - Y.
 fn ymd(b: &[u8], bc: bool) -> Option<(i64, usize)> {
     let ylen = b.iter().take_while(|c| c.is_ascii_digit()).count();
-    if ylen < 4 || b.get(ylen) != Some(&b'-') || b.get(ylen + 3) != Some(&b'-') {
+    // PostgreSQL's largest year is 5874897 (date): at most 7 digits, which also keeps the day
+    // arithmetic far from overflow (a longer year overflowed it; found by the values fuzz
+    // target).
+    if !(4..=7).contains(&ylen) || b.get(ylen) != Some(&b'-') || b.get(ylen + 3) != Some(&b'-') {
         return None;
     }
     let y = num(&b[..ylen])?;
@@ -250,7 +253,16 @@ mod tests {
         assert_eq!(date32("infinity"), Some(i32::MAX));
         assert_eq!(date32("-infinity"), Some(-i32::MAX));
         assert_eq!(date32("12345-06-07").map(|d| d > 0), Some(true));
-        for bad in ["", "2026-13-01", "2026-1-01", "x", "2026-01-01T00:00:00"] {
+        // PostgreSQL's last date: DATE_END_JULIAN (2147483494, 5874898-01-01) - 1 - 2440588.
+        assert_eq!(date32("5874897-12-31"), Some(2_145_042_905));
+        for bad in [
+            "",
+            "2026-13-01",
+            "2026-1-01",
+            "x",
+            "2026-01-01T00:00:00",
+            "999999999999999999-01-01",
+        ] {
             assert_eq!(date32(bad), None, "{bad}");
         }
     }
@@ -273,6 +285,7 @@ mod tests {
         assert_eq!(timestamp_us("-infinity"), Some(-i64::MAX));
         assert!(timestamp_us("0044-03-15T12:00:00Z BC").unwrap() < 0);
         assert_eq!(timestamp_us("2026-11-22 03:22:01"), None);
+        assert_eq!(timestamp_us("99999999999999-01-01T00:00:00"), None);
     }
 
     #[test]
