@@ -32,7 +32,7 @@
 mod array;
 mod binary;
 mod scalar;
-mod temporal;
+pub(crate) mod temporal;
 
 use std::collections::HashMap;
 

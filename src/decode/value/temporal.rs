@@ -37,14 +37,14 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
 }
 
 /// A scanned `YYYY-MM-DD` (year of 4 or more digits).
-struct Ymd {
-    year: i64,
-    month: u32,
-    day: u32,
+pub(crate) struct Ymd {
+    pub(crate) year: i64,
+    pub(crate) month: u32,
+    pub(crate) day: u32,
 }
 
 /// `YYYY-MM-DD` at the start of `b`; returns it and the bytes used.
-fn scan_date(b: &[u8]) -> Option<(Ymd, usize)> {
+pub(crate) fn scan_date(b: &[u8]) -> Option<(Ymd, usize)> {
     let ylen = b.iter().take_while(|c| c.is_ascii_digit()).count();
     // PostgreSQL's largest year is 5874897 (date); 4 digits minimum.
     if !(4..=7).contains(&ylen) {

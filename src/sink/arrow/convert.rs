@@ -10,6 +10,7 @@
 //! infinities (`i32::MAX` / `-i32::MAX` days, `i64::MAX` / `-i64::MAX` µs), which DuckDB reads
 //! back as `infinity` / `-infinity`.
 
+use crate::decode::value::temporal::scan_date;
 use crate::event::days_from_civil;
 
 pub(crate) const DATE_INFINITY: i32 = i32::MAX;
@@ -42,24 +43,13 @@ fn micros_frac(b: &[u8]) -> Option<i64> {
     }
 }
 
-/// `YYYY-MM-DD` at the start of `b` (4 or more year digits): days since 1970 of that date in
-/// the year given, and the bytes used. `bc` turns year Y BC into the proleptic year 1 - Y.
+/// `YYYY-MM-DD` at the start of `b`, scanned as the decoder scans it (4 to 7 year digits:
+/// PostgreSQL's last year is 5874897, which keeps the day arithmetic far from overflow): days
+/// since 1970 and the bytes used. `bc` turns year Y BC into the proleptic year 1 - Y.
 fn ymd(b: &[u8], bc: bool) -> Option<(i64, usize)> {
-    let ylen = b.iter().take_while(|c| c.is_ascii_digit()).count();
-    // PostgreSQL's largest year is 5874897 (date): at most 7 digits, which also keeps the day
-    // arithmetic far from overflow (a longer year overflowed it; found by the values fuzz
-    // target).
-    if !(4..=7).contains(&ylen) || b.get(ylen) != Some(&b'-') || b.get(ylen + 3) != Some(&b'-') {
-        return None;
-    }
-    let y = num(&b[..ylen])?;
-    let m = num(b.get(ylen + 1..ylen + 3)?)? as u32;
-    let d = num(b.get(ylen + 4..ylen + 6)?)? as u32;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let year = if bc { 1 - y } else { y };
-    Some((days_from_civil(year, m, d), ylen + 6))
+    let (d, used) = scan_date(b)?;
+    let year = if bc { 1 - d.year } else { d.year };
+    Some((days_from_civil(year, d.month, d.day), used))
 }
 
 /// Splits a trailing ` BC`.
