@@ -450,6 +450,15 @@ impl Decoder {
                     ts: c.commit_ts,
                 };
                 self.replay(&mut buf, tx, lsn, c.end_lsn, emit)?;
+                // pgoutput marks every relation it described inside a streamed transaction
+                // as sent when that transaction commits, and never describes it again until
+                // it changes (pgoutput.c, cleanup_rel_sync_cache(xid, is_commit = true) in
+                // pgoutput_stream_commit). So the committed descriptions become the cache's,
+                // or the next change to such a table would refer to a relation we forgot.
+                // Not on abort (the server forgets them too) and not on Stream Prepare
+                // (pgoutput_stream_prepare_txn cleans nothing up: the server describes the
+                // relation again before the next change that needs it).
+                self.relations.extend(buf.described.drain());
             }
             Message::StreamAbort(a) => {
                 // An abort for a transaction never streamed to us drops nothing: ignore it.
@@ -571,8 +580,19 @@ impl Decoder {
                 emit(logical_message(lsn, &lm, None));
                 Ok(())
             }
-            Message::Relation(_)
-            | Message::Type(_)
+            Message::Relation(r) => {
+                let rel = Arc::new(Relation::from_msg(&r, &self.types));
+                let buf = self
+                    .streams
+                    .get_mut(&sxid)
+                    .ok_or(DecodeError::UnknownStream {
+                        msg: "Relation",
+                        xid: sxid,
+                    })?;
+                buf.described.insert(r.oid, rel);
+                pin_and_push(&self.relations, &mut self.scratch, buf, lsn, msg, &m)
+            }
+            Message::Type(_)
             | Message::Insert(_)
             | Message::Update(_)
             | Message::Delete(_)

@@ -802,6 +802,98 @@ fn streamed_transaction_committed() {
     assert_eq!((d.open_streams(), d.buffered_bytes()), (0, 0));
 }
 
+/// The server marks a relation described inside a streamed transaction as sent when that
+/// transaction commits (pgoutput.c, `cleanup_rel_sync_cache`), so the next transaction's
+/// changes refer to it without a Relation message: the decoder must have kept it.
+#[test]
+fn relation_described_in_a_committed_stream_serves_later_transactions() {
+    for proto in [2, 3, 4] {
+        let mut d = dec().with_protocol(proto);
+        let evs = run(
+            &mut d,
+            &[
+                (1, fx::stream_start(100, true)),
+                (2, orders_rel(Some(100))),
+                (3, ins(Some(100), "1")),
+                (4, fx::stream_stop()),
+                (5, fx::stream_commit(100, 5, 6, TS)),
+                // No Relation: the server considers it sent.
+                (7, fx::begin(9, TS, 101)),
+                (
+                    8,
+                    fx::update(None, ORDERS, None, &[T("1"), T("7"), T("pen"), N]),
+                ),
+                (9, fx::commit(9, 10, TS)),
+            ],
+        );
+        assert_eq!(
+            ops(&evs),
+            [
+                Op::Begin,
+                Op::Insert,
+                Op::Commit,
+                Op::Begin,
+                Op::Update,
+                Op::Commit
+            ],
+            "protocol v{proto}"
+        );
+        assert_eq!(evs[4].key, Some(row(&[("id", v(INT8, "1"))])));
+        assert_eq!(d.relation(ORDERS).map(|r| r.columns.len()), Some(4));
+    }
+}
+
+/// An aborted stream's relation descriptions are forgotten, as the server forgets them
+/// (`cleanup_rel_sync_cache(xid, false)`), and a stream that only prepared keeps them to
+/// itself: the server describes the relation again before it is needed.
+#[test]
+fn relation_described_in_an_aborted_or_prepared_stream_is_not_adopted() {
+    let mut d = dec().with_protocol(3);
+    run(
+        &mut d,
+        &[
+            (1, fx::stream_start(100, true)),
+            (2, orders_rel(Some(100))),
+            (3, ins(Some(100), "1")),
+            (4, fx::stream_stop()),
+            (5, fx::stream_abort(100, 100, None)),
+            (6, fx::stream_start(200, true)),
+            (7, orders_rel(Some(200))),
+            (8, ins(Some(200), "2")),
+            (9, fx::stream_stop()),
+            (10, fx::prepare(b'p', 10, 11, TS, 200, "g")),
+        ],
+    );
+    assert!(d.relation(ORDERS).is_none());
+    let evs = run(&mut d, &[(12, fx::commit_prepared(12, 13, TS, 200, "g"))]);
+    assert_eq!(ops(&evs), [Op::Begin, Op::Insert, Op::Commit]);
+    assert!(d.relation(ORDERS).is_none());
+}
+
+/// Adopting a committed stream's description never reverts a newer shape: only the
+/// relations the server described in the stream are adopted, not the shapes the decoder
+/// pinned from its cache.
+#[test]
+fn committed_stream_adopts_only_what_the_server_described_in_it() {
+    let mut d = dec();
+    run(
+        &mut d,
+        &[
+            (1, fx::begin(3, TS, 1)),
+            (2, orders_rel(None)),
+            (3, fx::commit(3, 4, TS)),
+            (5, fx::stream_start(100, true)),
+            (6, ins(Some(100), "1")), // pinned from the cache: v1
+            (7, fx::stream_stop()),
+            (8, fx::begin(10, TS, 2)),
+            (9, orders_rel_v2(None)),
+            (10, fx::commit(10, 11, TS)),
+            (20, fx::stream_commit(100, 20, 21, TS)),
+        ],
+    );
+    assert_eq!(d.relation(ORDERS).map(|r| r.columns.len()), Some(5));
+}
+
 #[test]
 fn streamed_transaction_aborted() {
     let mut d = dec();

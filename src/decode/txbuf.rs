@@ -22,10 +22,10 @@ use std::hash::BuildHasherDefault;
 use std::io;
 use std::sync::Arc;
 
-use super::OidHasher;
 use super::error::DecodeError;
+use super::{OidHasher, OidMap};
 
-use crate::event::Lsn;
+use crate::event::{Lsn, Relation};
 
 /// Chunk size: large enough that the per-chunk overhead is noise, small enough that the last,
 /// partly filled chunk wastes little.
@@ -72,6 +72,11 @@ pub(crate) struct TxBuf {
     /// Relation OIDs whose shape is recorded in the buffer (a Relation record precedes every
     /// change to them), so replay never depends on the shared cache.
     pub(crate) pinned: HashSet<u32, BuildHasherDefault<OidHasher>>,
+    /// The relations the server itself described inside this streamed transaction (its
+    /// Relation messages, not the shapes pinned from the cache): the server counts them as
+    /// sent once the transaction commits, so the decoder adopts them then (see
+    /// `Decoder::decode_one`, Stream Commit).
+    pub(crate) described: OidMap<Arc<Relation>>,
 }
 
 fn spill_error(action: &'static str, e: &io::Error) -> DecodeError {
@@ -92,6 +97,7 @@ impl TxBuf {
             first_lsn,
             streamed,
             pinned: HashSet::default(),
+            described: OidMap::default(),
         }
     }
 
