@@ -44,6 +44,13 @@ impl OpSet {
         self.0 & bit(op) != 0
     }
 
+    /// The operations a table without a replica identity can be published for: INSERT and
+    /// TRUNCATE (PostgreSQL refuses UPDATE and DELETE on a table whose publication publishes
+    /// them without one), and the non-row operations.
+    pub fn without_identity(self) -> OpSet {
+        OpSet(self.0 & !(bit(Op::Update) | bit(Op::Delete)))
+    }
+
     /// The `publish` option of CREATE PUBLICATION for the row ops in this set (PostgreSQL docs,
     /// CREATE PUBLICATION: `publish` takes insert, update, delete, truncate).
     pub fn publish_option(self) -> String {

@@ -464,6 +464,7 @@ impl Fanout {
                     return Err(e);
                 }
                 self.look_up_new_types()?;
+                self.warn_unresolved();
             }
             Frame::Reset => {
                 self.decoder.reset();
@@ -487,6 +488,28 @@ impl Fanout {
 }
 
 impl Fanout {
+    /// Says once per column that its type could not be resolved: the type was dropped before
+    /// walwatch ever read the catalog with it (a permanent slot remembers every type it has
+    /// resolved, so this is a change written and its type dropped while walwatch was away).
+    fn warn_unresolved(&mut self) {
+        for c in self.decoder.take_unresolved() {
+            let name = self
+                .decoder
+                .type_name(c.type_oid)
+                .map(|t| format!("{}.{}", t.namespace, t.name))
+                .unwrap_or_else(|| "?".into());
+            tracing::warn!(
+                "column {}.{}.{} has type {name} (OID {}), which no longer exists in the \
+                 catalog and which walwatch never resolved on this slot: its values are written \
+                 as the server's text, not typed",
+                c.schema,
+                c.table,
+                c.column,
+                c.type_oid
+            );
+        }
+    }
+
     /// Types created after start-up (a new enum, or a domain used by an added column): reload
     /// the registry before the next message uses them.
     fn look_up_new_types(&mut self) -> Result<()> {

@@ -17,6 +17,7 @@ use crate::event::Lsn;
 use crate::filter::Filter;
 use crate::pg::catalog::{self, ServerInfo};
 use crate::pg::conn::ReplConn;
+use crate::pg::publication::{self, Publications};
 use crate::pg::slot;
 use crate::pg::stream::ReplStream;
 use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
@@ -33,7 +34,8 @@ const SLOT_WAIT_NOTICE: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct Started {
     pub slot: String,
-    pub publication: String,
+    /// The publications the stream reads.
+    pub publications: Vec<String>,
     /// The watched tables as `(schema, table)`; `None` for every table.
     pub tables: Option<Vec<(String, String)>>,
     pub database: String,
@@ -180,31 +182,20 @@ pub async fn run_with(
         tracing::info!("watching {}", names.join(", "));
     }
 
-    // The publication: given, or ours. A permanent slot keeps its publication across runs
-    // (decoding old WAL needs it); a temporary one gets a publication dropped on exit.
-    let (publication, created_publication) = match (&config.publication, &config.slot) {
-        (Some(name), _) => {
-            catalog::check_publication(&meta, &info, name, tables.as_deref()).await?;
-            (name.clone(), false)
-        }
-        (None, SlotMode::Permanent(slot_name)) => {
-            let name = format!("walwatch_{slot_name}");
-            catalog::ensure_publication(&meta, &info, &name, tables.as_deref(), config.ops).await?;
-            (name, false)
-        }
-        (None, SlotMode::Temporary) => {
-            let name = slot::fresh_name();
-            catalog::ensure_publication(&meta, &info, &name, tables.as_deref(), config.ops).await?;
-            (name, true)
-        }
+    // The slot's name first: walwatch's publications record which slot they serve.
+    let slot_name = match &config.slot {
+        SlotMode::Temporary => slot::fresh_name(),
+        SlotMode::Permanent(name) => name.clone(),
     };
+    let publications = publications(&config, &meta, &info, &slot_name, tables.as_deref()).await?;
 
     let result = stream_with_publication(
         config,
         repl,
         &meta,
         &info,
-        &publication,
+        slot_name,
+        &publications,
         tables,
         sinks,
         hooks.started,
@@ -212,10 +203,69 @@ pub async fn run_with(
     )
     .await;
 
-    if created_publication && let Err(e) = catalog::drop_publication(&meta, &publication).await {
-        tracing::warn!("could not drop publication {publication}: {e}");
+    for name in &publications.created {
+        if let Err(e) = catalog::drop_publication(&meta, name).await {
+            tracing::warn!("could not drop publication {name}: {e}");
+        }
     }
     result
+}
+
+/// The publications to stream from: the one given with --publication, or walwatch's own
+/// (see [`publication`]). A permanent slot keeps its publications across runs (decoding old
+/// WAL needs them); a temporary one's are dropped on exit, and those of temporary runs that
+/// were killed before they could drop theirs are removed here.
+async fn publications(
+    config: &Config,
+    meta: &Client,
+    info: &ServerInfo,
+    slot_name: &str,
+    tables: Option<&[(String, String)]>,
+) -> Result<Publications> {
+    if let Some(name) = &config.publication {
+        catalog::check_publication(meta, info, name, tables).await?;
+        publication::warn_given(meta, name, tables).await?;
+        return Ok(Publications {
+            names: vec![name.clone()],
+            ..Publications::default()
+        });
+    }
+    match publication::prune(meta).await {
+        Ok(dropped) => {
+            for name in dropped {
+                tracing::info!(
+                    "dropped publication {name}: the temporary walwatch run that made it is gone"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("could not look for orphaned walwatch publications: {e}"),
+    }
+    let temporary = matches!(config.slot, SlotMode::Temporary);
+    if !temporary && slot_name.len() > publication::MAX_SLOT_FOR_PUBLICATION {
+        return Err(Error::Config(format!(
+            "--slot `{slot_name}`: walwatch names its publications after the slot, and a slot \
+             name of more than {} bytes makes them longer than PostgreSQL's 63: use a shorter \
+             name, or pass an existing publication with --publication",
+            publication::MAX_SLOT_FOR_PUBLICATION
+        )));
+    }
+    let main = if temporary {
+        slot_name.to_string()
+    } else {
+        publication::main_name(slot_name)
+    };
+    publication::ensure(
+        meta,
+        info,
+        &publication::Want {
+            main: &main,
+            slot: slot_name,
+            temporary,
+            tables,
+            ops: config.ops,
+        },
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -224,20 +274,31 @@ async fn stream_with_publication(
     mut repl: ReplConn,
     meta: &std::sync::Arc<Client>,
     info: &ServerInfo,
-    publication: &str,
+    slot_name: String,
+    publications: &Publications,
     tables: Option<Vec<(String, String)>>,
     sinks: Vec<Box<dyn Sink>>,
     started: Option<tokio::sync::oneshot::Sender<Started>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
-    let types = catalog::load_types(meta).await?;
+    let permanent = matches!(config.slot, SlotMode::Permanent(_));
+    // What a permanent slot has resolved before, for types dropped since (their changes may
+    // still be ahead in the slot).
+    let mut remembered = publications.record.clone().filter(|_| permanent);
+    let mut types = catalog::load_types(meta).await?;
+    if let Some(record) = &mut remembered {
+        if record.remember_types(&types) {
+            publication::write_record(meta, &publications.names, record).await?;
+        }
+        record.restore_types(&mut types);
+    }
     let server_version = repl.server_version_num();
 
     let (slot_name, start, created) = match &config.slot {
         SlotMode::Temporary => {
-            let name = slot::fresh_name();
-            let point = create_slot_noisily(&mut repl, meta, &name, true, server_version).await?;
-            (name, point, true)
+            let point =
+                create_slot_noisily(&mut repl, meta, &slot_name, true, server_version).await?;
+            (slot_name, point, true)
         }
         SlotMode::Permanent(name) => match slot_when_free(meta, name).await? {
             Some(existing) => {
@@ -277,10 +338,11 @@ async fn stream_with_publication(
         }
     };
 
-    let options = slot::start_options(server_version, publication);
+    let options = slot::start_options(server_version, &publications.names);
     let stream = repl.start_replication(&slot_name, start, &options).await?;
     tracing::info!(
-        "streaming from slot {slot_name} (publication {publication}, pgoutput protocol {}){}",
+        "streaming from slot {slot_name} (publication {}, pgoutput protocol {}){}",
+        publications.names.join(", "),
         slot::proto_version(server_version),
         match endpos {
             Some(end) => format!(" until {end}"),
@@ -296,7 +358,7 @@ async fn stream_with_publication(
     if let Some(tx) = started {
         let _ = tx.send(Started {
             slot: slot_name.clone(),
-            publication: publication.to_string(),
+            publications: publications.names.clone(),
             tables: tables.clone(),
             database: info.database.clone(),
         });
@@ -322,9 +384,11 @@ async fn stream_with_publication(
     ));
     let setup = StreamSetup {
         decoder,
-        load_types: Some(Box::new(move || {
-            types_catalog.call(async |c| catalog::load_types(c).await)
-        })),
+        load_types: Some(type_loader(
+            types_catalog,
+            remembered,
+            publications.names.clone(),
+        )),
         filter: Filter::new(tables.as_deref(), config.ops)
             .with_where(config.filter.clone(), config.keep_markers),
         sinks,
@@ -340,6 +404,29 @@ async fn stream_with_publication(
         events: outcome.events,
         durable: outcome.durable,
         slot: slot_name,
+    })
+}
+
+/// Reloads the type registry for types created after start-up. On a permanent slot, new
+/// types are remembered in its publications' record first, and remembered types the catalog
+/// no longer has are kept (a change written before a `DROP TYPE` renders as it did).
+fn type_loader(
+    catalog: BlockingCatalog,
+    mut remembered: Option<publication::Record>,
+    publications: Vec<String>,
+) -> pipeline::TypeLoader {
+    Box::new(move || {
+        let mut types = catalog.call(async |c| catalog::load_types(c).await)?;
+        if let Some(record) = &mut remembered {
+            if record.remember_types(&types)
+                && let Err(e) = catalog
+                    .call(async |c| publication::write_record(c, &publications, record).await)
+            {
+                tracing::warn!("could not remember the slot's new types in its publication: {e}");
+            }
+            record.restore_types(&mut types);
+        }
+        Ok(types)
     })
 }
 

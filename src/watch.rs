@@ -173,7 +173,7 @@ impl Watch {
 
     fn scope(&self) -> Scope {
         Scope {
-            publication: Some(self.started.publication.clone()),
+            publications: self.started.publications.clone(),
             slot: Some(self.started.slot.clone()),
         }
     }
@@ -616,7 +616,7 @@ pub async fn run_until(
         format!("no matching event arrived within {}", human(within)),
     );
     let scope = Scope {
-        publication: Some(started.publication.clone()),
+        publications: started.publications.clone(),
         slot: None,
     };
     report.diagnostics = diagnose::diagnose(&meta, pred, &scope).await;

@@ -135,3 +135,217 @@ fn a_table_first_written_by_a_streamed_transaction_stays_decodable() {
     assert_eq!(rows[0]["data"], json!({"id": 3, "v": "z"}));
     owner.drop_slot(&slot);
 }
+
+/// Issue 13's third defect: watching must never make the application's statements fail.
+/// PostgreSQL refuses UPDATE and DELETE on a table without a replica identity while a
+/// publication publishes them; walwatch publishes such a table for INSERT and TRUNCATE only,
+/// says so once, and sees everything of the tables that have one.
+#[test]
+fn tables_without_a_replica_identity_keep_working_while_watched() {
+    let owner = Owner::new("noid", false);
+    let slot = unique_name("noid_slot");
+    owner.sql(
+        "CREATE TABLE keyed (id int PRIMARY KEY, v text);
+         CREATE TABLE nokey (v text);
+         CREATE TABLE nothing (id int PRIMARY KEY, v text);
+         ALTER TABLE nothing REPLICA IDENTITY NOTHING;
+         CREATE TABLE full_row (v text);
+         ALTER TABLE full_row REPLICA IDENTITY FULL;
+         INSERT INTO nokey VALUES ('before'); INSERT INTO nothing VALUES (1, 'before');",
+    );
+    let created = owner.walwatch(
+        &[
+            "--slot",
+            &slot,
+            "--tables",
+            "keyed,nokey,nothing,full_row",
+            "--endpos",
+            "now",
+        ],
+        0,
+    );
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    for table in ["nokey", "nothing"] {
+        assert!(
+            stderr.contains(&format!(
+                "{}.{table}: walwatch sees its INSERTs and TRUNCATEs",
+                owner.name
+            )),
+            "no warning for {table}:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("has no primary key"), "{stderr}");
+    assert!(stderr.contains("is REPLICA IDENTITY NOTHING"), "{stderr}");
+    assert!(!stderr.contains("keyed: walwatch sees"), "{stderr}");
+    assert!(!stderr.contains("full_row: walwatch sees"), "{stderr}");
+
+    // The application's statements: every one must succeed while the slot exists.
+    owner.sql(
+        "INSERT INTO keyed VALUES (1, 'a'); UPDATE keyed SET v = 'b'; DELETE FROM keyed;
+         INSERT INTO nokey VALUES ('x'); UPDATE nokey SET v = 'y'; DELETE FROM nokey;
+         UPDATE nothing SET v = 'z'; DELETE FROM nothing; INSERT INTO nothing VALUES (2, 'n');
+         INSERT INTO full_row VALUES ('f'); UPDATE full_row SET v = 'g'; DELETE FROM full_row;
+         TRUNCATE nokey;",
+    );
+    let events = drain(&owner, &slot, "keyed,nokey,nothing,full_row");
+    let seen: Vec<String> = changes(&events)
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["op"].as_str().unwrap(),
+                e["table"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "INSERT keyed",
+            "UPDATE keyed",
+            "DELETE keyed",
+            "INSERT nokey",
+            "INSERT nothing",
+            "INSERT full_row",
+            "UPDATE full_row",
+            "DELETE full_row",
+            "TRUNCATE nokey",
+        ]
+    );
+    owner.drop_slot(&slot);
+    admin(&format!(
+        "DROP PUBLICATION IF EXISTS walwatch_{slot}_noident;"
+    ));
+}
+
+/// Without --tables (every table, as a superuser), a table created after walwatch started and
+/// given no key must not turn into failing UPDATEs either; its INSERTs are still seen.
+#[test]
+fn a_table_created_later_without_a_key_keeps_working_while_everything_is_watched() {
+    let owner = Owner::new("noid_all", false);
+    let slot = unique_name("noid_all_slot");
+    let superuser = support::cluster().admin_dsn("walwatch");
+    run_expecting(
+        &["--dsn", &superuser, "--slot", &slot, "--endpos", "now"],
+        0,
+    );
+    owner.sql(
+        "CREATE TABLE later (v text);
+         INSERT INTO later VALUES ('x'); UPDATE later SET v = 'y'; DELETE FROM later;",
+    );
+    let out = run_expecting(
+        &[
+            "--dsn", &superuser, "--slot", &slot, "--endpos", "now", "--format", "json",
+        ],
+        0,
+    );
+    let events = parse_jsonl(&out.stdout);
+    let seen: Vec<String> = changes(&events)
+        .iter()
+        .filter(|e| e["schema"] == owner.name.as_str())
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["op"].as_str().unwrap(),
+                e["table"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(seen, ["INSERT later"]);
+    owner.drop_slot(&slot);
+    admin(&format!(
+        "DROP PUBLICATION IF EXISTS walwatch_{slot}_noident;"
+    ));
+}
+
+/// Issue 13's second defect: a value's JSON type must not depend on when walwatch reads it.
+/// A permanent slot remembers every user type walwatch resolved on it (in its publication's
+/// record), so a change written before the type is dropped renders as it did; a type walwatch
+/// never remembered renders as text, with a warning naming the column.
+#[test]
+fn a_dropped_type_renders_as_it_did_and_an_unknown_one_is_named() {
+    let owner = Owner::new("types", false);
+    let seen = unique_name("types_seen");
+    let unseen = unique_name("types_unseen");
+    let given = unique_name("types_pub");
+    owner.sql(
+        "CREATE DOMAIN dd AS bigint; CREATE TYPE ee AS ENUM ('b', 'c');
+         CREATE TABLE td (id int PRIMARY KEY, x dd, y ee[]);",
+    );
+    owner.sql(&format!("CREATE PUBLICATION {given} FOR TABLE td;"));
+    // `seen`: a slot of walwatch's own, which remembers the types it resolves. `unseen`: a
+    // slot on a publication of the user's, where walwatch keeps no record.
+    owner.walwatch(&["--slot", &seen, "--tables", "td", "--endpos", "now"], 0);
+    owner.walwatch(
+        &[
+            "--slot",
+            &unseen,
+            "--publication",
+            &given,
+            "--tables",
+            "td",
+            "--endpos",
+            "now",
+        ],
+        0,
+    );
+    // The change, then its types gone: the table's columns change type, the types are dropped.
+    owner.sql(
+        "INSERT INTO td VALUES (1, 3, '{b,c}');
+         ALTER TABLE td ALTER x TYPE bigint, ALTER y TYPE text[];
+         DROP DOMAIN dd; DROP TYPE ee;
+         INSERT INTO td VALUES (2, 4, '{d}');",
+    );
+    let rows: Vec<Value> = changes(&drain(&owner, &seen, "td"))
+        .into_iter()
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"id": 1, "x": 3, "y": ["b", "c"]}),
+            json!({"id": 2, "x": 4, "y": ["d"]})
+        ],
+        "the remembered types must render as they did"
+    );
+
+    let out = owner.walwatch(
+        &[
+            "--slot",
+            &unseen,
+            "--publication",
+            &given,
+            "--tables",
+            "td",
+            "--endpos",
+            "now",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let rows: Vec<Value> = changes(&parse_jsonl(&out.stdout))
+        .into_iter()
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"id": 1, "x": "3", "y": "{b,c}"}),
+            json!({"id": 2, "x": 4, "y": ["d"]})
+        ]
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for column in ["td.x", "td.y"] {
+        assert!(
+            stderr.contains(&format!("column {}.{column} has type", owner.name))
+                && stderr.contains("never resolved on this slot"),
+            "no warning for {column}:\n{stderr}"
+        );
+    }
+    owner.drop_slot(&seen);
+    owner.drop_slot(&unseen);
+    admin(&format!(
+        "DROP PUBLICATION IF EXISTS walwatch_{seen}_noident; DROP PUBLICATION {given};"
+    ));
+}

@@ -14,8 +14,8 @@ use super::Predicate;
 /// What the failing assertion was watching.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
-    /// The publication the stream reads, when known.
-    pub publication: Option<String>,
+    /// The publications the stream reads, when known (empty: unknown).
+    pub publications: Vec<String>,
     /// The slot the stream reads, when known.
     pub slot: Option<String>,
 }
@@ -44,6 +44,14 @@ pub async fn diagnose(client: &Client, pred: &dyn Predicate, scope: &Scope) -> V
         slot_lag(client, slot, &mut out).await;
     }
     out
+}
+
+/// Whether the table (or one of its leaf partitions) has no replica identity.
+async fn lacks_identity(client: &Client, schema: &str, table: &str) -> bool {
+    let one = [(schema.to_string(), table.to_string())];
+    crate::pg::publication::split_by_identity(client, Some(&one))
+        .await
+        .is_ok_and(|(_, without)| !without.is_empty())
 }
 
 async fn table_checks(
@@ -86,63 +94,79 @@ async fn table_checks(
     let oid: i64 = row.get(3);
     let qualified = format!("{nsp}.{table}");
 
-    match &scope.publication {
-        Some(publication) => {
-            let listed = client
-                .query(
-                    "SELECT 1 FROM pg_publication_tables \
-                     WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
-                    &[publication, &nsp, &table],
+    if !scope.publications.is_empty() {
+        let publications = &scope.publications;
+        let names = publications.join(", ");
+        let listed = client
+            .query(
+                "SELECT 1 FROM pg_publication_tables \
+                 WHERE pubname = ANY ($1) AND schemaname = $2 AND tablename = $3",
+                &[publications, &nsp, &table],
+            )
+            .await
+            .map(|r| !r.is_empty())
+            .unwrap_or(true);
+        if !listed {
+            out.push(format!(
+                "table {qualified} is not in the publication ({names}) the stream reads, so \
+                 the server never sends its changes: add it to the watched tables \
+                 (--tables {qualified}, or .tables([\"{qualified}\"]))"
+            ));
+        }
+        // Whether any publication that has the table publishes the operation.
+        if listed
+            && let Some(op) = op
+            && let Ok(r) = client
+                .query_one(
+                    "SELECT coalesce(bool_or(p.pubinsert), false), \
+                            coalesce(bool_or(p.pubupdate), false), \
+                            coalesce(bool_or(p.pubdelete), false), \
+                            coalesce(bool_or(p.pubtruncate), false) \
+                     FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname \
+                     WHERE p.pubname = ANY ($1) AND t.schemaname = $2 AND t.tablename = $3",
+                    &[publications, &nsp, &table],
                 )
                 .await
-                .map(|r| !r.is_empty())
-                .unwrap_or(true);
-            if !listed {
-                out.push(format!(
-                    "table {qualified} is not in the publication `{publication}` the stream \
-                     reads, so the server never sends its changes: add it to the watched tables \
-                     (--tables {qualified}, or .tables([\"{qualified}\"]))"
-                ));
-            }
-            if let Some(op) = op
-                && let Ok(r) = client
-                    .query_one(
-                        "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication \
-                         WHERE pubname = $1",
-                        &[publication],
-                    )
-                    .await
+        {
+            let column = match op {
+                "INSERT" => Some(0),
+                "UPDATE" => Some(1),
+                "DELETE" => Some(2),
+                "TRUNCATE" => Some(3),
+                _ => None,
+            };
+            let published = column.is_none_or(|i| r.try_get::<_, bool>(i).unwrap_or(true));
+            if !published
+                && matches!(op, "UPDATE" | "DELETE")
+                && lacks_identity(client, &nsp, table).await
             {
-                let published = match op {
-                    "INSERT" => r.get::<_, bool>(0),
-                    "UPDATE" => r.get::<_, bool>(1),
-                    "DELETE" => r.get::<_, bool>(2),
-                    "TRUNCATE" => r.get::<_, bool>(3),
-                    _ => true,
-                };
-                if !published {
-                    out.push(format!(
-                        "the publication `{publication}` does not publish {op}: the server \
-                         never sends it (include it in --ops / the publication's publish list)"
-                    ));
-                }
+                out.push(format!(
+                    "table {qualified} has no replica identity, so walwatch does not publish \
+                     its {op}s (publishing them would make PostgreSQL refuse the application's \
+                     {op} statements): give it a primary key, or ALTER TABLE {qualified} \
+                     REPLICA IDENTITY FULL, and start the watch again"
+                ));
+            } else if !published {
+                out.push(format!(
+                    "the publication ({names}) does not publish {op} of {qualified}: the \
+                     server never sends it (include it in --ops / the publication's publish list)"
+                ));
             }
         }
-        None => {
-            let in_any = client
-                .query(
-                    "SELECT 1 FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2",
-                    &[&nsp, &table],
-                )
-                .await
-                .map(|r| !r.is_empty())
-                .unwrap_or(true);
-            if !in_any {
-                out.push(format!(
-                    "table {qualified} is in no publication, so no stream carries its changes: \
-                     the recorder must watch it (walwatch record --tables {qualified})"
-                ));
-            }
+    } else {
+        let in_any = client
+            .query(
+                "SELECT 1 FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2",
+                &[&nsp, &table],
+            )
+            .await
+            .map(|r| !r.is_empty())
+            .unwrap_or(true);
+        if !in_any {
+            out.push(format!(
+                "table {qualified} is in no publication, so no stream carries its changes: \
+                 the recorder must watch it (walwatch record --tables {qualified})"
+            ));
         }
     }
 

@@ -154,6 +154,19 @@ pub struct Decoder {
     unknown_types: Vec<u32>,
     /// Where large buffered transactions go; `None` keeps them in memory.
     spill: Option<Arc<dyn Spill>>,
+    /// Columns of user types the registry cannot resolve (dropped before walwatch ever saw
+    /// them), each reported once: their values are the server's text.
+    unresolved: Vec<UnresolvedColumn>,
+    reported: std::collections::HashSet<(u32, Arc<str>)>,
+}
+
+/// A column whose type walwatch cannot resolve: its values are written as the server's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnresolvedColumn {
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    pub column: Arc<str>,
+    pub type_oid: u32,
 }
 
 /// The first OID of user-defined objects (FirstNormalObjectId): types below are built in.
@@ -180,6 +193,8 @@ impl Decoder {
             scratch: Vec::new(),
             unknown_types: Vec::new(),
             spill: None,
+            unresolved: Vec::new(),
+            reported: std::collections::HashSet::new(),
         }
     }
 
@@ -217,6 +232,28 @@ impl Decoder {
     /// values of types created after start-up as their base types.
     pub fn take_unknown_types(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.unknown_types)
+    }
+
+    /// Columns of types the registry could not resolve when their Relation message arrived
+    /// (after the caller's look-up of new types), since the last call; each once.
+    pub fn take_unresolved(&mut self) -> Vec<UnresolvedColumn> {
+        std::mem::take(&mut self.unresolved)
+    }
+
+    fn check_resolved(&mut self, rel: &Relation) {
+        for c in &rel.columns {
+            if c.type_oid >= FIRST_NORMAL_OID
+                && self.types.get(c.type_oid).is_none()
+                && self.reported.insert((rel.oid, c.name.clone()))
+            {
+                self.unresolved.push(UnresolvedColumn {
+                    schema: rel.namespace.clone(),
+                    table: rel.name.clone(),
+                    column: c.name.clone(),
+                    type_oid: c.type_oid,
+                });
+            }
+        }
     }
 
     fn note_type(&mut self, oid: u32) {
@@ -383,6 +420,7 @@ impl Decoder {
             Message::Origin(_) => {}
             Message::Relation(r) => {
                 let rel = Arc::new(Relation::from_msg(&r, &self.types));
+                self.check_resolved(&rel);
                 self.relations.insert(r.oid, rel);
                 if let Some(p) = &mut self.preparing {
                     p.buf.pinned.insert(r.oid);
@@ -582,6 +620,7 @@ impl Decoder {
             }
             Message::Relation(r) => {
                 let rel = Arc::new(Relation::from_msg(&r, &self.types));
+                self.check_resolved(&rel);
                 let buf = self
                     .streams
                     .get_mut(&sxid)

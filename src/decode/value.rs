@@ -67,7 +67,8 @@ const MAX_DEPTH: u8 = 16;
 /// What walwatch knows about a type that is not built in: looked up once on the metadata
 /// connection (pg_type), because pgoutput's Type message names a type but does not say what it
 /// is built on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TypeKind {
     /// A domain over `base` (itself possibly a user type).
     Domain { base: u32 },
@@ -227,6 +228,15 @@ impl TypeRegistry {
 
     pub fn get(&self, oid: u32) -> Option<&TypeKind> {
         self.types.get(&oid)
+    }
+
+    /// The types users and extensions created (`oid >= 16384`, FirstNormalObjectId): the ones
+    /// that can be dropped, and so the ones worth remembering.
+    pub fn user_types(&self) -> impl Iterator<Item = (u32, &TypeKind)> {
+        self.types
+            .iter()
+            .filter(|(oid, _)| **oid >= 16_384)
+            .map(|(oid, kind)| (*oid, kind))
     }
 
     /// Built-in tables first (the hot path never hashes), then the registry, following domains

@@ -2,14 +2,14 @@
 //! connection): checking the server is set up for logical decoding, resolving `--tables`,
 //! managing the publication and loading user types.
 
-use crate::pg::quote::{quote_ident, quote_literal};
+use crate::pg::quote::quote_ident;
 use tokio_postgres::Client;
 
 use crate::decode::TypeRegistry;
 use crate::decode::value::TYPE_QUERY;
 use crate::error::{Error, Result};
 use crate::event::Lsn;
-use crate::filter::{OpSet, TablePattern};
+use crate::filter::TablePattern;
 
 /// Facts about the server and the connected role, read once at start-up.
 #[derive(Clone, Debug)]
@@ -110,100 +110,6 @@ pub async fn resolve_tables(
         }
     }
     Ok(out)
-}
-
-/// The SQL that creates or re-targets a publication for `tables` (or all tables) and `ops`.
-fn publication_target(tables: Option<&[(String, String)]>) -> String {
-    match tables {
-        None => "ALL TABLES".to_string(),
-        Some(list) => {
-            let names: Vec<String> = list
-                .iter()
-                .map(|(s, t)| format!("{}.{}", quote_ident(s), quote_ident(t)))
-                .collect();
-            format!("TABLE {}", names.join(", "))
-        }
-    }
-}
-
-/// Creates publication `name` if it does not exist; returns whether this call created it.
-/// An existing walwatch-managed publication with a different table set is re-targeted.
-pub async fn ensure_publication(
-    client: &Client,
-    info: &ServerInfo,
-    name: &str,
-    tables: Option<&[(String, String)]>,
-    ops: OpSet,
-) -> Result<bool> {
-    if tables.is_none() && !info.is_superuser {
-        return Err(Error::Setup(format!(
-            "watching every table needs a publication FOR ALL TABLES, which only a superuser can create \
-             (role `{}` is not one): name the tables with --tables, or have an administrator create a \
-             publication and pass it with --publication",
-            info.user
-        )));
-    }
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await?
-        .is_some();
-    let publish = ops.publish_option();
-    if publish.is_empty() {
-        return Err(Error::Config(
-            "--ops selects no row operation (insert, update, delete, truncate): nothing would be published"
-                .into(),
-        ));
-    }
-    if !exists {
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR {} WITH (publish = {})",
-            quote_ident(name),
-            publication_target(tables),
-            quote_literal(&publish)
-        );
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(|e| publication_error(e, name, "create", info))?;
-        return Ok(true);
-    }
-    if let Some(list) = tables {
-        let current = publication_tables(client, name).await?;
-        let mut want = list.to_vec();
-        want.sort();
-        if current != want {
-            tracing::info!(
-                publication = name,
-                "re-targeting the publication to the watched tables"
-            );
-            let sql = format!(
-                "ALTER PUBLICATION {} SET {}; ALTER PUBLICATION {} SET (publish = {})",
-                quote_ident(name),
-                publication_target(tables),
-                quote_ident(name),
-                quote_literal(&publish)
-            );
-            client
-                .batch_execute(&sql)
-                .await
-                .map_err(|e| publication_error(e, name, "alter", info))?;
-        }
-    }
-    Ok(false)
-}
-
-fn publication_error(e: tokio_postgres::Error, name: &str, what: &str, info: &ServerInfo) -> Error {
-    match e.as_db_error() {
-        Some(db) if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
-            Error::Setup(format!(
-                "cannot {what} publication `{name}`: {}; role `{}` must own the watched tables (or be \
-                 a superuser), or an administrator can create the publication and you pass it with --publication",
-                db.message(),
-                info.user
-            ))
-        }
-        _ => Error::Meta(e),
-    }
 }
 
 /// The (schema, table) pairs a publication publishes, sorted.
@@ -502,16 +408,4 @@ pub async fn open_writers(client: &Client) -> Result<Vec<String>> {
             )
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publication_targets() {
-        assert_eq!(publication_target(None), "ALL TABLES");
-        let t = vec![("public".to_string(), "Orders".to_string())];
-        assert_eq!(publication_target(Some(&t)), "TABLE \"public\".\"Orders\"");
-    }
 }

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod params;
+pub mod publication;
 pub mod quote;
 pub mod slot;
 pub mod stream;

@@ -20,12 +20,13 @@ pub fn proto_version(server_version_num: u32) -> u32 {
 /// The START_REPLICATION options for pgoutput: the negotiated protocol, the publication, and,
 /// where the server supports them (14+), logical messages and streaming of large in-progress
 /// transactions, so a transaction of millions of rows need not sit in server or client memory.
-pub fn start_options(server_version_num: u32, publication: &str) -> Vec<(String, String)> {
+pub fn start_options(server_version_num: u32, publications: &[String]) -> Vec<(String, String)> {
     let proto = proto_version(server_version_num);
+    // publication_names is a comma-separated list of identifiers: quote ours.
+    let names: Vec<String> = publications.iter().map(|p| quote_ident(p)).collect();
     let mut opts = vec![
         ("proto_version".to_string(), proto.to_string()),
-        // publication_names is a comma-separated list of identifiers: quote ours.
-        ("publication_names".to_string(), quote_ident(publication)),
+        ("publication_names".to_string(), names.join(",")),
     ];
     if server_version_num >= 140_000 {
         opts.push(("messages".to_string(), "true".to_string()));
@@ -96,12 +97,13 @@ mod tests {
 
     #[test]
     fn options_follow_the_server_version() {
-        let v15 = start_options(150_020, "p");
+        let v15 = start_options(150_020, &["p".to_string()]);
         assert!(v15.contains(&("proto_version".into(), "3".into())));
         assert!(v15.contains(&("streaming".into(), "on".into())));
         assert!(v15.contains(&("messages".into(), "true".into())));
         assert!(v15.contains(&("publication_names".into(), "\"p\"".into())));
-        let v13 = start_options(130_000, "p");
+        let v13 = start_options(130_000, &["p".to_string(), "q r".to_string()]);
+        assert!(v13.contains(&("publication_names".into(), "\"p\",\"q r\"".into())));
         assert_eq!(v13.len(), 2);
     }
 
