@@ -175,6 +175,61 @@ fn tables_across_schemas_globs_and_ops_filter() {
 }
 
 #[test]
+fn dsn_options_set_the_search_path_and_cannot_unpin_decoding_settings() {
+    let s = support::unique_name("opts");
+    let slot = support::unique_name("slot");
+    let table = support::unique_name("t");
+    sql(&format!(
+        "CREATE SCHEMA {s}; CREATE TABLE {s}.{table} (id int PRIMARY KEY, at timestamptz, d date, \
+                                                     i interval, f float8);"
+    ));
+    // `{table}` alone is only found on the search path the options set; the DateStyle,
+    // TimeZone, IntervalStyle and extra_float_digits there would change every value if they
+    // were not overridden by walwatch's pinned startup parameters.
+    let dsn = format!(
+        "{}?options={}",
+        harness::dsn(),
+        format!(
+            "-c search_path={s} -c DateStyle=SQL,DMY -c TimeZone=Asia/Tokyo \
+             -c IntervalStyle=iso_8601 -c extra_float_digits=0"
+        )
+        .replace(' ', "%20")
+        .replace('=', "%3D")
+        .replace(',', "%2C")
+    );
+    harness::run_expecting(
+        &[
+            "--dsn", &dsn, "--slot", &slot, "--tables", &table, "--endpos", "now",
+        ],
+        0,
+    );
+    sql(&format!(
+        "INSERT INTO {s}.{table} VALUES \
+         (1, '2024-03-05 06:07:08.5+00', '2024-03-05', '1 day 02:03:04', 0.1::float8 + 0.2::float8);"
+    ));
+    let out = harness::run_expecting(
+        &[
+            "--dsn", &dsn, "--slot", &slot, "--tables", &table, "--endpos", "now", "--format",
+            "json", "--ops", "insert",
+        ],
+        0,
+    );
+    harness::drop_slot(&slot);
+    let events = harness::parse_jsonl(&out.stdout);
+    let [insert] = &events[..] else {
+        panic!("expected the one insert into {s}.{table}, got {events:#?}");
+    };
+    assert_eq!(insert["schema"], s.as_str(), "{insert:#}");
+    assert_eq!(insert["table"], table.as_str(), "{insert:#}");
+    assert_eq!(
+        insert["data"],
+        json!({"id": 1, "at": "2024-03-05T06:07:08.5Z", "d": "2024-03-05",
+               "i": "1 day 02:03:04", "f": 0.30000000000000004}),
+        "values decoded with the pinned settings, whatever the options say"
+    );
+}
+
+#[test]
 fn a_missing_table_is_an_error_not_silence() {
     let missing = support::unique_name("nosuch");
     let out = harness::run_expecting(&["--dsn", &harness::dsn(), "--tables", &missing], 2);

@@ -396,3 +396,123 @@ async fn server_setup_errors_are_mapped() {
     assert!(s.contains("walwatch slots"), "{s}");
     conn.close().await.unwrap();
 }
+
+/// Runs `sql` (one row, text columns) on the metadata connection built from `p`.
+async fn meta_row(p: &ConnParams, sql: &str) -> Vec<String> {
+    let (client, conn) = p
+        .tokio_postgres_config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("metadata connection with {p:?}: {e}"));
+    let task = tokio::spawn(conn);
+    let row = client.query_one(sql, &[]).await.unwrap();
+    let out = (0..row.len()).map(|i| row.get(i)).collect();
+    drop(client);
+    let _ = task.await;
+    out
+}
+
+#[tokio::test]
+async fn options_reach_both_connections_from_the_dsn_and_pgoptions() {
+    let c = shared().await;
+    let kv = tcp(
+        c,
+        r"user=walwatch_trust dbname=walwatch options='-c search_path=foo,public -c walwatch.tag=kv\\ value -c statement_timeout=5s'",
+    );
+    let uri = params(&format!(
+        "{}?options=-c%20search_path%3Dfoo%2Cpublic%20-c%20walwatch.tag%3Duri%20-c%20statement_timeout%3D5s",
+        c.dsn(TEST_DATABASE)
+    ));
+    let env = |k: &str| {
+        (k == "PGOPTIONS")
+            .then(|| "-c search_path=foo,public -c walwatch.tag=env -c statement_timeout=5s".into())
+    };
+    let from_env = ConnParams::resolve(
+        Some(&format!(
+            "host=127.0.0.1 port={} user=walwatch_trust dbname=walwatch",
+            c.port()
+        )),
+        &env,
+        None,
+    )
+    .unwrap();
+    for (p, tag) in [(kv, "kv value"), (uri, "uri"), (from_env, "env")] {
+        // The replication connection (SHOW goes through the walsender's grammar).
+        let mut conn = ReplConn::connect(&p)
+            .await
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        for (guc, want) in [
+            ("walwatch.tag", tag),
+            ("search_path", "foo,public"),
+            ("statement_timeout", "5s"),
+        ] {
+            let rows = conn.simple_query(&format!("SHOW {guc}")).await.unwrap();
+            assert_eq!(
+                rows,
+                vec![vec![Some(want.to_string())]],
+                "{guc} on the replication connection, options from {tag}"
+            );
+        }
+        conn.close().await.unwrap();
+        // The metadata connection.
+        let got = meta_row(
+            &p,
+            "SELECT current_setting('walwatch.tag'), current_setting('search_path'), \
+                    current_setting('statement_timeout'), application_name::text \
+             FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+        )
+        .await;
+        assert_eq!(
+            got,
+            [tag, "foo,public", "5s", "walwatch-meta"].map(String::from),
+            "settings on the metadata connection, options from {tag}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pinned_settings_win_over_the_same_settings_in_options() {
+    let c = shared().await;
+    let p = tcp(
+        c,
+        "user=walwatch_trust dbname=walwatch options='-c DateStyle=German,DMY \
+         -c IntervalStyle=sql_standard -c TimeZone=Asia/Tokyo -c extra_float_digits=0 \
+         -c client_encoding=LATIN1 -c walwatch.tag=seen'",
+    );
+    let mut conn = ReplConn::connect(&p).await.unwrap();
+    // The options were applied (the custom GUC is there) ...
+    let rows = conn.simple_query("SHOW walwatch.tag").await.unwrap();
+    assert_eq!(rows, vec![vec![Some("seen".to_string())]]);
+    // ... and the startup packet's pins overrode theirs: what ParameterStatus reports and what
+    // SHOW says. German,DMY leaves its field order behind, which ISO output does not use.
+    assert_eq!(conn.parameter("DateStyle"), Some("ISO, DMY"));
+    assert_eq!(conn.parameter("IntervalStyle"), Some("postgres"));
+    assert_eq!(conn.parameter("TimeZone"), Some("UTC"));
+    assert_eq!(conn.parameter("client_encoding"), Some("UTF8"));
+    let rows = conn.simple_query("SHOW extra_float_digits").await.unwrap();
+    assert_eq!(rows, vec![vec![Some("3".to_string())]]);
+    // Values come out the way decoding reads them.
+    let rows = conn
+        .simple_query(
+            "SELECT '2024-03-05 06:07:08.5+00'::timestamptz::text, '2024-03-05'::date::text, \
+                    '1 day 02:03:04'::interval::text, (0.1::float8 + 0.2::float8)::text, 'é'::text",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            [
+                "2024-03-05 06:07:08.5+00",
+                "2024-03-05",
+                "1 day 02:03:04",
+                // extra_float_digits=0 would round this to 0.3.
+                "0.30000000000000004",
+                "é"
+            ]
+            .map(|s| Some(s.to_string()))
+            .to_vec()
+        ]
+    );
+    conn.close().await.unwrap();
+}

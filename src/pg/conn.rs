@@ -32,6 +32,17 @@ use crate::event::Lsn;
 /// larger length can only be a corrupt stream; refuse it instead of allocating.
 const MAX_MESSAGE_LEN: usize = 1 << 30 | 1 << 20;
 
+/// The session settings of the replication connection's startup packet that decoding depends on:
+/// date/time output in ISO form (`DateStyle`, `IntervalStyle`), timestamptz in UTC, floats with
+/// every digit that round-trips (`extra_float_digits=3`), and text in UTF-8.
+const PINNED: [(&str, &str); 5] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("client_encoding", "UTF8"),
+];
+
 /// [`ReplConn::auth_mechanism`] when the server asked for no password (trust, or a client
 /// certificate).
 pub const NO_PASSWORD: &str = "no password exchange (trust or a client certificate)";
@@ -366,17 +377,23 @@ impl ReplConn {
         // The other settings are pinned because every text value we parse (timestamps,
         // intervals, floats, and the bytes of any text at all) is parsed assuming exactly these;
         // a server or role default must not change how we read data.
-        let startup: [(&str, &str); 9] = [
+        //
+        // The user's `options` go along, and cannot undo the pins: the server applies the
+        // switches in `options` first and the other startup parameters after them, both at the
+        // same priority (PGC_S_CLIENT), so a pinned parameter overrides a `-c` of the same GUC
+        // (src/backend/utils/init/postinit.c, process_startup_options(); checked against
+        // PostgreSQL 15 by tests/pg_conn.rs). Role and database defaults (ALTER ROLE ... SET)
+        // rank lower still. `check_pinned` below verifies what the server reports.
+        let mut startup: Vec<(&str, &str)> = vec![
             ("user", &params.user),
             ("database", &params.dbname),
             ("replication", "database"),
             ("application_name", &params.application_name),
-            ("DateStyle", "ISO"),
-            ("IntervalStyle", "postgres"),
-            ("TimeZone", "UTC"),
-            ("extra_float_digits", "3"),
-            ("client_encoding", "UTF8"),
         ];
+        if let Some(options) = &params.options {
+            startup.push(("options", options));
+        }
+        startup.extend_from_slice(&PINNED);
         let mut buf = BytesMut::new();
         frontend::startup_message(startup.iter().copied(), &mut buf)?;
         self.send(buf).await?;
@@ -410,6 +427,36 @@ impl ReplConn {
                     .and_then(|v| parse_server_version(v))
             })
             .ok_or_else(|| PgError::protocol("server did not report a parsable server_version"))?;
+        self.check_pinned(params)
+    }
+
+    /// Refuses a session whose reported settings are not the pinned ones. The server reports
+    /// DateStyle, IntervalStyle, TimeZone and client_encoding in ParameterStatus at startup
+    /// (GUC_REPORT; "Asynchronous Operations" in the protocol chapter lists them);
+    /// extra_float_digits is not reported. A setting not reported (an old server, a proxy) is
+    /// taken as pinned.
+    fn check_pinned(&self, params: &ConnParams) -> Result<(), PgError> {
+        for (name, want) in PINNED {
+            let Some(got) = self.parameters.get(name) else {
+                continue;
+            };
+            // DateStyle is reported with its field order ("ISO, MDY"); ISO output does not
+            // depend on the order, so only the output style is checked.
+            let ok = match name {
+                "DateStyle" => got.split(',').next().map(str::trim) == Some(want),
+                _ => got == want,
+            };
+            if !ok {
+                let hint = if params.options.is_some() {
+                    " (check -c settings in `options` / PGOPTIONS)"
+                } else {
+                    ""
+                };
+                return Err(PgError::protocol(format!(
+                    "the server runs this session with {name} = `{got}`, but walwatch asked for                      `{want}` in the startup packet and decodes values assuming it{hint}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -1067,6 +1114,68 @@ mod tests {
             assert!(text.contains(pair), "{pair:?} missing in {text:?}");
         }
         conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn options_go_in_the_startup_packet_before_the_pins() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let p = fake::serve(
+            "options='-c search_path=app -c DateStyle=German'",
+            |mut s| async move {
+                let startup = fake::read_startup(&mut s).await;
+                fake::write(&mut s, &fake::ready()).await;
+                tx.send(startup).unwrap();
+                let _ = fake::read_msg(&mut s).await; // Terminate
+            },
+        )
+        .await;
+        let conn = ReplConn::connect(&p).await.unwrap();
+        let startup = rx.await.unwrap();
+        let text = String::from_utf8(startup[4..].to_vec()).unwrap();
+        let options = text
+            .find("options\0-c search_path=app -c DateStyle=German\0")
+            .unwrap_or_else(|| panic!("no options in {text:?}"));
+        let pin = text.find("DateStyle\0ISO\0").expect("DateStyle pinned");
+        assert!(options < pin, "{text:?}");
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_session_without_the_pinned_settings_is_refused() {
+        for (reported, ok) in [
+            (&b"DateStyle\0ISO, DMY\0"[..], true),
+            (b"DateStyle\0German, DMY\0", false),
+            (b"TimeZone\0Asia/Tokyo\0", false),
+            (b"IntervalStyle\0sql_standard\0", false),
+            (b"client_encoding\0LATIN1\0", false),
+        ] {
+            let p = fake::serve("options=-cfoo=bar", move |mut s| async move {
+                fake::read_startup(&mut s).await;
+                // AuthenticationOk, the setting, then the rest of ready().
+                let ready = fake::ready();
+                let ok_len = fake::auth(0, b"").len();
+                let mut reply = ready[..ok_len].to_vec();
+                reply.extend(fake::msg(b'S', reported));
+                reply.extend_from_slice(&ready[ok_len..]);
+                fake::write(&mut s, &reply).await;
+                // Terminate, or the client hanging up.
+                let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 16]).await;
+            })
+            .await;
+            let shown = String::from_utf8_lossy(reported).replace('\0', " ");
+            match ReplConn::connect(&p).await {
+                Ok(conn) if ok => conn.close().await.unwrap(),
+                Ok(_) => panic!("accepted a session reporting {shown}"),
+                Err(e) if ok => panic!("refused a session reporting {shown}: {e}"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("walwatch asked for") && msg.contains("PGOPTIONS"),
+                        "{shown}: {msg}"
+                    );
+                }
+            }
+        }
     }
 
     /// The first 8 bytes a client sends, and what it does after the server answers `answer`.

@@ -68,6 +68,12 @@ pub struct ConnParams {
     pub connect_timeout: Option<Duration>,
     /// TLS and channel binding, with libpq's meanings.
     pub tls: TlsParams,
+    /// libpq's `options` (or `PGOPTIONS`): command-line switches for the server, such as
+    /// `-c search_path=app -c statement_timeout=5s`, sent verbatim as the `options` startup
+    /// parameter of both connections (the server splits it at unescaped spaces: `\ ` keeps a
+    /// space in a value, as with libpq). The settings walwatch pins on the replication
+    /// connection (see `ReplConn::startup`) still win over a `-c` of the same name.
+    pub options: Option<String>,
 }
 
 /// `sslmode` (libpq, 34.19 "SSL Support", table "SSL Mode Descriptions").
@@ -133,7 +139,6 @@ impl Default for TlsParams {
 /// libpq keywords we accept and ignore (they do not change what walwatch does, or are handled
 /// elsewhere), so that DSNs written for psql keep working.
 const IGNORED_KEYS: &[&str] = &[
-    "options",
     "keepalives",
     "keepalives_idle",
     "keepalives_interval",
@@ -167,6 +172,7 @@ struct Raw {
     sslcert: Option<String>,
     sslkey: Option<String>,
     channel_binding: Option<String>,
+    options: Option<String>,
 }
 
 impl Raw {
@@ -187,6 +193,7 @@ impl Raw {
             "sslcert" => &mut self.sslcert,
             "sslkey" => &mut self.sslkey,
             "channel_binding" => &mut self.channel_binding,
+            "options" => &mut self.options,
             k if IGNORED_KEYS.contains(&k) || k.starts_with("ssl") => return Ok(()),
             k => return Err(ParamsError::UnknownOption(k.to_string())),
         };
@@ -282,8 +289,8 @@ struct Defaults<'a> {
 
 impl ConnParams {
     /// Resolves parameters like libpq: `dsn` (URI or `key=value`), then `env` (`PGHOST`, `PGPORT`,
-    /// `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGPASSFILE`),
-    /// then defaults; the password falls back to the password file under `home`.
+    /// `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`, `PGPASSFILE`,
+    /// `PGOPTIONS`), then defaults; the password falls back to the password file under `home`.
     pub fn resolve(
         dsn: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
@@ -385,6 +392,7 @@ impl ConnParams {
             application_name,
             connect_timeout,
             tls,
+            options: pick(raw.options, "PGOPTIONS"),
         };
         if params.password.is_none() {
             let passfile = pick(raw.passfile, "PGPASSFILE")
@@ -445,11 +453,14 @@ impl ConnParams {
         if let Some(t) = self.connect_timeout {
             s.push_str(&format!("&connect_timeout={}", t.as_secs()));
         }
+        if let Some(o) = &self.options {
+            s.push_str(&format!("&options={}", pct(o)));
+        }
         s
     }
 
-    /// A tokio-postgres config for the separate metadata connection: same server, role, password
-    /// and database, application_name `walwatch-meta`.
+    /// A tokio-postgres config for the separate metadata connection: same server, role, password,
+    /// database and `options`, application_name `walwatch-meta`.
     pub fn tokio_postgres_config(&self) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         match &self.host {
@@ -465,6 +476,9 @@ impl ConnParams {
         }
         if let Some(t) = self.connect_timeout {
             c.connect_timeout(t);
+        }
+        if let Some(o) = &self.options {
+            c.options(o);
         }
         // tokio-postgres knows disable, prefer and require; the certificate checks of
         // verify-ca and verify-full are in the TLS connector (pg::tls), and `allow` (plain
@@ -514,6 +528,7 @@ impl fmt::Debug for ConnParams {
             .field("dbname", &self.dbname)
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
+            .field("options", &self.options)
             .finish()
     }
 }
@@ -1031,6 +1046,51 @@ mod tests {
         assert_eq!(p.dbname, "carol");
     }
 
+    #[test]
+    fn options_from_the_dsn_or_pgoptions() {
+        // key=value, quoted, with libpq's `\ ` for a space inside one switch's value kept as is:
+        // the server splits the string itself (pg_split_opts).
+        let p = resolve(
+            Some(r"host=h options='-c search_path=foo -c statement_timeout=5s -c x.y=a\\ b'"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            p.options.as_deref(),
+            Some(r"-c search_path=foo -c statement_timeout=5s -c x.y=a\ b")
+        );
+        // URI, percent-encoded.
+        let p = resolve(Some("postgres://u@h/d?options=-c%20search_path%3Dfoo"), &[]).unwrap();
+        assert_eq!(p.options.as_deref(), Some("-c search_path=foo"));
+        // PGOPTIONS when the DSN has none; the DSN wins when it has one.
+        let env = [("PGOPTIONS", "-c work_mem=64MB")];
+        let p = resolve(Some("host=h"), &env).unwrap();
+        assert_eq!(p.options.as_deref(), Some("-c work_mem=64MB"));
+        let p = resolve(Some("host=h options=-cgeqo=off"), &env).unwrap();
+        assert_eq!(p.options.as_deref(), Some("-cgeqo=off"));
+        assert_eq!(resolve(Some("host=h"), &[]).unwrap().options, None);
+        // Both connections get them, and the redacted DSN keeps them (and resolves back).
+        let p = resolve(Some("host=h options='-c search_path=a,b'"), &[]).unwrap();
+        assert_eq!(
+            p.tokio_postgres_config().get_options(),
+            Some("-c search_path=a,b")
+        );
+        assert!(
+            p.redacted().ends_with("&options=-c%20search_path%3Da%2Cb"),
+            "{}",
+            p.redacted()
+        );
+        let back = resolve(Some(&p.redacted()), &[]).unwrap();
+        assert_eq!(back.options, p.options);
+        assert_eq!(
+            resolve(Some("host=h"), &[])
+                .unwrap()
+                .tokio_postgres_config()
+                .get_options(),
+            None
+        );
+    }
+
     fn params(host: Host, port: u16, db: &str, user: &str) -> ConnParams {
         ConnParams {
             host,
@@ -1041,6 +1101,7 @@ mod tests {
             application_name: "walwatch".into(),
             connect_timeout: None,
             tls: TlsParams::default(),
+            options: None,
         }
     }
 

@@ -21,6 +21,7 @@ pub fn walwatch() -> Command {
         "PGDATABASE",
         "PGPASSFILE",
         "PGSERVICE",
+        "PGOPTIONS",
     ] {
         cmd.env_remove(var);
     }
