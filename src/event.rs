@@ -131,7 +131,7 @@ pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 impl Timestamp {
     /// Writes `YYYY-MM-DDTHH:MM:SS.ffffffZ` into `buf` (years 0 to 9999; others fall back to
-    /// the general formatter).
+    /// the general formatter, which writes `+10000-...` / `-0001-...`).
     pub(crate) fn format_into(self, buf: &mut [u8; 27]) -> Option<&str> {
         let us = self.unix_micros();
         let secs = us.div_euclid(1_000_000);
@@ -177,9 +177,14 @@ impl fmt::Display for Timestamp {
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
+        // ISO-8601 expanded years, as for date and timestamp values (decode::value::temporal).
+        match y {
+            10_000.. => write!(f, "+{y}")?,
+            _ => write!(f, "-{:04}", y.unsigned_abs())?,
+        }
         write!(
             f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            "-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
             sod / 3600,
             (sod / 60) % 60,
             sod % 60
@@ -288,13 +293,14 @@ pub enum Value {
     /// json and jsonb, kept as the server's JSON text and embedded verbatim.
     Json(JsonText),
     Uuid(String),
-    /// `YYYY-MM-DD` (with ` BC` for years before 1), or `infinity` / `-infinity`.
+    /// `YYYY-MM-DD`, or `infinity` / `-infinity`. Years are ISO-8601 expanded years, as in every
+    /// temporal value: `0000` is 1 BC, `-4713` is 4714 BC, years after 9999 are `+10000` etc.
     Date(String),
     /// `HH:MM:SS[.ffffff]`.
     Time(String),
     /// `HH:MM:SS[.ffffff]+HH:MM`.
     TimeTz(String),
-    /// `YYYY-MM-DDTHH:MM:SS[.ffffff]`, or `infinity` / `-infinity`.
+    /// `YYYY-MM-DDTHH:MM:SS[.ffffff]` (years as in [`Value::Date`]), or `infinity` / `-infinity`.
     Timestamp(String),
     /// `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` (always UTC), or `infinity` / `-infinity`.
     TimestampTz(String),
@@ -739,6 +745,16 @@ mod tests {
         let ts = Timestamp::from_unix_micros(1_795_317_721_123_456);
         assert_eq!(ts.to_string(), "2026-11-22T03:22:01.123456Z");
         assert_eq!(Timestamp(-1).to_string(), "1999-12-31T23:59:59.999999Z");
+        // Outside 0000 to 9999: ISO-8601 expanded years.
+        assert_eq!(
+            Timestamp(252_455_616_000_000_000).to_string(),
+            "+10000-01-01T00:00:00.000000Z"
+        );
+        // 0001-01-01 BC (year 0) minus 1 µs.
+        assert_eq!(
+            Timestamp(-63_113_904_000_000_001).to_string(),
+            "-0001-12-31T23:59:59.999999Z"
+        );
     }
 
     #[test]

@@ -208,7 +208,7 @@ mod tests {
                 "uuid",
                 Value::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
             ),
-            ("date", Value::Date("0044-03-15 BC".into())),
+            ("date", Value::Date("-0043-03-15".into())),
             ("tstz", Value::TimestampTz("2026-11-22T03:22:01.5Z".into())),
             (
                 "arr",

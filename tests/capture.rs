@@ -60,7 +60,7 @@ fn every_type_is_decoded_to_its_exact_value() {
         "f4": 1.5, "f8": 0.1, "f8n": "NaN", "f8i": "-Infinity", "n": "12.5000", "nn": "NaN",
         "t": "héllo \"wörld\" it's ✓", "vc": "short", "bp": "ab   ", "nm": "nm", "ch": "x",
         "by": "\\xdeadbeef", "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-        "j": {"a": [1, 2]}, "jb": {"b": {"c": null}}, "d": "2026-11-22", "dbc": "0044-03-15 BC",
+        "j": {"a": [1, 2]}, "jb": {"b": {"c": null}}, "d": "2026-11-22", "dbc": "-0043-03-15",
         "tm": "03:22:01.5", "ttz": "03:22:01+05:30", "ts": "2026-11-22T03:22:01.123456",
         "tstz": "2026-11-22T03:22:01.123456Z", "tsinf": "infinity",
         "iv": "1 year 2 mons 3 days 04:05:06", "ip": "192.168.0.1/24", "cid": "10.0.0.0/8",

@@ -1,7 +1,8 @@
 //! `TYPE_QUERY` and the type registry against a real server: domains (chains, over arrays),
 //! enums, composites and `box[]` (a `;` delimiter) decode through the registry the metadata
-//! connection fills.
+//! connection fills. And the JSON of dates and timestamps at the ends of PostgreSQL's ranges.
 
+mod harness;
 mod support;
 
 use walwatch::Value;
@@ -114,4 +115,128 @@ fn type_query_against_a_server() {
         );
         tx.rollback().await.unwrap();
     });
+}
+
+/// Dates and timestamps BC and past 9999, inserted on a real server and captured by the
+/// walwatch binary: the JSON carries ISO-8601 expanded years (1 BC is year 0, 4714 BC is
+/// -4713, years after 9999 have a `+`), the infinities stay the words.
+#[test]
+fn bc_and_far_future_dates_and_timestamps_are_iso_8601_in_json() {
+    let table = support::unique_name("years");
+    let slot = support::unique_name("slot");
+    harness::sql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, d date, ts timestamp, tz timestamptz, \
+                               ds date[]);"
+    ));
+    harness::create_slot(&slot, &table);
+    // (id, date, timestamp, timestamptz): PostgreSQL's first values (4714-11-24 BC, Julian
+    // day 0), 4713 BC, the last second of 1 BC, 1 AD, the ends of 9999 and 10000, and the last
+    // timestamp (294276 AD) and date (5874897 AD) it has (8.5 Date/Time Types, table 8.9).
+    let rows: [(i32, &str, &str, &str); 8] = [
+        (
+            1,
+            "4714-11-24 BC",
+            "4714-11-24 00:00:00 BC",
+            "4714-11-24 00:00:00+00 BC",
+        ),
+        (
+            2,
+            "4713-01-01 BC",
+            "4713-12-31 23:59:59.999999 BC",
+            "4713-06-30 12:00:00+00 BC",
+        ),
+        (
+            3,
+            "0001-12-31 BC",
+            "0001-12-31 23:59:59.999999 BC",
+            "0001-12-31 23:59:59.5+00 BC",
+        ),
+        (
+            4,
+            "0001-01-01",
+            "0001-01-01 00:00:00",
+            "0001-01-01 00:00:00+00",
+        ),
+        (
+            5,
+            "9999-12-31",
+            "9999-12-31 23:59:59.999999",
+            "9999-12-31 23:59:59.999999+00",
+        ),
+        (
+            6,
+            "10000-01-01",
+            "10000-01-01 00:00:00",
+            "10000-01-01 00:00:00+00",
+        ),
+        (
+            7,
+            "5874897-12-31",
+            "294276-12-31 23:59:59.999999",
+            "294276-12-31 23:59:59.999999+00",
+        ),
+        (8, "infinity", "-infinity", "infinity"),
+    ];
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(id, d, ts, tz)| format!("({id}, '{d}', '{ts}', '{tz}', ARRAY['{d}'::date])"))
+        .collect();
+    harness::sql(&format!(
+        "INSERT INTO {table} VALUES {};",
+        values.join(", ")
+    ));
+    let events = harness::drain(&slot, &table, &["--ops", "insert"]);
+    let got: Vec<serde_json::Value> = events.iter().map(|e| e["data"].clone()).collect();
+    let want: Vec<serde_json::Value> = [
+        (
+            1,
+            "-4713-11-24",
+            "-4713-11-24T00:00:00",
+            "-4713-11-24T00:00:00Z",
+        ),
+        (
+            2,
+            "-4712-01-01",
+            "-4712-12-31T23:59:59.999999",
+            "-4712-06-30T12:00:00Z",
+        ),
+        (
+            3,
+            "0000-12-31",
+            "0000-12-31T23:59:59.999999",
+            "0000-12-31T23:59:59.5Z",
+        ),
+        (
+            4,
+            "0001-01-01",
+            "0001-01-01T00:00:00",
+            "0001-01-01T00:00:00Z",
+        ),
+        (
+            5,
+            "9999-12-31",
+            "9999-12-31T23:59:59.999999",
+            "9999-12-31T23:59:59.999999Z",
+        ),
+        (
+            6,
+            "+10000-01-01",
+            "+10000-01-01T00:00:00",
+            "+10000-01-01T00:00:00Z",
+        ),
+        (
+            7,
+            "+5874897-12-31",
+            "+294276-12-31T23:59:59.999999",
+            "+294276-12-31T23:59:59.999999Z",
+        ),
+        (8, "infinity", "-infinity", "infinity"),
+    ]
+    .iter()
+    .map(|(id, d, ts, tz)| serde_json::json!({"id": id, "d": d, "ts": ts, "tz": tz, "ds": [d]}))
+    .collect();
+    assert_eq!(
+        got, want,
+        "the inserted rows, in order, with ISO-8601 expanded years"
+    );
 }

@@ -19,8 +19,9 @@
 //!   an OID that is neither built in here nor in the registry is [`Value::Other`].
 //! * Temporal types keep the server's digits (fractional seconds trimmed as the server trims them)
 //!   and only change the separators to ISO-8601: `T` between date and time, `Z` for UTC, `+HH:MM`
-//!   offsets. Years before 1 keep PostgreSQL's ` BC` suffix (`0044-03-15T03:00:00Z BC`), the same
-//!   convention as [`Value::Date`]; `infinity` / `-infinity` are kept as those words.
+//!   offsets. Years are ISO-8601 expanded years: 1 BC is `0000`, 44 BC is `-0043`
+//!   (`-0043-03-15T03:00:00Z`), years after 9999 have a `+` (`+10000-01-01`); see
+//!   `value/temporal.rs`. `infinity` / `-infinity` are kept as those words.
 //! * float4 is read through its shortest decimal, so `1.1` stays `1.1` in JSON (not
 //!   `1.100000023841858`), in text and in binary.
 //! * Registry types of kind [`TypeKind::Other`] (composites, ranges, extension base types) are

@@ -6,13 +6,18 @@
 //! offset `+HH[:MM[:SS]]` (with `TimeZone=UTC` every timestamptz prints `+00`). Trailing zeros of
 //! the fraction are dropped and a zero fraction is omitted. Years before 1 AD print as the
 //! positive year with a trailing ` BC` (8.5.1.1 Dates; there is no year 0); years past 9999
-//! print with more digits. `infinity` and `-infinity` are special values
-//! (8.5.1.4 Special Values).
+//! print with more digits (EncodeDateOnly/EncodeDateTime in src/backend/utils/adt/datetime.c).
+//! `infinity` and `-infinity` are special values (8.5.1.4 Special Values).
 //!
-//! Output here: the text, with `T` for the date/time space, `Z` for a zero offset, other offsets
-//! as `+HH:MM` (`+HH:MM:SS` only for a seconds part, which ISO-8601 cannot express); ` BC` and
-//! the infinities are kept. A timestamptz with a non-zero offset (not possible under the pinned
-//! TimeZone, but handled) is converted to UTC.
+//! Output here: ISO-8601 with the proleptic Gregorian year numbering of its expanded
+//! representation (ISO 8601-1:2019, 4.3.2 and 5.2.2.3): year 0 is 1 BC and year -N is N+1 BC, so
+//! `4714-11-24 BC` is `-4713-11-24`; years 0 to 9999 have exactly four digits (`0001-01-01`,
+//! `0000-01-01` for 1 BC), years before 0 a `-` and at least four digits, years after 9999 a
+//! `+` and their digits (`+10000-01-01`, `+294276-12-31`). This is what chrono, Java's
+//! `java.time` and Python's `datetime.fromisoformat` (for 1 to 9999) read. `T` separates date
+//! and time, `Z` is a zero offset, other offsets are `+HH:MM` (`+HH:MM:SS` only for a seconds
+//! part, which ISO-8601 cannot express); the infinities are kept as the words. A timestamptz with
+//! a non-zero offset (not possible under the pinned TimeZone, but handled) is converted to UTC.
 
 use std::fmt::Write;
 
@@ -43,8 +48,28 @@ pub(crate) struct Ymd {
     pub(crate) day: u32,
 }
 
-/// `YYYY-MM-DD` at the start of `b`; returns it and the bytes used.
+/// `YYYY-MM-DD` at the start of `b` (the server's text: an unsigned year of 4 to 7 digits, not
+/// 0); returns it and the bytes used.
 pub(crate) fn scan_date(b: &[u8]) -> Option<(Ymd, usize)> {
+    let (ymd, used) = scan_ymd_digits(b)?;
+    (ymd.year != 0).then_some((ymd, used))
+}
+
+/// `[+|-]YYYY-MM-DD` at the start of `b`, as this module prints it (the ISO-8601 expanded year,
+/// see the module doc): the proleptic year (0 = 1 BC), month, day and the bytes used.
+pub(crate) fn scan_iso_date(b: &[u8]) -> Option<(Ymd, usize)> {
+    let (sign, skip) = match b.first() {
+        Some(b'+') => (1, 1),
+        Some(b'-') => (-1, 1),
+        _ => (1, 0),
+    };
+    let (mut ymd, used) = scan_ymd_digits(&b[skip..])?;
+    ymd.year *= sign;
+    Some((ymd, skip + used))
+}
+
+/// An unsigned `YYYY-MM-DD` (4 to 7 year digits, year 0 allowed) at the start of `b`.
+fn scan_ymd_digits(b: &[u8]) -> Option<(Ymd, usize)> {
     let ylen = b.iter().take_while(|c| c.is_ascii_digit()).count();
     // PostgreSQL's largest year is 5874897 (date); 4 digits minimum.
     if !(4..=7).contains(&ylen) {
@@ -56,10 +81,31 @@ pub(crate) fn scan_date(b: &[u8]) -> Option<(Ymd, usize)> {
     }
     let month = digits(b, ylen + 1, 2)?;
     let day = digits(b, ylen + 4, 2)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year == 0 {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
     Some((Ymd { year, month, day }, ylen + 6))
+}
+
+/// Append a proleptic year (0 = 1 BC) the ISO-8601 way: `0000` to `9999` as four digits, earlier
+/// years as `-` and at least four digits, later ones as `+` and their digits.
+fn push_year(out: &mut String, year: i64) {
+    let _ = match year {
+        0..=9999 => write!(out, "{year:04}"),
+        10_000.. => write!(out, "+{year}"),
+        _ => write!(out, "-{:04}", year.unsigned_abs()),
+    };
+}
+
+/// Append `[+|-]YYYY-MM-DD` for a proleptic year.
+fn push_ymd(out: &mut String, year: i64, month: u32, day: u32) {
+    push_year(out, year);
+    let _ = write!(out, "-{month:02}-{day:02}");
+}
+
+/// The proleptic year of a date the server printed: `Y BC` is `1 - Y`.
+fn proleptic(ymd: &Ymd, bc: bool) -> i64 {
+    if bc { 1 - ymd.year } else { ymd.year }
 }
 
 /// A scanned `HH:MM:SS[.f+]`: seconds of the day and the bytes used.
@@ -116,14 +162,21 @@ fn push_offset(out: &mut String, east: i32) {
     }
 }
 
-/// date: `YYYY-MM-DD[ BC]`, `infinity`, `-infinity` -> unchanged.
+/// date: `YYYY-MM-DD[ BC]` -> `[+|-]YYYY-MM-DD`; `infinity`, `-infinity` -> unchanged.
 pub(super) fn date_text(text: &str) -> Option<String> {
     if matches!(text, "infinity" | "-infinity") {
         return Some(text.to_owned());
     }
     let b = text.as_bytes();
-    let (_, n) = scan_date(b)?;
-    matches!(&b[n..], b"" | b" BC").then(|| text.to_owned())
+    let (ymd, n) = scan_date(b)?;
+    let bc = match &b[n..] {
+        b"" => false,
+        b" BC" => true,
+        _ => return None,
+    };
+    let mut out = String::with_capacity(text.len());
+    push_ymd(&mut out, proleptic(&ymd, bc), ymd.month, ymd.day);
+    Some(out)
 }
 
 /// time: `HH:MM:SS[.f]` -> unchanged.
@@ -143,8 +196,8 @@ pub(super) fn timetz_text(text: &str) -> Option<String> {
     Some(out)
 }
 
-/// timestamp `YYYY-MM-DD HH:MM:SS[.f][ BC]` -> `YYYY-MM-DDTHH:MM:SS[.f][ BC]`;
-/// timestamptz `... HH:MM:SS[.f]+00[ BC]` -> `...THH:MM:SS[.f]Z[ BC]` (converted to UTC when the
+/// timestamp `YYYY-MM-DD HH:MM:SS[.f][ BC]` -> `[+|-]YYYY-MM-DDTHH:MM:SS[.f]`;
+/// timestamptz `... HH:MM:SS[.f]+00[ BC]` -> `...THH:MM:SS[.f]Z` (converted to UTC when the
 /// offset is not zero).
 pub(super) fn timestamp_text(text: &str, tz: bool) -> Option<String> {
     if matches!(text, "infinity" | "-infinity") {
@@ -164,29 +217,26 @@ pub(super) fn timestamp_text(text: &str, tz: bool) -> Option<String> {
     if body.len() < t {
         return None;
     }
-    let mut out = String::with_capacity(text.len() + 1);
+    let year = proleptic(&ymd, bc);
+    let mut out = String::with_capacity(text.len() + 2);
     if !tz {
         if body.len() != t {
             return None;
         }
-        out.push_str(&text[..d]);
+        push_ymd(&mut out, year, ymd.month, ymd.day);
         out.push('T');
-        out.push_str(&text[d + 1..]);
+        out.push_str(&text[d + 1..t]);
         return Some(out);
     }
     let east = scan_offset(&body[t..])?;
     if east == 0 {
-        out.push_str(&text[..d]);
+        push_ymd(&mut out, year, ymd.month, ymd.day);
         out.push('T');
         out.push_str(&text[d + 1..t]);
         out.push('Z');
-        if bc {
-            out.push_str(" BC");
-        }
         return Some(out);
     }
     // Not UTC: shift by the offset (whole seconds, so the fraction is unchanged).
-    let year = if bc { 1 - ymd.year } else { ymd.year };
     let secs = days_from_civil(year, ymd.month, ymd.day) * 86_400 + sod - i64::from(east);
     push_datetime(
         &mut out,
@@ -202,18 +252,15 @@ pub(super) fn timestamp_text(text: &str, tz: bool) -> Option<String> {
     Some(out)
 }
 
-/// Append `YYYY-MM-DD` for days since 1970, returning whether the year is BC.
-fn push_date(out: &mut String, days: i64) -> bool {
+/// Append `[+|-]YYYY-MM-DD` for days since 1970.
+fn push_date(out: &mut String, days: i64) {
     let (y, m, d) = civil_from_days(days);
-    let bc = y <= 0;
-    let y = if bc { 1 - y } else { y };
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}");
-    bc
+    push_ymd(out, y, m, d);
 }
 
-/// Append `YYYY-MM-DDTHH:MM:SS`, the fraction, `Z` when `tz`, then ` BC` for years before 1.
+/// Append `[+|-]YYYY-MM-DDTHH:MM:SS`, the fraction, then `Z` when `tz`.
 fn push_datetime(out: &mut String, days: i64, sod: i64, frac: impl FnOnce(&mut String), tz: bool) {
-    let bc = push_date(out, days);
+    push_date(out, days);
     let _ = write!(
         out,
         "T{:02}:{:02}:{:02}",
@@ -224,9 +271,6 @@ fn push_datetime(out: &mut String, days: i64, sod: i64, frac: impl FnOnce(&mut S
     frac(out);
     if tz {
         out.push('Z');
-    }
-    if bc {
-        out.push_str(" BC");
     }
 }
 
@@ -257,9 +301,7 @@ pub(super) fn date_binary(days: i32) -> String {
         i32::MIN => "-infinity".to_owned(),
         _ => {
             let mut out = String::with_capacity(13);
-            if push_date(&mut out, i64::from(days) + PG_EPOCH_DAYS) {
-                out.push_str(" BC");
-            }
+            push_date(&mut out, i64::from(days) + PG_EPOCH_DAYS);
             out
         }
     }

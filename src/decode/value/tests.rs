@@ -207,10 +207,10 @@ fn json_text_embedded() {
 fn date_text() {
     let d = |s: &str| Value::Date(s.into());
     assert_eq!(text(1082, "2026-11-22"), d("2026-11-22"));
-    assert_eq!(text(1082, "0044-03-15 BC"), d("0044-03-15 BC"));
+    assert_eq!(text(1082, "0044-03-15 BC"), d("-0043-03-15"));
     assert_eq!(text(1082, "infinity"), d("infinity"));
     assert_eq!(text(1082, "-infinity"), d("-infinity"));
-    assert_eq!(text(1082, "5874897-12-31"), d("5874897-12-31"));
+    assert_eq!(text(1082, "5874897-12-31"), d("+5874897-12-31"));
     for bad in [
         "",
         "2026-1-22",
@@ -220,6 +220,10 @@ fn date_text() {
         "2026-11-22 AD",
         "2026/11/22",
         "Infinity",
+        // No year 0 in the server's numbering, and no sign either.
+        "0000-01-01",
+        "-0043-03-15",
+        "+10000-01-01",
     ] {
         assert_eq!(text(1082, bad), other(bad), "{bad:?}");
     }
@@ -281,11 +285,11 @@ fn timestamp_text() {
     }
     assert_eq!(
         text(1114, "0044-03-15 03:00:00 BC"),
-        ts("0044-03-15T03:00:00 BC")
+        ts("-0043-03-15T03:00:00")
     );
     assert_eq!(
         text(1114, "10000-01-01 00:00:00"),
-        ts("10000-01-01T00:00:00")
+        ts("+10000-01-01T00:00:00")
     );
     assert_eq!(text(1114, "infinity"), ts("infinity"));
     assert_eq!(text(1114, "-infinity"), ts("-infinity"));
@@ -325,7 +329,7 @@ fn timestamptz_text_is_utc_with_z() {
     }
     assert_eq!(
         text(1184, "0044-03-15 03:00:00+00 BC"),
-        tz("0044-03-15T03:00:00Z BC")
+        tz("-0043-03-15T03:00:00Z")
     );
     assert_eq!(text(1184, "infinity"), tz("infinity"));
     assert_eq!(text(1184, "-infinity"), tz("-infinity"));
@@ -344,7 +348,7 @@ fn timestamptz_text_is_utc_with_z() {
     );
     assert_eq!(
         text(1184, "0001-01-01 00:30:00+01 BC"),
-        tz("0002-12-31T23:30:00Z BC")
+        tz("-0001-12-31T23:30:00Z")
     );
     assert_eq!(
         text(1184, "0001-12-31 23:30:00-01 BC"),
@@ -488,7 +492,7 @@ fn arrays_of_every_builtin_element() {
         text(1182, r#"{2026-11-22,"0044-03-15 BC",infinity}"#),
         arr(vec![
             Value::Date("2026-11-22".into()),
-            Value::Date("0044-03-15 BC".into()),
+            Value::Date("-0043-03-15".into()),
             Value::Date("infinity".into())
         ])
     );
@@ -837,12 +841,137 @@ fn binary_inet_matches_server_text() {
     );
 }
 
+/// Years in ISO-8601's expanded numbering at the edges: 1 BC is year 0, N BC is year 1 - N,
+/// years after 9999 carry a `+`. Each row: the server's text (psql, pinned settings), the
+/// send-format value (days or µs since 2000-01-01, from `date - '2000-01-01'` and
+/// `timestamp_send`), and what walwatch emits. PostgreSQL's first date and timestamp are
+/// 4714-11-24 BC (Julian day 0; MIN_TIMESTAMP in src/include/datatype/timestamp.h), its last
+/// timestamp 294276-12-31 23:59:59.999999 (END_TIMESTAMP - 1), its last date 5874897-12-31.
+#[test]
+fn temporal_years_are_iso_8601_expanded_years() {
+    let dates: [(&str, i32, &str); 10] = [
+        ("4714-11-24 BC", -2_451_545, "-4713-11-24"),
+        ("4713-01-01 BC", -2_451_507, "-4712-01-01"),
+        ("0002-12-31 BC", -730_486, "-0001-12-31"),
+        ("0001-01-01 BC", -730_485, "0000-01-01"),
+        ("0001-12-31 BC", -730_120, "0000-12-31"),
+        ("0001-01-01", -730_119, "0001-01-01"),
+        ("9999-12-31", 2_921_939, "9999-12-31"),
+        ("10000-01-01", 2_921_940, "+10000-01-01"),
+        ("294276-12-31", 106_751_982, "+294276-12-31"),
+        ("5874897-12-31", 2_145_031_948, "+5874897-12-31"),
+    ];
+    for (server, days, want) in dates {
+        assert_eq!(
+            text(1082, server),
+            Value::Date(want.into()),
+            "text {server}"
+        );
+        assert_eq!(
+            bin(1082, &days.to_be_bytes()),
+            Value::Date(want.into()),
+            "binary {server} ({days} days)"
+        );
+        assert_eq!(json(&text(1082, server)), format!("\"{want}\""));
+    }
+    let stamps: [(&str, i64, &str); 8] = [
+        (
+            "4714-11-24 00:00:00 BC",
+            -211_813_488_000_000_000,
+            "-4713-11-24T00:00:00",
+        ),
+        (
+            "4713-12-31 23:59:59.999999 BC",
+            -211_778_582_400_000_001,
+            "-4712-12-31T23:59:59.999999",
+        ),
+        (
+            "0001-12-31 23:59:59.999999 BC",
+            -63_082_281_600_000_001,
+            "0000-12-31T23:59:59.999999",
+        ),
+        (
+            "0001-01-01 00:00:00",
+            -63_082_281_600_000_000,
+            "0001-01-01T00:00:00",
+        ),
+        (
+            "9999-12-31 23:59:59.999999",
+            252_455_615_999_999_999,
+            "9999-12-31T23:59:59.999999",
+        ),
+        (
+            "10000-01-01 00:00:00",
+            252_455_616_000_000_000,
+            "+10000-01-01T00:00:00",
+        ),
+        (
+            "294276-12-31 23:59:59.999999",
+            9_223_371_331_199_999_999,
+            "+294276-12-31T23:59:59.999999",
+        ),
+        (
+            "2026-11-22 03:22:01.5",
+            848_632_921_500_000,
+            "2026-11-22T03:22:01.5",
+        ),
+    ];
+    for (server, us, want) in stamps {
+        assert_eq!(
+            text(1114, server),
+            Value::Timestamp(want.into()),
+            "text {server}"
+        );
+        assert_eq!(
+            bin(1114, &us.to_be_bytes()),
+            Value::Timestamp(want.into()),
+            "binary {server}"
+        );
+        // timestamptz prints the offset before the era: `... 00:00:00+00 BC`.
+        let tz_server = match server.strip_suffix(" BC") {
+            Some(body) => format!("{body}+00 BC"),
+            None => format!("{server}+00"),
+        };
+        let tz_want = format!("{want}Z");
+        assert_eq!(
+            text(1184, &tz_server),
+            Value::TimestampTz(tz_want.clone()),
+            "text {tz_server}"
+        );
+        assert_eq!(
+            bin(1184, &us.to_be_bytes()),
+            Value::TimestampTz(tz_want.clone()),
+            "binary {tz_server}"
+        );
+        assert_eq!(json(&text(1184, &tz_server)), format!("\"{tz_want}\""));
+    }
+    // The infinities stay the words, in both formats.
+    for (oid, b) in [
+        (1082, &i32::MAX.to_be_bytes()[..]),
+        (1114, &i64::MAX.to_be_bytes()[..]),
+        (1184, &i64::MAX.to_be_bytes()[..]),
+    ] {
+        assert_eq!(json(&text(oid, "infinity")), "\"infinity\"");
+        assert_eq!(json(&text(oid, "-infinity")), "\"-infinity\"");
+        assert_eq!(json(&bin(oid, b)), "\"infinity\"");
+    }
+    // An offset that moves a BC timestamptz across the year boundary, and one into year 0.
+    assert_eq!(
+        text(1184, "0001-01-01 00:30:00+01 BC"),
+        Value::TimestampTz("-0001-12-31T23:30:00Z".into())
+    );
+    assert_eq!(
+        text(1184, "0001-01-01 00:30:00+01"),
+        Value::TimestampTz("0000-12-31T23:30:00Z".into())
+    );
+}
+
 #[test]
 fn binary_temporal_matches_server_text() {
     // (send-format bytes, the text the server printed for the same value)
     let date = [
         ("\\x0000265e", "2026-11-22"),
-        ("\\xfff49d7b", "0044-03-15 BC"),
+        ("\\xfff49d7b", "-0043-03-15"),
         ("\\x80000000", "-infinity"),
         ("\\x7fffffff", "infinity"),
         ("\\xfff4dbf9", "0001-01-01"),
@@ -854,9 +983,9 @@ fn binary_temporal_matches_server_text() {
         ("\\x000303d3bfceea80", "2026-11-22T03:22:01.123456Z"),
         ("\\x7fffffffffffffff", "infinity"),
         ("\\x8000000000000000", "-infinity"),
-        ("\\xff1af9e170160c00", "0044-03-15T03:00:00Z BC"),
+        ("\\xff1af9e170160c00", "-0043-03-15T03:00:00Z"),
         ("\\xfffffffffffe7960", "1999-12-31T23:59:59.9Z"),
-        ("\\x0380e70b913b8000", "10000-01-01T00:00:00Z"),
+        ("\\x0380e70b913b8000", "+10000-01-01T00:00:00Z"),
     ];
     for (b, s) in tstz {
         assert_eq!(bin(1184, &hx(b)), Value::TimestampTz(s.into()), "{s}");

@@ -2,7 +2,8 @@
 //!
 //! The decoder keeps temporal and numeric values as the exact text the server printed (with
 //! the startup parameters pinned: `DateStyle=ISO`, `IntervalStyle=postgres`, `TimeZone=UTC`;
-//! ARCHITECTURE.md "Protocol facts"), normalised to ISO-8601 (`T`, `Z`, ` BC`). These functions
+//! ARCHITECTURE.md "Protocol facts"), normalised to ISO-8601 (`T`, `Z`, and the expanded years
+//! `-4713-11-24` / `+10000-01-01` of `decode::value::temporal`). These functions
 //! turn that text into the integers Arrow stores. Each returns `None` for text it cannot
 //! represent exactly; the caller decides what to do (the sink writes null and warns).
 //!
@@ -10,7 +11,7 @@
 //! infinities (`i32::MAX` / `-i32::MAX` days, `i64::MAX` / `-i64::MAX` µs), which DuckDB reads
 //! back as `infinity` / `-infinity`.
 
-use crate::decode::value::temporal::scan_date;
+use crate::decode::value::temporal::scan_iso_date;
 use crate::event::days_from_civil;
 
 pub(crate) const DATE_INFINITY: i32 = i32::MAX;
@@ -43,32 +44,23 @@ fn micros_frac(b: &[u8]) -> Option<i64> {
     }
 }
 
-/// `YYYY-MM-DD` at the start of `b`, scanned as the decoder scans it (4 to 7 year digits:
-/// PostgreSQL's last year is 5874897, which keeps the day arithmetic far from overflow): days
-/// since 1970 and the bytes used. `bc` turns year Y BC into the proleptic year 1 - Y.
-fn ymd(b: &[u8], bc: bool) -> Option<(i64, usize)> {
-    let (d, used) = scan_date(b)?;
-    let year = if bc { 1 - d.year } else { d.year };
-    Some((days_from_civil(year, d.month, d.day), used))
+/// `[+|-]YYYY-MM-DD` at the start of `b`, as the decoder prints it (4 to 7 year digits:
+/// PostgreSQL's last year is 5874897, which keeps the day arithmetic far from overflow; the
+/// proleptic year, 0 = 1 BC): days since 1970 and the bytes used.
+fn ymd(b: &[u8]) -> Option<(i64, usize)> {
+    let (d, used) = scan_iso_date(b)?;
+    Some((days_from_civil(d.year, d.month, d.day), used))
 }
 
-/// Splits a trailing ` BC`.
-fn strip_bc(text: &str) -> (&[u8], bool) {
-    match text.strip_suffix(" BC") {
-        Some(body) => (body.as_bytes(), true),
-        None => (text.as_bytes(), false),
-    }
-}
-
-/// A date (`YYYY-MM-DD[ BC]`, `infinity`, `-infinity`) as days since 1970-01-01 (Date32).
+/// A date (`[+|-]YYYY-MM-DD`, `infinity`, `-infinity`) as days since 1970-01-01 (Date32).
 pub(crate) fn date32(text: &str) -> Option<i32> {
     match text {
         "infinity" => return Some(DATE_INFINITY),
         "-infinity" => return Some(-DATE_INFINITY),
         _ => {}
     }
-    let (b, bc) = strip_bc(text);
-    let (days, used) = ymd(b, bc)?;
+    let b = text.as_bytes();
+    let (days, used) = ymd(b)?;
     if used != b.len() {
         return None;
     }
@@ -101,7 +93,7 @@ pub(crate) fn time64(text: &str) -> Option<i64> {
     hms(b, 24)
 }
 
-/// A timestamp as the decoder prints it (`YYYY-MM-DDTHH:MM:SS[.ffffff][Z][ BC]`, `infinity`,
+/// A timestamp as the decoder prints it (`[+|-]YYYY-MM-DDTHH:MM:SS[.ffffff][Z]`, `infinity`,
 /// `-infinity`) as microseconds since 1970-01-01 00:00 (UTC for timestamptz, which the decoder
 /// always prints in UTC).
 pub(crate) fn timestamp_us(text: &str) -> Option<i64> {
@@ -110,9 +102,9 @@ pub(crate) fn timestamp_us(text: &str) -> Option<i64> {
         "-infinity" => return Some(-TIMESTAMP_INFINITY),
         _ => {}
     }
-    let (b, bc) = strip_bc(text);
+    let b = text.as_bytes();
     let b = b.strip_suffix(b"Z").unwrap_or(b);
-    let (days, used) = ymd(b, bc)?;
+    let (days, used) = ymd(b)?;
     if b.get(used) != Some(&b'T') {
         return None;
     }
@@ -235,10 +227,20 @@ mod tests {
         assert_eq!(date32("1970-01-01"), Some(0));
         assert_eq!(date32("2000-01-01"), Some(10_957));
         assert_eq!(date32("1969-12-31"), Some(-1));
-        // 0001-01-01 BC is proleptic year 0, one leap year before 0001-01-01.
+        // 0000-01-01 (1 BC) is one leap year before 0001-01-01.
         assert_eq!(
-            date32("0001-01-01 BC"),
+            date32("0000-01-01"),
             Some(date32("0001-01-01").unwrap() - 366)
+        );
+        // PostgreSQL's first date, 4714-11-24 BC, is Julian day 0; 1970-01-01 is day 2440588.
+        assert_eq!(date32("-4713-11-24"), Some(-2_440_588));
+        assert_eq!(
+            date32("-0001-12-31"),
+            Some(date32("0000-01-01").unwrap() - 1)
+        );
+        assert_eq!(
+            date32("+10000-01-01"),
+            Some(date32("9999-12-31").unwrap() + 1)
         );
         assert_eq!(date32("infinity"), Some(i32::MAX));
         assert_eq!(date32("-infinity"), Some(-i32::MAX));
@@ -252,6 +254,10 @@ mod tests {
             "x",
             "2026-01-01T00:00:00",
             "999999999999999999-01-01",
+            "+99999999-01-01",
+            // The server's own BC form is not what the decoder hands over.
+            "0044-03-15 BC",
+            "--0044-03-15",
         ] {
             assert_eq!(date32(bad), None, "{bad}");
         }
@@ -273,7 +279,19 @@ mod tests {
         assert_eq!(timestamp_us("1969-12-31T23:59:59.9"), Some(-100_000));
         assert_eq!(timestamp_us("infinity"), Some(i64::MAX));
         assert_eq!(timestamp_us("-infinity"), Some(-i64::MAX));
-        assert!(timestamp_us("0044-03-15T12:00:00Z BC").unwrap() < 0);
+        assert_eq!(
+            timestamp_us("-4713-11-24T00:00:00Z"),
+            Some(-2_440_588 * 86_400_000_000)
+        );
+        // Arrow counts µs from 1970, PostgreSQL from 2000: i64 µs after 1970 end in 294247, so
+        // PostgreSQL's last timestamp (294276-12-31 23:59:59.999999, END_TIMESTAMP - 1 in
+        // src/include/datatype/timestamp.h) has no Arrow value (the sink writes null and warns).
+        assert_eq!(
+            timestamp_us("+294246-12-31T00:00:00Z"),
+            Some(days_from_civil(294_246, 12, 31) * 86_400_000_000)
+        );
+        assert_eq!(timestamp_us("+294276-12-31T23:59:59.999999Z"), None);
+        assert_eq!(timestamp_us("0044-03-15T12:00:00Z BC"), None);
         assert_eq!(timestamp_us("2026-11-22 03:22:01"), None);
         assert_eq!(timestamp_us("99999999999999-01-01T00:00:00"), None);
     }
