@@ -4,8 +4,10 @@
 //!
 //! Include it in an integration test with `mod support;` and call [`cluster()`].
 //!
-//! How the sharing works, per test binary (state dir `<target>/<profile>/walwatch-test-pg/<bin>`,
-//! override with `WALWATCH_TEST_PG_STATE_DIR`):
+//! How the sharing works, per test binary and server (state dir
+//! `<target>/<profile>/walwatch-test-pg/pg<major>-<hash of the server's bin dir>/<bin>`, override
+//! with `WALWATCH_TEST_PG_STATE_DIR`; the server is the one `WALWATCH_PG_BIN` picks, see
+//! `walwatch::scratch::find_bin_dir`):
 //! - `lock`: an exclusive `flock` held while checking the state file, starting a cluster if there
 //!   is no live one, writing the state file and taking the lease;
 //! - `state`: `key=value` lines (root dir, port, bin dir, watchdog pid) of the running cluster;
@@ -18,6 +20,10 @@
 //!   state file. Its output goes to `watchdog.log` in the state dir.
 //! - A state file whose postmaster is dead (a test killed it, a reboot) is ignored and replaced;
 //!   a live cluster whose watchdog died gets a new watchdog.
+//! - A run against another server (the suite runs on PostgreSQL 15, 17 and 18, tests/run.sh) has
+//!   its own state dir, so it never joins a cluster of another version; should two runs still
+//!   meet in one state dir (`WALWATCH_TEST_PG_STATE_DIR`), a live cluster whose recorded `bin`
+//!   is not this run's server is refused, never joined.
 //!
 //! Tests that need a cluster of their own (another `wal_level`, restarts, kills) use
 //! [`own_cluster`] / `ScratchCluster::start` and must not stop or kill the shared one.
@@ -66,7 +72,52 @@ pub fn cluster_was_joined() -> bool {
     shared().joined
 }
 
-/// The state directory of this test binary's shared cluster.
+/// The bin directory of the server this process's tests run against (`WALWATCH_PG_BIN`, else
+/// what `walwatch::scratch::find_bin_dir` finds), canonical, once per process.
+pub fn server_bin_dir() -> Option<&'static Path> {
+    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = walwatch::scratch::find_bin_dir().ok()?;
+        Some(fs::canonicalize(&dir).unwrap_or(dir))
+    })
+    .as_deref()
+}
+
+/// The server's major version from `postgres --version` ("postgres (PostgreSQL) 18.6", Debian:
+/// "postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)"), e.g. 18.
+pub fn server_major_version(bin: &Path) -> Option<u32> {
+    let out = Command::new(bin.join("postgres"))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_once("(PostgreSQL)")?.1.trim_start();
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `pg<major>-<8 hex digits>`: which server a state dir belongs to. The hash (FNV-1a of the bin
+/// dir's path) tells apart two builds of one major version.
+fn server_key() -> String {
+    let Some(bin) = server_bin_dir() else {
+        // No server: starting the cluster fails and says so; the state dir does not matter.
+        return "no-server".to_owned();
+    };
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in bin.as_os_str().as_encoded_bytes() {
+        hash = (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    match server_major_version(bin) {
+        Some(major) => format!("pg{major}-{hash:08x}"),
+        None => format!("pg-{hash:08x}"),
+    }
+}
+
+/// The state directory of this test binary's shared cluster (for this process's server).
 pub fn state_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("WALWATCH_TEST_PG_STATE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
@@ -87,7 +138,7 @@ pub fn state_dir() -> PathBuf {
     } else {
         exe_dir
     };
-    base.join("walwatch-test-pg").join(name)
+    base.join("walwatch-test-pg").join(server_key()).join(name)
 }
 
 fn shared() -> &'static Shared {
@@ -176,6 +227,7 @@ fn start_or_join() -> Result<Shared, ScratchError> {
 
     let mut found = None;
     if let Some(st) = read_state(&state_path) {
+        refuse_another_server(&dir, &st);
         let c = ClusterHandle::from_parts(st.root.clone(), st.bin.clone(), st.port);
         let alive = c
             .postmaster_pid()
@@ -233,6 +285,30 @@ fn start_or_join() -> Result<Shared, ScratchError> {
         state_dir: dir,
         _lease: lease,
     })
+}
+
+/// Panics when the state file records a live cluster of another server than this process's:
+/// tests of one version must never run against a cluster of another.
+fn refuse_another_server(dir: &Path, st: &State) {
+    let Some(ours) = server_bin_dir() else { return };
+    let theirs = fs::canonicalize(&st.bin).unwrap_or_else(|_| st.bin.clone());
+    if theirs == ours {
+        return;
+    }
+    let handle = ClusterHandle::from_parts(st.root.clone(), st.bin.clone(), st.port);
+    if handle
+        .postmaster_pid()
+        .is_some_and(walwatch::scratch::process_alive)
+    {
+        panic!(
+            "the shared test cluster in {} runs the server in {}, but this test runs against {} \
+             (WALWATCH_PG_BIN): refusing to join a cluster of another server; give this run \
+             its own WALWATCH_TEST_PG_STATE_DIR",
+            dir.display(),
+            theirs.display(),
+            ours.display()
+        );
+    }
 }
 
 /// Polls `f` for up to 30 s; false when it never became true.
