@@ -71,7 +71,8 @@ impl Owner {
         admin(&format!(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
              WHERE slot_name = '{slot}';
-             DROP PUBLICATION IF EXISTS walwatch_{slot};"
+             DROP PUBLICATION IF EXISTS walwatch_{slot};
+             DROP PUBLICATION IF EXISTS walwatch_{slot}_noident;"
         ));
     }
 }
@@ -213,9 +214,6 @@ fn tables_without_a_replica_identity_keep_working_while_watched() {
         ]
     );
     owner.drop_slot(&slot);
-    admin(&format!(
-        "DROP PUBLICATION IF EXISTS walwatch_{slot}_noident;"
-    ));
 }
 
 /// Without --tables (every table, as a superuser), a table created after walwatch started and
@@ -253,9 +251,6 @@ fn a_table_created_later_without_a_key_keeps_working_while_everything_is_watched
         .collect();
     assert_eq!(seen, ["INSERT later"]);
     owner.drop_slot(&slot);
-    admin(&format!(
-        "DROP PUBLICATION IF EXISTS walwatch_{slot}_noident;"
-    ));
 }
 
 /// Issue 13's second defect: a value's JSON type must not depend on when walwatch reads it.
@@ -346,6 +341,37 @@ fn a_dropped_type_renders_as_it_did_and_an_unknown_one_is_named() {
     owner.drop_slot(&seen);
     owner.drop_slot(&unseen);
     admin(&format!(
-        "DROP PUBLICATION IF EXISTS walwatch_{seen}_noident; DROP PUBLICATION {given};"
+        "DROP PUBLICATION {given};"
     ));
+}
+
+/// One of a slot's two publications dropped by hand (a script that knew only the main one's
+/// name, say): the next run makes it again and keeps the other, instead of failing on
+/// "publication already exists".
+#[test]
+fn a_publication_dropped_by_hand_is_made_again() {
+    let owner = Owner::new("repub", false);
+    let slot = unique_name("repub_slot");
+    owner.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE n (v text);");
+    owner.walwatch(&["--slot", &slot, "--tables", "t,n", "--endpos", "now"], 0);
+    for dropped in [format!("walwatch_{slot}"), format!("walwatch_{slot}_noident")] {
+        admin(&format!("DROP PUBLICATION {dropped};"));
+        owner.walwatch(&["--slot", &slot, "--tables", "t,n", "--endpos", "now"], 0);
+        let listed = admin(&format!(
+            "SELECT string_agg(pubname || ':' || tablename, ',' ORDER BY pubname) \
+             FROM pg_publication_tables WHERE pubname LIKE 'walwatch_{slot}%'"
+        ));
+        assert_eq!(
+            listed,
+            format!("walwatch_{slot}:t,walwatch_{slot}_noident:n"),
+            "after dropping {dropped}"
+        );
+    }
+    owner.sql("INSERT INTO t VALUES (1); INSERT INTO n VALUES ('x');");
+    let seen: Vec<String> = changes(&drain(&owner, &slot, "t,n"))
+        .iter()
+        .map(|e| format!("{} {}", e["op"].as_str().unwrap(), e["table"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, ["INSERT t", "INSERT n"]);
+    owner.drop_slot(&slot);
 }

@@ -367,7 +367,14 @@ pub async fn ensure(client: &Client, info: &ServerInfo, want: &Want<'_>) -> Resu
             companion_publish.as_str(),
         ),
     ] {
-        if main_exists {
+        // Each on its own: one of the two may have been dropped by hand (or by a script that
+        // knew only the main one's name) while the other stayed.
+        let this_exists = if name == want.main {
+            main_exists
+        } else {
+            exists(client, name).await?
+        };
+        if this_exists {
             sql.extend(retarget(client, name, &target, publish).await?);
         } else {
             sql.push(format!(

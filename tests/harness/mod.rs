@@ -132,7 +132,8 @@ pub fn drop_slot(slot: &str) {
             "walwatch",
             &format!(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';
-                 DROP PUBLICATION IF EXISTS walwatch_{slot};"
+                 DROP PUBLICATION IF EXISTS walwatch_{slot};
+                 DROP PUBLICATION IF EXISTS walwatch_{slot}_noident;"
             ),
         )
         .expect("drop slot");
