@@ -1,11 +1,17 @@
-//! The command line, as clap sees it. Nothing here does I/O: [`WatchArgs::to_config`] turns
-//! the raw arguments into a validated [`Config`].
+//! The command line, as clap sees it. Nothing here does I/O: [`Cli::try_parse_checked`] parses
+//! and checks the arguments, [`WatchArgs::to_config`] turns them into a validated [`Config`].
+//!
+//! `--dsn`, `-v` and `-q` are global: they may come before or after the subcommand
+//! (`walwatch --dsn X slots drop N`, `walwatch slots drop N --dsn X`, `walwatch -v assert ...`).
+//! The default command's other options (`walwatch --tables t`) may not be mixed with a
+//! subcommand, and that is checked after parsing (see [`Cli::try_parse_checked`]).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
 
@@ -42,7 +48,9 @@ Without --dsn, the libpq variables PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABAS
 
 #[derive(Debug, Parser)]
 #[command(name = "walwatch", version, about = ABOUT, after_help = AFTER_HELP)]
-#[command(args_conflicts_with_subcommands = true)]
+// Not `args_conflicts_with_subcommands`: clap counts global options as arguments of the
+// command they are given to, so `walwatch -v assert ...` would be refused. The same rule,
+// less the global options, is applied by `Cli::try_parse_checked`.
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -52,6 +60,55 @@ pub struct Cli {
 
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first) like [`Parser::try_parse_from`], then refuses
+    /// what clap's own `args_conflicts_with_subcommands` would, without counting the global
+    /// options: an option of a command together with a subcommand of it (`walwatch --tables t
+    /// slots`, `walwatch slots --format json drop N`), and `--dsn` with `demo`, which starts a
+    /// server of its own. The errors are clap's usage errors (exit code 2).
+    pub fn try_parse_checked<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        no_options_with_subcommands(&mut cmd, &matches)?;
+        if let Some(("demo", demo)) = matches.subcommand()
+            && demo.value_source("dsn") == Some(ValueSource::CommandLine)
+        {
+            return Err(cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`walwatch demo` starts a PostgreSQL of its own: --dsn does not apply to it",
+            ));
+        }
+        Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+    }
+}
+
+/// At each level of `matches` that has a subcommand: no option of that level's own (a global
+/// one aside) was given on the command line.
+fn no_options_with_subcommands(
+    cmd: &mut clap::Command,
+    matches: &ArgMatches,
+) -> std::result::Result<(), clap::Error> {
+    let Some((name, sub)) = matches.subcommand() else {
+        return Ok(());
+    };
+    let given = cmd.get_arguments().find(|a| {
+        !a.is_global_set()
+            && matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+    });
+    if let Some(arg) = given {
+        let msg = format!("the subcommand '{name}' cannot be used with '{arg}'");
+        return Err(cmd.error(clap::error::ErrorKind::ArgumentConflict, msg));
+    }
+    match cmd.find_subcommand_mut(name) {
+        Some(sub_cmd) => no_options_with_subcommands(sub_cmd, sub),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,13 +132,12 @@ pub enum Command {
 }
 
 #[derive(Debug, Args, Clone)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct SlotsArgs {
     #[command(subcommand)]
     pub action: Option<SlotsAction>,
 
     /// Connection string (else the libpq variables).
-    #[arg(long, value_name = "DSN")]
+    #[arg(long, value_name = "DSN", global = true)]
     pub dsn: Option<String>,
 
     /// A table for people, or JSON (an array of objects) for scripts.
@@ -95,9 +151,6 @@ pub enum SlotsAction {
     Drop {
         /// The slot's name.
         name: String,
-        /// Connection string (else the libpq variables).
-        #[arg(long, value_name = "DSN")]
-        dsn: Option<String>,
         /// Drop it even while a consumer uses it: terminates that connection first.
         #[arg(long)]
         force: bool,
@@ -130,7 +183,7 @@ pub struct MarkArgs {
     pub name: String,
 
     /// Connection string (else the libpq variables).
-    #[arg(long, value_name = "DSN")]
+    #[arg(long, value_name = "DSN", global = true)]
     pub dsn: Option<String>,
 
     /// Wait until the marker appears in this recording (proves the recorder is running and
@@ -197,7 +250,7 @@ pub struct AssertCommon {
     pub since: Option<String>,
 
     /// Connection string for the fence and the diagnostics (else the libpq variables).
-    #[arg(long, value_name = "DSN")]
+    #[arg(long, value_name = "DSN", global = true)]
     pub dsn: Option<String>,
 
     /// Check the recording as it is, without a fence (for a recording that has ended).
@@ -239,8 +292,9 @@ pub enum ColorArg {
 
 #[derive(Debug, Args, Clone)]
 pub struct WatchArgs {
-    /// Connection string: a URI (postgres://user:pass@host:port/db) or key=value pairs.
-    #[arg(long, value_name = "DSN")]
+    /// Connection string: a URI (postgres://user:pass@host:port/db) or key=value pairs. Global:
+    /// also before or after a subcommand (`walwatch --dsn X slots`).
+    #[arg(long, value_name = "DSN", global = true)]
     pub dsn: Option<String>,
 
     /// Tables to watch, comma-separated: orders, sales.orders, 'sales.*'. Default: every table.
@@ -498,4 +552,114 @@ pub fn conn_params(dsn: Option<&str>) -> Result<ConnParams> {
     let env = |name: &str| std::env::var(name).ok();
     let home = std::env::var_os("HOME").map(PathBuf::from);
     Ok(ConnParams::resolve(dsn, &env, home.as_deref())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_checked(std::iter::once("walwatch").chain(args.iter().copied()))
+    }
+
+    /// The DSN each command would connect with.
+    fn dsn_of(cli: &Cli) -> Option<&str> {
+        match &cli.command {
+            None => cli.watch.dsn.as_deref(),
+            Some(Command::Watch(w) | Command::Record(w)) => w.dsn.as_deref(),
+            Some(Command::Slots(s)) => s.dsn.as_deref(),
+            Some(Command::Mark(m)) => m.dsn.as_deref(),
+            Some(Command::Assert(a)) => match &a.kind {
+                AssertKind::Eventually { common, .. }
+                | AssertKind::Never { common, .. }
+                | AssertKind::Count { common, .. } => common.dsn.as_deref(),
+            },
+            Some(Command::Demo(_)) => None,
+        }
+    }
+
+    #[test]
+    fn dsn_verbose_and_quiet_go_before_or_after_the_subcommand() {
+        let assert_args = ["never", "--input", "f.jsonl", "--where", "true"];
+        let cases: Vec<Vec<&str>> = vec![
+            vec!["--dsn", "X", "slots"],
+            vec!["slots", "--dsn", "X"],
+            vec!["--dsn", "X", "slots", "drop", "s"],
+            vec!["slots", "--dsn", "X", "drop", "s"],
+            vec!["slots", "drop", "s", "--dsn", "X"],
+            vec!["--dsn", "X", "mark", "m"],
+            vec!["mark", "m", "--dsn", "X"],
+            vec!["--dsn", "X", "watch", "--tables", "t"],
+            vec!["watch", "--dsn", "X"],
+            vec!["--dsn", "X", "record"],
+            [&["--dsn", "X", "assert"][..], &assert_args].concat(),
+            [&["assert", "--dsn", "X"][..], &assert_args].concat(),
+            [&["assert"][..], &assert_args, &["--dsn", "X"]].concat(),
+            vec!["--dsn", "X", "--tables", "t"],
+        ];
+        for args in &cases {
+            let cli = parse(args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"));
+            assert_eq!(dsn_of(&cli), Some("X"), "{args:?}");
+        }
+        // `slots drop` reads the one --dsn, wherever it was given.
+        let cli = parse(&["slots", "drop", "s", "--dsn", "X"]).unwrap();
+        let Some(Command::Slots(s)) = &cli.command else {
+            panic!("not slots: {cli:?}");
+        };
+        assert!(matches!(&s.action, Some(SlotsAction::Drop { name, .. }) if name == "s"));
+        // -v / -q anywhere.
+        for (args, verbose, quiet) in [
+            (vec!["-v", "assert"], 1, false),
+            (vec!["assert", "-v"], 1, false),
+            (vec!["-vv", "assert"], 2, false),
+            // clap keeps the count given last, it does not add the two places up.
+            (vec!["-v", "assert", "-vv"], 2, false),
+            (vec!["-q", "assert"], 0, true),
+            (vec!["assert", "-q"], 0, true),
+        ] {
+            let args = [&args[..], &assert_args].concat();
+            let cli = parse(&args).unwrap_or_else(|e| panic!("{args:?} refused: {e}"));
+            assert_eq!(
+                (cli.log.verbose, cli.log.quiet),
+                (verbose, quiet),
+                "{args:?}"
+            );
+        }
+        let cli = parse(&["slots", "drop", "s", "-vv"]).unwrap();
+        assert_eq!(cli.log.verbose, 2);
+    }
+
+    #[test]
+    fn other_options_of_a_command_still_exclude_its_subcommands() {
+        for (args, needle) in [
+            (
+                vec!["--tables", "t", "slots"],
+                "'slots' cannot be used with '--tables",
+            ),
+            (
+                vec!["--format", "json", "mark", "m"],
+                "'mark' cannot be used with '--format",
+            ),
+            (
+                vec!["slots", "--format", "json", "drop", "s"],
+                "'drop' cannot be used with '--format",
+            ),
+            (vec!["demo", "--dsn", "X"], "--dsn does not apply"),
+            (vec!["--dsn", "X", "demo"], "--dsn does not apply"),
+        ] {
+            let e = parse(&args).expect_err(&format!("{args:?} accepted"));
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}"
+            );
+            // A usage error: exit code 2, like every other refused command line.
+            assert_eq!(e.exit_code(), 2);
+            let text = e.to_string();
+            assert!(text.contains(needle), "{args:?}: {text}");
+        }
+        // Defaults of the default command do not count as given.
+        assert!(parse(&["slots", "--format", "json"]).is_ok());
+        assert!(parse(&["demo", "--seconds", "1"]).is_ok());
+    }
 }

@@ -7,7 +7,6 @@ mod slots;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use walwatch::cli::{Cli, Command, LogArgs, WatchArgs};
@@ -91,7 +90,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

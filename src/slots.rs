@@ -27,8 +27,8 @@ pub async fn run(args: &SlotsArgs) -> anyhow::Result<Verdict> {
                 other => other?,
             }
         }
-        Some(SlotsAction::Drop { name, dsn, force }) => {
-            let client = connect(dsn.as_deref().or(args.dsn.as_deref())).await?;
+        Some(SlotsAction::Drop { name, force }) => {
+            let client = connect(args.dsn.as_deref()).await?;
             catalog::drop_slot(&client, name, *force).await?;
             tracing::info!("dropped replication slot {name}");
             // The publication walwatch made for a --slot run (`walwatch_NAME`) served only it.

@@ -461,3 +461,68 @@ fn types_created_after_start_decode_as_their_base_types() {
         Some(0)
     );
 }
+
+/// `--dsn`, `-v` and `-q` are global: accepted before and after the subcommand. Run against a
+/// port where no server listens, each of them must get as far as connecting: exit code 2 with
+/// walwatch's connection error, not clap's usage error (also exit code 2).
+#[test]
+fn dsn_verbose_and_quiet_are_accepted_before_and_after_the_subcommand() {
+    let dsn = "host=127.0.0.1 port=1 user=u dbname=d sslmode=disable connect_timeout=5";
+    let dir = tempfile::tempdir().unwrap();
+    let rec = dir.path().join("rec.jsonl");
+    std::fs::write(&rec, "").unwrap();
+    let rec = rec.to_str().unwrap();
+    let assert_never = ["never", "--input", rec, "--where", "true"];
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["--dsn", dsn, "slots"],
+        vec!["slots", "--dsn", dsn],
+        vec!["--dsn", dsn, "slots", "drop", "nosuch"],
+        vec!["slots", "--dsn", dsn, "drop", "nosuch"],
+        vec!["slots", "drop", "nosuch", "--dsn", dsn],
+        vec!["--dsn", dsn, "mark", "m"],
+        vec!["--dsn", dsn, "watch", "--tables", "t"],
+        [&["-v", "--dsn", dsn, "assert"][..], &assert_never].concat(),
+        [&["assert", "-v", "--dsn", dsn][..], &assert_never].concat(),
+        [&["--dsn", dsn, "-v", "assert"][..], &assert_never, &["-q"]].concat(),
+    ];
+    for args in &runs {
+        let out = run_expecting(args, 2);
+        let err = stderr_of(&out);
+        assert!(
+            !err.contains("Usage:") && !err.contains("cannot be used with"),
+            "walwatch {args:?} was refused as a usage error:\n{err}"
+        );
+        assert!(
+            error_line(&out).contains("cannot connect to 127.0.0.1:1"),
+            "walwatch {args:?} did not fail on connecting:\n{err}"
+        );
+    }
+    // -q took effect after the subcommand as before it: an assertion on the recording alone
+    // (no fence, no server) logs its verdict, unless -q.
+    for (args, quiet) in [
+        (vec!["assert"], false),
+        (vec!["-q", "assert"], true),
+        (vec!["assert", "-q"], true),
+        (vec!["assert", "never", "-q"], true),
+    ] {
+        let mut args = args.clone();
+        if !args.contains(&"never") {
+            args.push("never");
+        }
+        args.extend(["--input", rec, "--where", "true", "--no-fence"]);
+        let out = run_expecting(&args, 0);
+        let err = stderr_of(&out);
+        assert_eq!(
+            !err.contains("assertion never passed"),
+            quiet,
+            "walwatch {args:?}, stderr:\n{err}"
+        );
+    }
+    // Options of the default command still exclude subcommands.
+    let out = run_expecting(&["--tables", "t", "slots"], 2);
+    assert!(
+        stderr_of(&out).contains("the subcommand 'slots' cannot be used with '--tables"),
+        "{}",
+        stderr_of(&out)
+    );
+}
