@@ -137,6 +137,41 @@ fn backoff(n: u32) -> Duration {
     base.mul_f64(frac)
 }
 
+/// Test only: with `WALWATCH_TEST_HOLD_CONFIRM=1` in its environment, walwatch writes and
+/// flushes its sinks as always but never confirms more than where the run started, so the
+/// slot stays behind the files. Tests use it to make a restart certainly replay what a file
+/// already holds (tests/durable.rs). Not a feature: it makes the server keep WAL for ever.
+const HOLD_CONFIRM_ENV: &str = "WALWATCH_TEST_HOLD_CONFIRM";
+
+/// The position confirmations are held at, when [`HOLD_CONFIRM_ENV`] asks for it.
+fn held_confirm(start: Lsn) -> Option<Lsn> {
+    let hold = std::env::var_os(HOLD_CONFIRM_ENV).is_some_and(|v| v == "1");
+    if hold {
+        tracing::warn!(
+            "{HOLD_CONFIRM_ENV}=1 (for tests only): confirming nothing past {start}, so the slot \
+             keeps all WAL after it"
+        );
+    }
+    hold.then_some(start)
+}
+
+/// Sends a standby status update: `write` is what was received, `flush` and `apply` what is
+/// durable in every sink (or less, when confirmations are held). For a logical slot the
+/// server advances `confirmed_flush_lsn` from `flush` only (src/backend/replication/
+/// walsender.c, ProcessStandbyReplyMessage() -> LogicalConfirmReceivedLocation()).
+async fn report(
+    stream: &mut ReplStream,
+    received: Lsn,
+    durable: Lsn,
+    hold: Option<Lsn>,
+    reply_requested: bool,
+) -> std::result::Result<(), crate::pg::error::PgError> {
+    let confirm = hold.map_or(durable, |h| h.min(durable));
+    stream
+        .send_status(received.max(durable), confirm, confirm, reply_requested)
+        .await
+}
+
 /// Whether a failure of the replication stream is worth reconnecting for.
 fn retryable(e: &Error) -> bool {
     e.is_transient() || matches!(e, Error::SlotInUse(_))
@@ -158,6 +193,7 @@ pub async fn run_stream(
     });
     let endpos = setup.endpos;
     let interval = setup.status_interval;
+    let hold = held_confirm(setup.start);
     let worker = thread::Builder::new()
         .name("walwatch-decode".into())
         .spawn(move || {
@@ -199,7 +235,7 @@ pub async fn run_stream(
                         }
                         if p.durable > reported {
                             reported = p.durable;
-                            current.send_status(received.max(reported), reported, reported, false).await?;
+                            report(current, received, reported, hold, false).await?;
                         }
                     }
                     msg = current.next() => {
@@ -216,7 +252,7 @@ pub async fn run_stream(
                                     // keepalive message"): not answering gets the connection
                                     // closed at wal_sender_timeout.
                                     let durable = progress_rx.borrow().durable;
-                                    current.send_status(received.max(durable), durable, durable, false).await?;
+                                    report(current, received, durable, hold, false).await?;
                                 }
                                 Frame::Keepalive { wal_end }
                             }
@@ -232,7 +268,7 @@ pub async fn run_stream(
                                 permit = sender.reserve() => break permit,
                                 _ = status.tick() => {
                                     let durable = progress_rx.borrow().durable;
-                                    current.send_status(received.max(durable), durable, durable, false).await?;
+                                    report(current, received, durable, hold, false).await?;
                                     reported = durable;
                                 }
                             }
@@ -250,7 +286,7 @@ pub async fn run_stream(
                     }
                     _ = status.tick() => {
                         let durable = progress_rx.borrow().durable;
-                        current.send_status(received.max(durable), durable, durable, false).await?;
+                        report(current, received, durable, hold, false).await?;
                         reported = durable;
                     }
                     _ = tick.tick() => {
@@ -261,7 +297,7 @@ pub async fn run_stream(
                     }
                     _ = poke.tick(), if endpos.is_some() => {
                         let durable = progress_rx.borrow().durable;
-                        current.send_status(received.max(durable), durable, durable, true).await?;
+                        report(current, received, durable, hold, true).await?;
                     }
                 }
             }
@@ -346,9 +382,7 @@ pub async fn run_stream(
     // Confirm what is durable (even on a broken pipe: everything before it was written), then
     // end the copy. A temporary slot is dropped by the server with the connection.
     if let Some(mut s) = stream {
-        let _ = s
-            .send_status(received.max(p.durable), p.durable, p.durable, false)
-            .await;
+        let _ = report(&mut s, received, p.durable, hold, false).await;
         match s.finish().await {
             Ok(conn) => {
                 let _ = conn.close().await;

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use harness::{
-    Proc, drop_slot, dsn, parse_jsonl, slot_field, spawn_logged, sql, wait_active, walwatch,
+    Proc, drop_slot, dsn, parse_jsonl, slot_confirmed, slot_field, spawn_logged, sql, wait_active,
+    walwatch,
 };
 use support::{ScratchCluster, ScratchOptions, wait_until};
 
@@ -131,6 +132,18 @@ fn assert_transactions_once(events: &[Value]) {
         commits.keys().collect::<Vec<_>>(),
         "every BEGIN has its COMMIT"
     );
+}
+
+/// The last `n` whole lines of a JSONL file as JSON (not validated: for polling a big file).
+fn tail_events(path: &Path, n: usize) -> Vec<Value> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let text = String::from_utf8_lossy(&bytes[..end]);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {
@@ -249,7 +262,9 @@ async fn mixed_workload(dsn: &str, table: &str, target: usize, seed: u64) -> Vec
 }
 
 /// The headline promise: `kill -9` at random points while a 200,000-change workload runs,
-/// five times over, and the file still holds every committed change exactly once.
+/// five times over, and the file still holds every committed change exactly once. Then one
+/// more kill with confirmations held back, so a restart certainly finds the file ahead of the
+/// slot and must skip what the server replays.
 #[test]
 fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
     let t = support::unique_name("kill");
@@ -306,7 +321,64 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
         during_workload += usize::from(!workload.is_finished());
         logs.push(log);
     }
-    let expected = workload.join().expect("workload");
+    let mut expected = workload.join().expect("workload");
+
+    // The case this test exists for, made certain rather than likely: a restart that finds
+    // the file ahead of the slot's confirmed position must skip the replay of what the file
+    // holds. Random kills reach it only sometimes (the file is ahead only between an fsync
+    // and the next status update), so one more round holds confirmations back
+    // (WALWATCH_TEST_HOLD_CONFIRM, test only): walwatch writes and fsyncs a known
+    // transaction, the slot stays behind it, and walwatch is killed -9 there.
+    let log = dir.path().join("held.log");
+    let mut held = Proc(
+        walwatch()
+            .args(args)
+            .env("WALWATCH_TEST_HOLD_CONFIRM", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn walwatch"),
+    );
+    wait_active(support::cluster(), &slot);
+    // Ids far above the workload's, in one transaction.
+    let batch: Vec<String> = (1_000_000_001..=1_000_000_100_i64)
+        .map(|id| format!("INSERT {id} {id}"))
+        .collect();
+    sql(&format!(
+        "INSERT INTO {t} SELECT g, g FROM generate_series(1000000001, 1000000100) g;"
+    ));
+    let batch_commit: walwatch::Lsn = support::wait_until(
+        "the held walwatch to write the batch's transaction to the file",
+        Duration::from_secs(60),
+        || {
+            let tail = tail_events(&out, 300);
+            let last_row = tail
+                .iter()
+                .find(|e| e["table"] == t.as_str() && e["data"]["id"] == 1_000_000_100_i64)?;
+            let lsn = &last_row["commit_lsn"];
+            tail.iter()
+                .any(|e| e["op"] == "COMMIT" && e["commit_lsn"] == *lsn)
+                .then(|| lsn.as_str()?.parse().ok())?
+        },
+    );
+    let confirmed = slot_confirmed(&slot);
+    assert!(
+        confirmed < batch_commit,
+        "confirmations were held, yet the slot is confirmed at {confirmed}, not behind the \
+         batch the file holds (commit {batch_commit}); held run's log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(held.id() as i32, libc::SIGKILL) };
+    let _ = held.wait();
+    logs.push(log);
+    expected.extend(batch.iter().cloned());
+    // A change after the batch: the restart gets past the replay, which is when the sink logs
+    // how much of it was skipped.
+    sql(&format!("INSERT INTO {t} VALUES (1000000101, 1000000101);"));
+    expected.push("INSERT 1000000101 1000000101".into());
+
     // Drain the rest after the last kill; walwatch waits for the dead one's slot to be freed.
     let log = dir.path().join("final.log");
     let mut last = spawn_logged(&[&args[..], &["--endpos", "now"]].concat(), &log);
@@ -318,21 +390,36 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
     );
     eprintln!("lines in the file after each kill: {killed_with_lines:?}");
     eprintln!("kills while the workload ran: {during_workload} of 5");
+    // Restarts that found the file ahead of the slot (events written, not yet confirmed)
+    // skipped the replay, seen in the logs of the runs. The random rounds may or may not have
+    // some; the run after the held round must.
+    let skipped = |log: &Path| -> Vec<u64> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|x| {
+                let (_, rest) = x.split_once("skipped ")?;
+                let (n, rest) = rest.split_once(' ')?;
+                rest.starts_with("replayed events")
+                    .then(|| n.parse().ok())?
+            })
+            .collect()
+    };
+    let earlier_skips: Vec<Vec<u64>> = logs.iter().map(|l| skipped(l)).collect();
+    eprintln!(
+        "replayed events skipped by the run of each random round, then the held round: \
+         {earlier_skips:?}"
+    );
+    let final_skips = skipped(&log);
+    eprintln!("replayed events skipped by the run after the held round: {final_skips:?}");
+    // At least the batch's 100 rows, its BEGIN and COMMIT.
+    assert!(
+        final_skips.iter().sum::<u64>() >= 102,
+        "the restart after the held round (file ahead of the slot by the 100-row batch) did \
+         not skip the replay of the batch: skipped {final_skips:?}; its log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     logs.push(log);
-    // Restarts found the file ahead of the slot (events written, not yet confirmed) and
-    // skipped the replay: the case this test exists for. Seen in the logs of the runs.
-    let skips: Vec<String> = logs
-        .iter()
-        .flat_map(|l| {
-            std::fs::read_to_string(l)
-                .unwrap_or_default()
-                .lines()
-                .filter(|x| x.contains("skipped") && x.contains("replayed events"))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    eprintln!("replays skipped: {skips:?}");
     assert!(
         during_workload >= 3 && killed_with_lines.windows(2).filter(|w| w[0] < w[1]).count() >= 2,
         "the kills did not land while changes were flowing ({during_workload} during the \
@@ -342,11 +429,6 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
     let events = read_events(&out);
     assert_exactly_once(&expected, &row_changes(&events, &t));
     assert_transactions_once(&events);
-    assert!(
-        !skips.is_empty(),
-        "no restart found the file ahead of the slot, so the replay dedup was not exercised \
-         (lines after each kill: {killed_with_lines:?}); rerun"
-    );
     // The ground truth query: replaying the file gives the table as it is.
     let mut replayed: BTreeMap<i64, i64> = BTreeMap::new();
     for e in events.iter().filter(|e| e["table"] == t.as_str()) {
