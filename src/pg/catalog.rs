@@ -364,10 +364,16 @@ pub async fn drop_slot(client: &Client, name: &str, force: bool) -> Result<()> {
             .execute("SELECT pg_terminate_backend($1)", &[&pid])
             .await?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while slot_row(client, name)
-            .await?
-            .is_some_and(|s| s.active_pid.is_some())
-        {
+        loop {
+            match slot_row(client, name).await? {
+                // A temporary slot is dropped when the session that holds it ends (docs,
+                // "Replication Management Functions": pg_create_logical_replication_slot's
+                // `temporary`; the replication protocol's CREATE_REPLICATION_SLOT TEMPORARY):
+                // terminating it was the drop.
+                None => return Ok(()),
+                Some(s) if s.active_pid.is_none() => break,
+                Some(_) => {}
+            }
             if std::time::Instant::now() > deadline {
                 return Err(Error::SlotInUse(format!(
                     "slot `{name}` is still in use 10 s after terminating process {pid}"
