@@ -31,6 +31,21 @@ pub enum Error {
     #[error("metadata query failed: {}", describe_db_error(.0))]
     Meta(#[from] tokio_postgres::Error),
 
+    /// A catalog query returned a column walwatch cannot read as the type it expects (a server
+    /// version whose catalog column has another type, e.g. `pg_attribute.attndims` became
+    /// `int2` in PostgreSQL 17). Every catalog query casts its columns to the types it reads, so
+    /// this is a walwatch bug: nothing the user can change; report it. Never a panic.
+    #[error(
+        "catalog query `{query}` returned an unexpected column type: {}; this is a walwatch bug, please report it with the server version (SELECT version())",
+        describe_db_error(.source)
+    )]
+    CatalogType {
+        /// The name of the query (its function, e.g. `array_dims`).
+        query: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The server's setup does not allow what was asked: the message says what to change.
     #[error("{0}")]
     Setup(String),

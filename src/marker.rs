@@ -69,7 +69,7 @@ pub async fn emit(
             &[&prefix, &content],
         )
         .await?;
-    let text: String = row.get(0);
+    let text: String = crate::pg::catalog::column(&row, "marker::emit", 0)?;
     text.parse()
         .map_err(|e: crate::event::LsnParseError| crate::error::Error::Setup(e.to_string()))
 }

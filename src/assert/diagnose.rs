@@ -7,9 +7,21 @@
 //! identity carry them), and what holds changes back (transactions still open in other sessions,
 //! a slot behind the server).
 
-use tokio_postgres::Client;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{Client, Row};
 
 use super::Predicate;
+use crate::pg::catalog;
+
+/// Column `idx` of a row of diagnostics query `query`. Each query casts its columns to the
+/// types read here (as the catalog queries do, src/pg/catalog.rs); should one still come back
+/// as another type, the check is left out (the report must not fail) and the error is logged:
+/// it is a walwatch bug.
+fn col<'a, T: FromSql<'a>>(row: &'a Row, query: &'static str, idx: usize) -> Option<T> {
+    catalog::column(row, query, idx)
+        .inspect_err(|e| tracing::warn!("{e}"))
+        .ok()
+}
 
 /// What the failing assertion was watching.
 #[derive(Clone, Debug, Default)]
@@ -80,7 +92,8 @@ async fn table_checks(
         let db: String = client
             .query_one("SELECT current_database()::text", &[])
             .await
-            .map(|r| r.get(0))
+            .ok()
+            .and_then(|r| col(&r, "diagnose: current_database", 0))
             .unwrap_or_default();
         out.push(format!(
             "there is no table `{table}` in database `{db}`{}: is the name right, and is the \
@@ -89,9 +102,14 @@ async fn table_checks(
         ));
         return;
     };
-    let nsp: String = row.get(0);
-    let ident: String = row.get(1);
-    let oid: i64 = row.get(3);
+    const TABLE: &str = "diagnose: table";
+    let (Some(nsp), Some(ident), Some(oid)) = (
+        col::<String>(row, TABLE, 0),
+        col::<String>(row, TABLE, 1),
+        col::<i64>(row, TABLE, 3),
+    ) else {
+        return;
+    };
     let qualified = format!("{nsp}.{table}");
 
     if !scope.publications.is_empty() {
@@ -135,7 +153,7 @@ async fn table_checks(
                 "TRUNCATE" => Some(3),
                 _ => None,
             };
-            let published = column.is_none_or(|i| r.try_get::<_, bool>(i).unwrap_or(true));
+            let published = column.is_none_or(|i| col::<bool>(&r, "diagnose: publication operations", i).unwrap_or(true));
             if !published
                 && matches!(op, "UPDATE" | "DELETE")
                 && lacks_identity(client, &nsp, table).await
@@ -190,7 +208,12 @@ async fn table_checks(
             &[&oid, &ident],
         )
         .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .ok()
+        .and_then(|rows| {
+            rows.iter()
+                .map(|r| col(r, "diagnose: replica identity columns", 0))
+                .collect()
+        })
         .unwrap_or_default();
     let lacking: Vec<&String> = needs_identity
         .iter()
@@ -227,9 +250,9 @@ async fn table_checks(
 async fn open_transactions(client: &Client, out: &mut Vec<String>) {
     let Ok(rows) = client
         .query(
-            "SELECT pid, coalesce(application_name, ''), coalesce(state, ''), \
-                    coalesce(to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''), \
-                    left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 120) \
+            "SELECT pid::int4, coalesce(application_name, '')::text, coalesce(state, '')::text, \
+                    coalesce(to_char(xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '')::text, \
+                    left(regexp_replace(coalesce(query, ''), '\\s+', ' ', 'g'), 120)::text \
              FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() \
                AND backend_xid IS NOT NULL AND backend_type = 'client backend' \
@@ -240,12 +263,17 @@ async fn open_transactions(client: &Client, out: &mut Vec<String>) {
     else {
         return;
     };
+    const Q: &str = "diagnose: open transactions";
     for r in rows {
-        let pid: i32 = r.get(0);
-        let app: String = r.get(1);
-        let state: String = r.get(2);
-        let since: String = r.get(3);
-        let query: String = r.get(4);
+        let (Some(pid), Some(app), Some(state), Some(since), Some(query)) = (
+            col::<i32>(&r, Q, 0),
+            col::<String>(&r, Q, 1),
+            col::<String>(&r, Q, 2),
+            col::<String>(&r, Q, 3),
+            col::<String>(&r, Q, 4),
+        ) else {
+            continue;
+        };
         out.push(format!(
             "a transaction is still open in session {pid}{} ({state} since {since}, last \
              query: {query}): it has written but not committed, and its changes reach the \
@@ -264,7 +292,7 @@ async fn slot_lag(client: &Client, slot: &str, out: &mut Vec<String>) {
     let Ok(Some(r)) = client
         .query_opt(
             "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text, \
-                    (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, active \
+                    (pg_current_wal_lsn() - confirmed_flush_lsn)::int8, active::bool \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -272,10 +300,15 @@ async fn slot_lag(client: &Client, slot: &str, out: &mut Vec<String>) {
     else {
         return;
     };
-    let confirmed: Option<String> = r.get(0);
-    let current: String = r.get(1);
-    let behind: Option<i64> = r.get(2);
-    let active: bool = r.get(3);
+    const Q: &str = "diagnose: slot lag";
+    let (Some(confirmed), Some(current), Some(behind), Some(active)) = (
+        col::<Option<String>>(&r, Q, 0),
+        col::<String>(&r, Q, 1),
+        col::<Option<i64>>(&r, Q, 2),
+        col::<bool>(&r, Q, 3),
+    ) else {
+        return;
+    };
     if !active {
         out.push(format!(
             "slot `{slot}` has no active consumer: the stream is not running"

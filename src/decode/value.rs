@@ -45,7 +45,9 @@ use crate::event::{ColumnKind, Value};
 /// Columns: `oid` (oid), `typtype` (text: `b` base, `c` composite, `d` domain, `e` enum,
 /// `m` multirange, `p` pseudo, `r` range), `typbasetype` (oid, the domain's base, else 0),
 /// `elem` (oid, the element type when this is an array type, else 0) and `delim` (text, the
-/// element type's array delimiter, `,` for all but `box`).
+/// element type's array delimiter, `,` for all but `box`). Each is cast to the type it is read
+/// as (`oid` as `u32`, `text` as `String`; `typtype` and `typdelim` are `"char"` in pg_type),
+/// so that a catalog change between server versions cannot change what the query returns.
 ///
 /// It lists every type a built-in OID table cannot know: user and extension types
 /// (`oid >= 16384`, `FirstNormalObjectId`), every domain and enum (information_schema's domains
@@ -55,8 +57,8 @@ use crate::event::{ColumnKind, Value};
 /// rather than by `typelem <> 0` keeps out `int2vector`/`oidvector`/`name`, which have an element
 /// type but are not printed with array syntax.
 pub const TYPE_QUERY: &str = "\
-SELECT t.oid, t.typtype::text AS typtype, t.typbasetype, \
-COALESCE(e.oid, 0::oid) AS elem, COALESCE(e.typdelim::text, ',') AS delim \
+SELECT t.oid::oid, t.typtype::text AS typtype, t.typbasetype::oid, \
+COALESCE(e.oid, 0::oid)::oid AS elem, COALESCE(e.typdelim::text, ',')::text AS delim \
 FROM pg_catalog.pg_type t \
 LEFT JOIN pg_catalog.pg_type e ON e.typarray = t.oid \
 WHERE t.oid >= 16384 OR t.typtype IN ('d', 'e') OR e.oid IS NOT NULL";

@@ -1,15 +1,32 @@
 //! Catalog work on the metadata connection (tokio-postgres, separate from the replication
 //! connection): checking the server is set up for logical decoding, resolving `--tables`,
 //! managing the publication and loading user types.
+//!
+//! Every query here casts each column it selects to the SQL type of the Rust type it is read as
+//! (`int4` for `i32`, `int8` for `i64`, `text` for `String`, `bool`, `oid` for `u32`; the
+//! tokio-postgres `FromSql` table), and reads it with [`column`] (`Row::try_get`), never
+//! `Row::get`: catalog column types change between server versions (`pg_attribute.attndims` is
+//! `int4` up to PostgreSQL 16 and `int2` from 17 on, see the `pg_attribute` page of each
+//! version's docs), and a type surprise must be an error naming the query
+//! ([`Error::CatalogType`]), not a panic in whichever thread ran it. tests/catalog.rs runs each
+//! of them on every server of the test matrix.
 
-use crate::pg::quote::quote_ident;
-use tokio_postgres::Client;
+use crate::pg::quote::{quote_ident, quote_literal};
+use tokio_postgres::types::FromSql;
+use tokio_postgres::{Client, Row};
 
 use crate::decode::TypeRegistry;
 use crate::decode::value::TYPE_QUERY;
 use crate::error::{Error, Result};
 use crate::event::Lsn;
 use crate::filter::TablePattern;
+
+/// Column `idx` of a row of catalog query `query` (its function's name), as `T`: an
+/// [`Error::CatalogType`] naming the query when the column is not of `T`'s type.
+pub fn column<'a, T: FromSql<'a>>(row: &'a Row, query: &'static str, idx: usize) -> Result<T> {
+    row.try_get(idx)
+        .map_err(|source| Error::CatalogType { query, source })
+}
 
 /// Facts about the server and the connected role, read once at start-up.
 #[derive(Clone, Debug)]
@@ -25,21 +42,23 @@ pub struct ServerInfo {
 pub async fn check_server(client: &Client) -> Result<ServerInfo> {
     let row = client
         .query_one(
-            "SELECT current_setting('wal_level'), current_setting('server_version_num')::int4, \
+            "SELECT current_setting('wal_level')::text, \
+                    current_setting('server_version_num')::int4, \
                     current_database()::text, current_user::text, \
-                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user), \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)::bool, \
                     current_schemas(false)::text[]",
             &[],
         )
         .await?;
-    let wal_level: String = row.get(0);
-    let version_num: i32 = row.get(1);
+    const Q: &str = "check_server";
+    let wal_level: String = column(&row, Q, 0)?;
+    let version_num: i32 = column(&row, Q, 1)?;
     let info = ServerInfo {
         version_num: version_num as u32,
-        database: row.get(2),
-        user: row.get(3),
-        is_superuser: row.get::<_, Option<bool>>(4).unwrap_or(false),
-        search_path: row.get(5),
+        database: column(&row, Q, 2)?,
+        user: column(&row, Q, 3)?,
+        is_superuser: column::<Option<bool>>(&row, Q, 4)?.unwrap_or(false),
+        search_path: column(&row, Q, 5)?,
     };
     if wal_level != "logical" {
         return Err(Error::Setup(format!(
@@ -74,7 +93,11 @@ pub async fn resolve_tables(
             &[],
         )
         .await?;
-    let all: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    const Q: &str = "resolve_tables";
+    let all = rows
+        .iter()
+        .map(|r| Ok((column(r, Q, 0)?, column(r, Q, 1)?)))
+        .collect::<Result<Vec<(String, String)>>>()?;
     let mut out: Vec<(String, String)> = Vec::new();
     for p in patterns {
         let mut matched = false;
@@ -121,7 +144,10 @@ pub async fn publication_tables(client: &Client, name: &str) -> Result<Vec<(Stri
             &[&name],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    const Q: &str = "publication_tables";
+    rows.iter()
+        .map(|r| Ok((column(r, Q, 0)?, column(r, Q, 1)?)))
+        .collect()
 }
 
 /// Checks that the role may read every watched table. Logical decoding itself checks no table
@@ -137,7 +163,7 @@ pub async fn check_select(
         tables.iter().map(|(s, t)| (s.as_str(), t.as_str())).unzip();
     let rows = client
         .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) \
+            "SELECT format('%I.%I', n.nspname, c.relname)::text \
              FROM unnest($1::text[], $2::text[]) AS w(s, t) \
              JOIN pg_namespace n ON n.nspname = w.s \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.t \
@@ -145,7 +171,10 @@ pub async fn check_select(
             &[&schemas, &names],
         )
         .await?;
-    let denied: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let denied = rows
+        .iter()
+        .map(|r| column(r, "check_select", 0))
+        .collect::<Result<Vec<String>>>()?;
     if denied.is_empty() {
         return Ok(());
     }
@@ -168,7 +197,7 @@ pub async fn check_publication(
 ) -> Result<()> {
     let row = client
         .query_opt(
-            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            "SELECT puballtables::bool FROM pg_publication WHERE pubname = $1",
             &[&name],
         )
         .await?;
@@ -180,7 +209,7 @@ pub async fn check_publication(
             quote_ident(name)
         )));
     };
-    let all: bool = row.get(0);
+    let all: bool = column(&row, "check_publication", 0)?;
     if let (false, Some(list)) = (all, tables) {
         let published = publication_tables(client, name).await?;
         let missing: Vec<String> = list
@@ -213,10 +242,17 @@ pub async fn drop_publication(client: &Client, name: &str) -> Result<()> {
 pub async fn load_types(client: &Client) -> Result<TypeRegistry> {
     let rows = client.query(TYPE_QUERY, &[]).await?;
     let mut reg = TypeRegistry::new();
+    const Q: &str = "load_types";
     for r in rows {
-        let typtype: String = r.get(1);
-        let delim: String = r.get(4);
-        reg.insert_row(r.get(0), &typtype, r.get(2), r.get(3), &delim);
+        let typtype: String = column(&r, Q, 1)?;
+        let delim: String = column(&r, Q, 4)?;
+        reg.insert_row(
+            column(&r, Q, 0)?,
+            &typtype,
+            column(&r, Q, 2)?,
+            column(&r, Q, 3)?,
+            &delim,
+        );
     }
     Ok(reg)
 }
@@ -229,7 +265,7 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
     let row = client
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await?;
-    let text: String = row.get(0);
+    let text: String = column(&row, "current_wal_lsn", 0)?;
     text.parse()
         .map_err(|e| Error::Setup(format!("the server returned a bad LSN: {e}")))
 }
@@ -248,12 +284,15 @@ pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<V
             &[&schema, &table],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    rows.iter().map(|r| column(r, "primary_key", 0)).collect()
 }
 
 /// How many dimensions each array column of a table declares (`pg_attribute.attndims`: 2 for
 /// `int[][]`), for the columns that declare more than one. PostgreSQL does not enforce it on
 /// values; the Arrow sink uses it as the list nesting of the column.
+///
+/// `attndims` is `int4` up to PostgreSQL 16 and `int2` from 17 on (docs, "pg_attribute" of each
+/// version; src/include/catalog/pg_attribute.h); it is cast to `int4` to read the same on all.
 pub async fn array_dims(
     client: &Client,
     schema: &str,
@@ -261,7 +300,7 @@ pub async fn array_dims(
 ) -> Result<std::collections::HashMap<String, usize>> {
     let rows = client
         .query(
-            "SELECT a.attname::text, a.attndims \
+            "SELECT a.attname::text, a.attndims::int4 \
              FROM pg_attribute a \
              JOIN pg_class c ON c.oid = a.attrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -270,13 +309,13 @@ pub async fn array_dims(
             &[&schema, &table],
         )
         .await?;
-    Ok(rows
-        .iter()
+    const Q: &str = "array_dims";
+    rows.iter()
         .map(|r| {
-            let dims: i32 = r.get(1);
-            (r.get(0), usize::try_from(dims).unwrap_or(1))
+            let dims: i32 = column(r, Q, 1)?;
+            Ok((column(r, Q, 0)?, usize::try_from(dims).unwrap_or(1)))
         })
-        .collect())
+        .collect()
 }
 
 /// One row of `walwatch slots`: what `pg_replication_slots` says, with the WAL it holds back.
@@ -315,8 +354,9 @@ async fn slot_rows(client: &Client, name: Option<&str>) -> Result<Vec<SlotRow>> 
         .query(
             "WITH here AS (SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                                        ELSE pg_current_wal_lsn() END AS lsn) \
-             SELECT slot_name::text, slot_type, plugin::text, database::text, temporary, \
-                    active_pid, restart_lsn::text, confirmed_flush_lsn::text, wal_status, \
+             SELECT slot_name::text, slot_type::text, plugin::text, database::text, \
+                    temporary::bool, active_pid::int4, restart_lsn::text, \
+                    confirmed_flush_lsn::text, wal_status::text, \
                     pg_wal_lsn_diff(here.lsn, restart_lsn)::int8, \
                     pg_wal_lsn_diff(here.lsn, confirmed_flush_lsn)::int8 \
              FROM pg_replication_slots, here \
@@ -325,23 +365,25 @@ async fn slot_rows(client: &Client, name: Option<&str>) -> Result<Vec<SlotRow>> 
             &[&name],
         )
         .await?;
+    const Q: &str = "slot_rows";
     let lsn = |v: Option<String>| v.and_then(|s| s.parse::<Lsn>().ok());
-    Ok(rows
-        .iter()
-        .map(|r| SlotRow {
-            name: r.get(0),
-            kind: r.get(1),
-            plugin: r.get(2),
-            database: r.get(3),
-            temporary: r.get(4),
-            active_pid: r.get(5),
-            restart_lsn: lsn(r.get(6)),
-            confirmed_flush_lsn: lsn(r.get(7)),
-            wal_status: r.get(8),
-            retained_bytes: r.get(9),
-            lag_bytes: r.get(10),
+    rows.iter()
+        .map(|r| {
+            Ok(SlotRow {
+                name: column(r, Q, 0)?,
+                kind: column(r, Q, 1)?,
+                plugin: column(r, Q, 2)?,
+                database: column(r, Q, 3)?,
+                temporary: column(r, Q, 4)?,
+                active_pid: column(r, Q, 5)?,
+                restart_lsn: lsn(column(r, Q, 6)?),
+                confirmed_flush_lsn: lsn(column(r, Q, 7)?),
+                wal_status: column(r, Q, 8)?,
+                retained_bytes: column(r, Q, 9)?,
+                lag_bytes: column(r, Q, 10)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Drops a replication slot. An active slot is refused unless `force`, which first terminates
@@ -393,25 +435,26 @@ pub async fn drop_slot(client: &Client, name: &str, force: bool) -> Result<()> {
 pub async fn open_writers(client: &Client) -> Result<Vec<String>> {
     let rows = client
         .query(
-            "SELECT pid, COALESCE(usename::text, '?'), COALESCE(application_name, ''), \
-                    COALESCE(state, ''), left(query, 80) \
+            "SELECT pid::int4, COALESCE(usename::text, '?')::text, \
+                    COALESCE(application_name, '')::text, COALESCE(state, '')::text, \
+                    left(query, 80)::text \
              FROM pg_stat_activity \
              WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY xact_start",
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
+    const Q: &str = "open_writers";
+    rows.iter()
         .map(|r| {
-            let pid: i32 = r.get(0);
-            let user: String = r.get(1);
-            let app: String = r.get(2);
-            let state: String = r.get(3);
-            let query: Option<String> = r.get(4);
-            format!(
+            let pid: i32 = column(r, Q, 0)?;
+            let user: String = column(r, Q, 1)?;
+            let app: String = column(r, Q, 2)?;
+            let state: String = column(r, Q, 3)?;
+            let query: Option<String> = column(r, Q, 4)?;
+            Ok(format!(
                 "pid {pid} (user {user}, {app}, {state}): {}",
                 query.unwrap_or_default()
-            )
+            ))
         })
-        .collect())
+        .collect()
 }

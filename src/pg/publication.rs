@@ -36,7 +36,7 @@ use tokio_postgres::Client;
 use crate::decode::TypeRegistry;
 use crate::error::{Error, Result};
 use crate::filter::OpSet;
-use crate::pg::catalog::ServerInfo;
+use crate::pg::catalog::{ServerInfo, column};
 use crate::pg::quote::{quote_ident, quote_literal};
 
 /// The companion publication's suffix.
@@ -133,18 +133,10 @@ pub async fn split_by_identity(
     let mut with = Vec::new();
     let mut without = Vec::new();
     for r in rows {
-        let schema: String = r
-            .try_get(0)
-            .map_err(|e| unexpected("split_by_identity", e))?;
-        let table: String = r
-            .try_get(1)
-            .map_err(|e| unexpected("split_by_identity", e))?;
-        let display: String = r
-            .try_get(2)
-            .map_err(|e| unexpected("split_by_identity", e))?;
-        let bad: Vec<String> = r
-            .try_get(3)
-            .map_err(|e| unexpected("split_by_identity", e))?;
+        let schema: String = column(&r, "split_by_identity", 0)?;
+        let table: String = column(&r, "split_by_identity", 1)?;
+        let display: String = column(&r, "split_by_identity", 2)?;
+        let bad: Vec<String> = column(&r, "split_by_identity", 3)?;
         if bad.is_empty() {
             with.push((schema, table));
         } else {
@@ -166,12 +158,6 @@ pub async fn split_by_identity(
     Ok((with, without))
 }
 
-fn unexpected(query: &str, e: tokio_postgres::Error) -> Error {
-    Error::Setup(format!(
-        "catalog query `{query}` returned an unexpected column: {e}; this is a walwatch bug, \
-         please report it with the server version"
-    ))
-}
 
 /// Says once, for each table, which operations walwatch cannot see and why.
 pub fn warn_unpublished(without: &[NoIdentity], ops: OpSet) {
@@ -226,12 +212,8 @@ impl Record {
             walwatch: 1,
             slot: slot.to_string(),
             temporary,
-            backend_pid: row
-                .try_get(0)
-                .map_err(|e| unexpected("Record::for_run", e))?,
-            backend_start: row
-                .try_get(1)
-                .map_err(|e| unexpected("Record::for_run", e))?,
+            backend_pid: column(&row, "Record::for_run", 0)?,
+            backend_start: column(&row, "Record::for_run", 1)?,
             types: Vec::new(),
         })
     }
@@ -277,7 +259,7 @@ pub async fn read_record(client: &Client, publication: &str) -> Result<Option<Re
         )
         .await?;
     let comment: Option<String> = match row {
-        Some(r) => r.try_get(0).map_err(|e| unexpected("read_record", e))?,
+        Some(r) => column(&r, "read_record", 0)?,
         None => None,
     };
     Ok(comment.and_then(|c| parse_record(&c)))
@@ -494,7 +476,7 @@ async fn retarget(
             &[&name],
         )
         .await?;
-    let all: bool = row.try_get(0).map_err(|e| unexpected("retarget", e))?;
+    let all: bool = column(&row, "retarget", 0)?;
     let q = quote_ident(name);
     let mut sql = vec![format!(
         "ALTER PUBLICATION {q} SET (publish = {})",
@@ -569,8 +551,8 @@ pub async fn warn_given(
             &[&name],
         )
         .await?;
-    let update: bool = row.try_get(0).map_err(|e| unexpected("warn_given", e))?;
-    let delete: bool = row.try_get(1).map_err(|e| unexpected("warn_given", e))?;
+    let update: bool = column(&row, "warn_given", 0)?;
+    let delete: bool = column(&row, "warn_given", 1)?;
     if !(update || delete) {
         return Ok(());
     }
@@ -621,12 +603,8 @@ pub async fn list(client: &Client) -> Result<Vec<Listed>> {
         .collect();
     let mut out = Vec::new();
     for r in rows {
-        let name: String = r
-            .try_get(0)
-            .map_err(|e| unexpected("publication::list", e))?;
-        let comment: Option<String> = r
-            .try_get(1)
-            .map_err(|e| unexpected("publication::list", e))?;
+        let name: String = column(&r, "publication::list", 0)?;
+        let comment: Option<String> = column(&r, "publication::list", 1)?;
         let Some(rec) = comment.as_deref().and_then(parse_record) else {
             continue;
         };
@@ -659,8 +637,8 @@ async fn live_backends(client: &Client) -> Result<Vec<(i32, String)>> {
     rows.iter()
         .map(|r| {
             Ok((
-                r.try_get(0).map_err(|e| unexpected("live_backends", e))?,
-                r.try_get(1).map_err(|e| unexpected("live_backends", e))?,
+                column(&r, "live_backends", 0)?,
+                column(&r, "live_backends", 1)?,
             ))
         })
         .collect()
