@@ -100,6 +100,63 @@ pub fn server_major_version(bin: &Path) -> Option<u32> {
         .ok()
 }
 
+/// Whether the server in `bin` was built with SSL, as tests/install-pg-matrix.sh decides it:
+/// `pg_config --configure` lists `--with-openssl` (up to PostgreSQL 13) or `--with-ssl=openssl`
+/// (14 on; PostgreSQL docs, "Installation from Source Code"); without a pg_config, whether
+/// `postgres` links libssl. Debian's 15 and the PyPI 17 have SSL, the PyPI 18 has none.
+pub fn server_build_has_ssl(bin: &Path) -> bool {
+    let run = |program: PathBuf, arg: &Path| {
+        Command::new(program)
+            .arg(arg)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    match run(bin.join("pg_config"), Path::new("--configure")) {
+        Some(conf) => conf.contains("--with-openssl") || conf.contains("--with-ssl=openssl"),
+        None => run("ldd".into(), &bin.join("postgres")).is_some_and(|l| l.contains("libssl.so")),
+    }
+}
+
+/// For a test that needs a server built with SSL: whether to run it. It runs when the server
+/// has SSL. When it has none the test fails, saying so, unless `WALWATCH_PG_SSL=0` says that
+/// this server has no SSL (tests/run.sh sets it for such a build, and leaves such tests out of
+/// that run): then this prints that `test` is skipped and returns false. `WALWATCH_PG_SSL=0`
+/// with a server that does have SSL fails too: the test would be skipped where it can run.
+pub fn server_has_ssl_or_skip(test: &str) -> bool {
+    let bin = server_bin_dir().expect("a PostgreSQL bin dir (WALWATCH_PG_BIN)");
+    let declared = match std::env::var("WALWATCH_PG_SSL").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        Ok("") | Err(_) => None,
+        Ok(other) => panic!("WALWATCH_PG_SSL={other}: expected 0 or 1"),
+    };
+    match (server_build_has_ssl(bin), declared) {
+        (true, Some(false)) => panic!(
+            "WALWATCH_PG_SSL=0, but the server in {} was built with SSL: {test} needs it and \
+             would be skipped where it can run; unset WALWATCH_PG_SSL",
+            bin.display()
+        ),
+        (true, _) => true,
+        (false, Some(false)) => {
+            eprintln!(
+                "skipping {test}: the server in {} was built without SSL (WALWATCH_PG_SSL=0)",
+                bin.display()
+            );
+            false
+        }
+        (false, _) => panic!(
+            "{test} needs a server built with SSL, and the server in {} has none (its \
+             pg_config --configure lists neither --with-openssl nor --with-ssl=openssl): run \
+             it against a server with SSL (WALWATCH_PG_BIN), or set WALWATCH_PG_SSL=0 to skip it",
+            bin.display()
+        ),
+    }
+}
+
 /// `pg<major>-<8 hex digits>`: which server a state dir belongs to. The hash (FNV-1a of the bin
 /// dir's path) tells apart two builds of one major version.
 fn server_key() -> String {
