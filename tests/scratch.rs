@@ -389,6 +389,95 @@ fn stale_state_is_replaced() {
     );
 }
 
+/// A bin dir of symlinks to this run's server binaries: another server as far as the shared
+/// cluster's bookkeeping can tell (another canonical bin dir), the same programs. The server
+/// follows the symlinks to find its share and lib dirs (src/port/exec.c, find_my_exec).
+fn symlinked_bin_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let real = support::server_bin_dir().expect("a server bin dir");
+    let dir = tempfile::tempdir().unwrap();
+    // The server user (initdb refuses root) must be able to get in.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(real).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+/// The state dir is per server (`pg<major>-<hash of the bin dir>`): a run against another
+/// server gets a cluster of its own, never this one.
+#[test]
+fn another_server_gets_its_own_shared_cluster() {
+    let c = cluster();
+    let major = support::server_major_version(support::server_bin_dir().unwrap()).unwrap();
+    let key = support::state_dir()
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap();
+    assert!(key.starts_with(&format!("pg{major}-")), "{key}");
+
+    let other = symlinked_bin_dir();
+    let bin = other.path().to_str().unwrap();
+    let probe = probe_result(spawn_probe(&[("WALWATCH_PG_BIN", bin)]));
+    assert!(!probe.joined, "it started a cluster of its own: {probe:?}");
+    assert_ne!(probe.port, c.port());
+    assert_ne!(probe.root, c.root_dir());
+    let root = probe.root.clone();
+    wait_until(
+        "the other server's watchdog to remove its cluster",
+        Duration::from_secs(30),
+        || (!root.exists()).then_some(()),
+    );
+}
+
+/// Should two servers' runs still share a state dir, a live cluster of the other server is
+/// refused, not joined.
+#[test]
+fn a_cluster_of_another_server_is_never_joined() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    // Hold the lease so that the first cluster outlives its probe.
+    let lease = std::fs::File::create(state.path().join("lease")).unwrap();
+    // SAFETY: flock on an open descriptor.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lease), libc::LOCK_SH) },
+        0
+    );
+    let first = probe_result(spawn_probe(&[(
+        "WALWATCH_TEST_PG_STATE_DIR",
+        state_dir.as_str(),
+    )]));
+    let other = symlinked_bin_dir();
+    let out = spawn_probe(&[
+        ("WALWATCH_TEST_PG_STATE_DIR", state_dir.as_str()),
+        ("WALWATCH_PG_BIN", other.path().to_str().unwrap()),
+    ])
+    .wait_with_output()
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "joined a cluster of another server:\n{text}"
+    );
+    assert!(
+        text.contains("refusing to join a cluster of another server"),
+        "{text}"
+    );
+    assert!(!text.contains("PROBE "), "{text}");
+    // The first one is left alone, and goes once nobody holds the lease.
+    assert!(first.root.exists());
+    drop(lease);
+    let root = first.root.clone();
+    wait_until(
+        "the watchdog to remove the cluster",
+        Duration::from_secs(30),
+        || (!root.exists()).then_some(()),
+    );
+}
+
 #[test]
 fn replica_cluster_of_its_own_stops_and_removes_its_dir() {
     let started = Instant::now();
