@@ -122,7 +122,16 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Pg(e) => e.is_transient(),
-            Error::Meta(e) => e.is_closed() || e.as_db_error().is_none(),
+            // A metadata connection refused while the server shuts down, crash-recovers or
+            // starts (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
+            // "the database system is not yet accepting connections") is as transient as
+            // the replication connection's own.
+            Error::Meta(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        matches!(db.code().code(), "57P01" | "57P02" | "57P03")
+                    })
+            }
             Error::StreamEnded | Error::FenceTimeout(_) => true,
             _ => false,
         }

@@ -162,82 +162,95 @@ async fn resolve_tables_expands_names_and_globs_to_tables_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ensure_publication_creates_retargets_and_drops_it() {
+async fn publication_ensure_creates_retargets_and_drops_them() {
+    use walwatch::pg::publication::{self, Want};
     let admin = admin().await;
     let s = schema(&admin, "cat_pub").await;
     as_user(
         &admin,
         &s,
-        "CREATE TABLE {s}.t1 (id int PRIMARY KEY); CREATE TABLE {s}.t2 (id int PRIMARY KEY)",
+        "CREATE TABLE {s}.t1 (id int PRIMARY KEY); CREATE TABLE {s}.t2 (id int PRIMARY KEY); \
+         CREATE TABLE {s}.n (v text)",
     )
     .await;
     let user = user_client().await;
     let info = catalog::check_server(&user).await.unwrap();
-    let name = support::unique_name("cat_pub");
+    let slot = support::unique_name("cat_pub");
+    let main = publication::main_name(&slot);
+    let companion = publication::companion_name(&main);
     let mut ops = OpSet::empty();
     ops.insert(walwatch::Op::Insert);
     ops.insert(walwatch::Op::Delete);
-    let one = [pair(&s, "t1")];
-    assert!(
-        catalog::ensure_publication(&user, &info, &name, Some(&one), ops)
+    let flags = async |name: &str| -> Vec<bool> {
+        let row = admin
+            .query_one(
+                "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication \
+                 WHERE pubname = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        (0..4).map(|i| row.get(i)).collect()
+    };
+    let one = [pair(&s, "t1"), pair(&s, "n")];
+    let want = |tables, ops| Want {
+        main: &main,
+        slot: &slot,
+        temporary: false,
+        tables,
+        ops,
+    };
+    let made = publication::ensure(&user, &info, &want(Some(&one), ops))
+        .await
+        .unwrap();
+    assert_eq!(made.names, [main.clone(), companion.clone()]);
+    assert!(made.created.is_empty(), "a permanent slot's are kept");
+    assert_eq!(made.record.as_ref().unwrap().slot, slot);
+    // The keyed table in the main one, the keyless one in the companion, for INSERT only.
+    assert_eq!(
+        catalog::publication_tables(&user, &main).await.unwrap(),
+        [pair(&s, "t1")]
+    );
+    assert_eq!(
+        catalog::publication_tables(&user, &companion)
             .await
             .unwrap(),
-        "created"
+        [pair(&s, "n")]
     );
-    assert_eq!(
-        catalog::publication_tables(&user, &name).await.unwrap(),
-        one
-    );
-    let flags = admin
-        .query_one(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication \
-             WHERE pubname = $1",
-            &[&name],
-        )
+    assert_eq!(flags(&main).await, [true, false, true, false]);
+    assert_eq!(flags(&companion).await, [true, false, false, false]);
+
+    // The same slot for another table set re-targets them, and creates nothing.
+    let both = [pair(&s, "t2"), pair(&s, "t1")];
+    publication::ensure(&user, &info, &want(Some(&both), OpSet::all()))
         .await
         .unwrap();
-    let flags: Vec<bool> = (0..4).map(|i| flags.get(i)).collect();
-    assert_eq!(flags, [true, false, true, false]);
-
-    // The same publication for another table set is re-targeted, not created.
-    let both = [pair(&s, "t2"), pair(&s, "t1")];
-    assert!(
-        !catalog::ensure_publication(&user, &info, &name, Some(&both), OpSet::all())
-            .await
-            .unwrap()
-    );
     assert_eq!(
-        catalog::publication_tables(&user, &name).await.unwrap(),
+        catalog::publication_tables(&user, &main).await.unwrap(),
         vec![pair(&s, "t1"), pair(&s, "t2")]
     );
-    let flags = admin
-        .query_one(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication \
-             WHERE pubname = $1",
-            &[&name],
-        )
-        .await
-        .unwrap();
-    let flags: Vec<bool> = (0..4).map(|i| flags.get(i)).collect();
-    assert_eq!(flags, [true; 4]);
-    // FOR ALL TABLES needs a superuser; walwatch is not one.
-    let m = setup_message(catalog::ensure_publication(&user, &info, &name, None, ops).await);
-    assert!(m.contains("only a superuser"), "{m}");
-
-    catalog::drop_publication(&user, &name).await.unwrap();
     assert!(
-        catalog::publication_tables(&user, &name)
+        catalog::publication_tables(&user, &companion)
             .await
             .unwrap()
             .is_empty()
     );
-    let left = admin
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
-        .await
-        .unwrap();
-    assert!(left.is_none(), "dropped");
-    // Dropping what is not there is not an error.
-    catalog::drop_publication(&user, &name).await.unwrap();
+    assert_eq!(flags(&main).await, [true; 4]);
+    assert_eq!(flags(&companion).await, [true, false, false, true]);
+    // FOR ALL TABLES needs a superuser; walwatch is not one.
+    let m = setup_message(publication::ensure(&user, &info, &want(None, ops)).await);
+    assert!(m.contains("only a superuser"), "{m}");
+
+    for name in [&main, &companion] {
+        catalog::drop_publication(&user, name).await.unwrap();
+        let left = admin
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+            .await
+            .unwrap();
+        assert!(left.is_none(), "{name} dropped");
+        // Dropping what is not there is not an error.
+        catalog::drop_publication(&user, name).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,7 +639,7 @@ async fn diagnose_reads_publications_replica_identity_sessions_and_slots() {
         .unwrap();
     let user = user_client().await;
     let scope = walwatch::assert::diagnose::Scope {
-        publication: Some(publication.clone()),
+        publications: vec![publication.clone()],
         slot: Some(slot.clone()),
     };
     let diagnose = async |expr: &str| {
@@ -649,8 +662,15 @@ async fn diagnose_reads_publications_replica_identity_sessions_and_slots() {
         &found,
         &[&format!("table {s}.other is not in the publication")],
     );
-    has(&found, &["does not publish DELETE"]);
     has(&found, &[&format!("slot `{slot}` has no active consumer")]);
+    let found = diagnose(&format!(
+        r#"schema == "{s}" && table == "watched" && op == "DELETE""#
+    ))
+    .await;
+    has(
+        &found,
+        &[&format!("does not publish DELETE of {s}.watched")],
+    );
 
     // Replica identity: DEFAULT sends the primary key only, USING INDEX that index's columns
     // (pg_index.indisprimary / indisreplident).

@@ -18,7 +18,7 @@ use harness::{
     Proc, drop_slot, dsn, parse_jsonl, slot_confirmed, slot_field, spawn_logged, sql, wait_active,
     walwatch,
 };
-use support::{ScratchCluster, ScratchOptions, wait_until};
+use support::{ScratchCluster, ScratchOptions, wait_until, wait_until_or};
 
 /// A small deterministic generator (xorshift), so a failure can be replayed by its seed.
 struct Rng(u64);
@@ -453,6 +453,15 @@ fn serial_kill_9_at_random_points_loses_and_repeats_nothing() {
     drop_slot(&slot);
 }
 
+/// How many events `out` holds, and walwatch's log: what a timed-out wait prints.
+fn seen_and_log(out: &std::path::Path, log: &std::path::Path) -> String {
+    format!(
+        "{} events in the file; walwatch's log:\n{}",
+        read_events(out).len(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    )
+}
+
 /// A live run survives the walsender being terminated and the server stopping as in a crash:
 /// it reconnects (one log line per attempt) and the file holds every row exactly once.
 #[test]
@@ -555,17 +564,23 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
         },
     );
     let after_first = read_events(&out).len();
-    wait_until("rows after the terminate", Duration::from_secs(60), || {
-        lines(after_first + 500).then_some(())
-    });
+    wait_until_or(
+        "rows after the terminate",
+        Duration::from_secs(60),
+        || seen_and_log(&out, &log),
+        || lines(after_first + 500).then_some(()),
+    );
     // Fault 2: the server stops as in a crash and comes back.
     h.stop_immediately().expect("pg_ctl stop -m immediate");
     std::thread::sleep(Duration::from_millis(500));
     h.start_server_again().expect("start again");
     let after_second = read_events(&out).len();
-    wait_until("rows after the crash", Duration::from_secs(60), || {
-        lines(after_second + 500).then_some(())
-    });
+    wait_until_or(
+        "rows after the crash",
+        Duration::from_secs(60),
+        || seen_and_log(&out, &log),
+        || lines(after_second + 500).then_some(()),
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     // Everything committed reaches the file: wait until it holds the table's row count.

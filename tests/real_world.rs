@@ -340,38 +340,77 @@ fn a_dropped_type_renders_as_it_did_and_an_unknown_one_is_named() {
     }
     owner.drop_slot(&seen);
     owner.drop_slot(&unseen);
-    admin(&format!(
-        "DROP PUBLICATION {given};"
-    ));
+    admin(&format!("DROP PUBLICATION {given};"));
 }
 
 /// One of a slot's two publications dropped by hand (a script that knew only the main one's
-/// name, say): the next run makes it again and keeps the other, instead of failing on
-/// "publication already exists".
+/// name, say). Neither can be made again for the slot: pgoutput reads publications as they
+/// were when each change was written, so a publication made now would fail (before 18) or be
+/// skipped for the WAL from before it. The main one gone is a named error, the slot left as
+/// it was; the companion gone leaves its keyless table out (not moved into the main
+/// publication, which would make its UPDATEs fail), and walwatch says so.
 #[test]
-fn a_publication_dropped_by_hand_is_made_again() {
+fn a_publication_dropped_by_hand_is_named() {
     let owner = Owner::new("repub", false);
     let slot = unique_name("repub_slot");
-    owner.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE n (v text);");
-    owner.walwatch(&["--slot", &slot, "--tables", "t,n", "--endpos", "now"], 0);
-    for dropped in [format!("walwatch_{slot}"), format!("walwatch_{slot}_noident")] {
-        admin(&format!("DROP PUBLICATION {dropped};"));
-        owner.walwatch(&["--slot", &slot, "--tables", "t,n", "--endpos", "now"], 0);
-        let listed = admin(&format!(
+    let tables = ["--slot", &slot, "--tables", "t,n", "--endpos", "now"];
+    let published = || {
+        admin(&format!(
             "SELECT string_agg(pubname || ':' || tablename, ',' ORDER BY pubname) \
              FROM pg_publication_tables WHERE pubname LIKE 'walwatch_{slot}%'"
-        ));
-        assert_eq!(
-            listed,
-            format!("walwatch_{slot}:t,walwatch_{slot}_noident:n"),
-            "after dropping {dropped}"
-        );
-    }
-    owner.sql("INSERT INTO t VALUES (1); INSERT INTO n VALUES ('x');");
-    let seen: Vec<String> = changes(&drain(&owner, &slot, "t,n"))
-        .iter()
-        .map(|e| format!("{} {}", e["op"].as_str().unwrap(), e["table"].as_str().unwrap()))
-        .collect();
-    assert_eq!(seen, ["INSERT t", "INSERT n"]);
+        ))
+    };
+    owner.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE n (v text);");
+    owner.walwatch(&tables, 0);
+    assert_eq!(
+        published(),
+        format!("walwatch_{slot}:t,walwatch_{slot}_noident:n")
+    );
+    let seen = |events: &[Value]| -> Vec<String> {
+        changes(events)
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["op"].as_str().unwrap(),
+                    e["table"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+
+    admin(&format!("DROP PUBLICATION walwatch_{slot}_noident;"));
+    owner.sql("INSERT INTO n VALUES ('x'); INSERT INTO t VALUES (1);");
+    let run = owner.walwatch(&tables, 0);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}.n: walwatch does not see it at all",
+            owner.name
+        )) && stderr.contains(&format!("walwatch slots drop {slot}")),
+        "{stderr}"
+    );
+    assert_eq!(published(), format!("walwatch_{slot}:t"));
+    // The application's UPDATE of the keyless table still works.
+    owner.sql("INSERT INTO t VALUES (2); UPDATE n SET v = 'y';");
+    assert_eq!(seen(&drain(&owner, &slot, "t,n")), ["INSERT t"]);
+
+    admin(&format!("DROP PUBLICATION walwatch_{slot};"));
+    let before = admin(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    let run = owner.walwatch(&tables, 2);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "publication `walwatch_{slot}`, which slot `{slot}` reads, was dropped"
+        )) && stderr.contains(&format!("walwatch slots drop {slot}")),
+        "{stderr}"
+    );
+    assert_eq!(published(), "", "no publication is made for the slot");
+    let after = admin(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    assert_eq!(before, after, "the slot is left where it was");
     owner.drop_slot(&slot);
 }

@@ -153,7 +153,9 @@ async fn table_checks(
                 "TRUNCATE" => Some(3),
                 _ => None,
             };
-            let published = column.is_none_or(|i| col::<bool>(&r, "diagnose: publication operations", i).unwrap_or(true));
+            let published = column.is_none_or(|i| {
+                col::<bool>(&r, "diagnose: publication operations", i).unwrap_or(true)
+            });
             if !published
                 && matches!(op, "UPDATE" | "DELETE")
                 && lacks_identity(client, &nsp, table).await

@@ -11,7 +11,7 @@
 //! ([`Error::CatalogType`]), not a panic in whichever thread ran it. tests/catalog.rs runs each
 //! of them on every server of the test matrix.
 
-use crate::pg::quote::{quote_ident, quote_literal};
+use crate::pg::quote::quote_ident;
 use tokio_postgres::types::FromSql;
 use tokio_postgres::{Client, Row};
 

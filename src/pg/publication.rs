@@ -158,7 +158,6 @@ pub async fn split_by_identity(
     Ok((with, without))
 }
 
-
 /// Says once, for each table, which operations walwatch cannot see and why.
 pub fn warn_unpublished(without: &[NoIdentity], ops: OpSet) {
     use crate::event::Op;
@@ -317,8 +316,16 @@ pub async fn ensure(client: &Client, info: &ServerInfo, want: &Want<'_>) -> Resu
     let (with, without) = split_by_identity(client, want.tables).await?;
     let companion = companion_name(want.main);
     let main_exists = exists(client, want.main).await?;
+    if !main_exists
+        && !want.temporary
+        && crate::pg::catalog::slot_row(client, want.slot)
+            .await?
+            .is_some()
+    {
+        return Err(dropped_under_slot(want));
+    }
     if main_exists && !exists(client, &companion).await? {
-        return legacy(client, info, want, &without).await;
+        return legacy(client, info, want, &with, &without).await;
     }
     warn_unpublished(&without, want.ops);
     let noident: Vec<(String, String)> = without
@@ -330,15 +337,7 @@ pub async fn ensure(client: &Client, info: &ServerInfo, want: &Want<'_>) -> Resu
         Some(_) => Target::Tables(&noident),
     };
     let companion_publish = want.ops.without_identity().publish_option();
-    let mut record = match read_record(client, want.main).await? {
-        Some(r) if r.slot == want.slot => r,
-        _ => Record::default(),
-    };
-    let fresh = Record::for_run(client, want.slot, want.temporary).await?;
-    record = Record {
-        types: std::mem::take(&mut record.types),
-        ..fresh
-    };
+    let record = refreshed_record(client, want, read_record(client, want.main).await?).await?;
     let mut sql = Vec::new();
     let mut created = Vec::new();
     for (name, target, publish) in [
@@ -382,19 +381,52 @@ pub async fn ensure(client: &Client, info: &ServerInfo, want: &Want<'_>) -> Resu
     })
 }
 
-/// A permanent slot from before the companion publication: naming a publication created now
-/// would fail while decoding WAL from before it, so the slot keeps its one publication (as it
-/// was targeted before) and walwatch says what that costs the application.
+/// The main publication of an existing slot is gone. pgoutput reads publications as they were
+/// when each change was written (with the historic snapshot of the WAL it decodes), so one
+/// made now is "not there" for the WAL between the slot's position and now: before
+/// PostgreSQL 18 decoding fails on it at every start ("publication ... does not exist",
+/// pgoutput.c `LoadPublications`), from 18 on the server skips it and the changes of that
+/// stretch are not sent. Either way, no silent recovery is possible.
+fn dropped_under_slot(want: &Want<'_>) -> Error {
+    Error::Setup(format!(
+        "publication `{main}`, which slot `{slot}` reads, was dropped while the slot exists: \
+         PostgreSQL cannot decode the slot's WAL from before a publication made now, so \
+         walwatch cannot go on from where the slot is. Drop the slot and start again \
+         (walwatch slots drop {slot}; the changes since the slot's last confirmed position \
+         are not seen), or restore the publication from a backup of the catalog",
+        main = want.main,
+        slot = want.slot,
+    ))
+}
+
+/// A permanent slot whose main publication has no companion: one from before the companion
+/// existed, or one whose companion was dropped by hand. Naming a publication created now would
+/// fail while decoding WAL from before it, so the slot keeps its one publication. Tables
+/// without a replica identity stay in it only if they already were (an old slot's, whose
+/// UPDATEs PostgreSQL already refuses; walwatch says so); none is added, for that would make
+/// the application's statements fail.
 async fn legacy(
     client: &Client,
     info: &ServerInfo,
     want: &Want<'_>,
+    with: &[(String, String)],
     without: &[NoIdentity],
 ) -> Result<Publications> {
     use crate::event::Op;
-    if let Some(list) = want.tables {
+    let mut unseen = Vec::new();
+    if want.tables.is_some() {
+        let current = crate::pg::catalog::publication_tables(client, want.main).await?;
+        let mut list = with.to_vec();
+        for t in without {
+            let pair = (t.schema.clone(), t.table.clone());
+            if current.contains(&pair) {
+                list.push(pair);
+            } else {
+                unseen.push(t);
+            }
+        }
         let publish = want.ops.publish_option();
-        let sql = retarget(client, want.main, &Target::Tables(list), &publish).await?;
+        let sql = retarget(client, want.main, &Target::Tables(&list), &publish).await?;
         if !sql.is_empty() {
             client
                 .batch_execute(&sql.join(";\n"))
@@ -402,8 +434,24 @@ async fn legacy(
                 .map_err(|e| publication_error(e, want.main, info))?;
         }
     }
+    let companion = companion_name(want.main);
+    for t in &unseen {
+        tracing::warn!(
+            "{}: walwatch does not see it at all on slot {}: {}, and the slot's publication \
+             for such tables ({companion}) is missing (a publication made now cannot be read \
+             from where the slot is). Recreate the slot (walwatch slots drop {}, then run \
+             again) to see its INSERTs and TRUNCATEs",
+            t.qualified(),
+            want.slot,
+            t.why(),
+            want.slot
+        );
+    }
     if want.ops.contains(Op::Update) || want.ops.contains(Op::Delete) {
-        for t in without {
+        for t in without
+            .iter()
+            .filter(|t| !unseen.iter().any(|u| std::ptr::eq(*u, *t)))
+        {
             tracing::warn!(
                 "slot {} was created by an earlier walwatch with one publication, {}, which \
                  publishes UPDATE and DELETE of {}: {}, so PostgreSQL refuses the application's \
@@ -418,17 +466,24 @@ async fn legacy(
             );
         }
     }
-    let mut record = read_record(client, want.main).await?.unwrap_or_default();
-    let fresh = Record::for_run(client, want.slot, want.temporary).await?;
-    record = Record {
-        types: std::mem::take(&mut record.types),
-        ..fresh
-    };
+    let record = refreshed_record(client, want, read_record(client, want.main).await?).await?;
     write_record(client, &[want.main.to_string()], &record).await?;
     Ok(Publications {
         names: vec![want.main.to_string()],
         created: Vec::new(),
         record: Some(record),
+    })
+}
+
+/// This run's record, keeping the types `old` remembered for the same slot.
+async fn refreshed_record(client: &Client, want: &Want<'_>, old: Option<Record>) -> Result<Record> {
+    let types = match old {
+        Some(r) if r.slot == want.slot => r.types,
+        _ => Vec::new(),
+    };
+    Ok(Record {
+        types,
+        ..Record::for_run(client, want.slot, want.temporary).await?
     })
 }
 

@@ -516,7 +516,17 @@ pub async fn admin_client(db: &str) -> tokio_postgres::Client {
 
 /// Polls `f` with a short backoff until it returns `Some`, and returns that value; panics with
 /// "timed out after Xs waiting for {what}" at the deadline.
-pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_until<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_until_or(what, deadline, String::new, f)
+}
+
+/// [`wait_until`], whose timeout message ends with `context()` (a log, what was seen).
+pub fn wait_until_or<T>(
+    what: &str,
+    deadline: Duration,
+    context: impl FnOnce() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     let mut delay = Duration::from_millis(5);
     loop {
@@ -526,8 +536,9 @@ pub fn wait_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
         let elapsed = start.elapsed();
         if elapsed >= deadline {
             panic!(
-                "timed out after {:.1}s waiting for {what}",
-                deadline.as_secs_f64()
+                "timed out after {:.1}s waiting for {what}\n{}",
+                deadline.as_secs_f64(),
+                context()
             );
         }
         std::thread::sleep(delay.min(deadline - elapsed));
