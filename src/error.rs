@@ -128,9 +128,8 @@ impl Error {
             // the replication connection's own.
             Error::Meta(e) => {
                 e.is_closed()
-                    || e.as_db_error().is_none_or(|db| {
-                        matches!(db.code().code(), "57P01" | "57P02" | "57P03")
-                    })
+                    || e.as_db_error()
+                        .is_none_or(|db| matches!(db.code().code(), "57P01" | "57P02" | "57P03"))
             }
             Error::StreamEnded | Error::FenceTimeout(_) => true,
             _ => false,

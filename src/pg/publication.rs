@@ -692,8 +692,8 @@ async fn live_backends(client: &Client) -> Result<Vec<(i32, String)>> {
     rows.iter()
         .map(|r| {
             Ok((
-                column(&r, "live_backends", 0)?,
-                column(&r, "live_backends", 1)?,
+                column(r, "live_backends", 0)?,
+                column(r, "live_backends", 1)?,
             ))
         })
         .collect()
