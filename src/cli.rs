@@ -140,7 +140,7 @@ pub struct SlotsArgs {
     #[arg(long, value_name = "DSN", global = true)]
     pub dsn: Option<String>,
 
-    /// A table for people, or JSON (an array of objects) for scripts.
+    /// A table for people, or JSON for scripts: {"slots": [...], "publications": [...]}.
     #[arg(long, value_enum, default_value = "table")]
     pub format: SlotsFormat,
 }
@@ -155,6 +155,10 @@ pub enum SlotsAction {
         #[arg(long)]
         force: bool,
     },
+    /// Drop the orphaned walwatch publications: those of temporary runs that were killed
+    /// before they could drop their own (their slot and their process are gone). Every
+    /// walwatch start does this too.
+    Prune,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,24 +1,33 @@
-//! `walwatch slots`: the server's replication slots and the WAL each holds back, and
-//! `walwatch slots drop NAME`. A forgotten slot keeps WAL on the server's disk for ever, so this
-//! is what an operator reaches for when disk usage grows.
+//! `walwatch slots`: the server's replication slots and the WAL each holds back, walwatch's
+//! publications and whether anything still uses them; `walwatch slots drop NAME` and
+//! `walwatch slots prune`. A forgotten slot keeps WAL on the server's disk for ever and a
+//! forgotten publication keeps a table's statements publishing, so this is what an operator
+//! reaches for when disk usage grows or a test suite has killed many recorders.
 
 use anyhow::Context;
 
 use walwatch::cli::{SlotsAction, SlotsArgs, SlotsFormat};
 use walwatch::pg::catalog::{self, SlotRow};
+use walwatch::pg::publication::{self, Listed};
 
 use crate::harness::{Verdict, connect};
 
 pub async fn run(args: &SlotsArgs) -> anyhow::Result<Verdict> {
+    let client = connect(args.dsn.as_deref()).await?;
     match &args.action {
         None => {
-            let client = connect(args.dsn.as_deref()).await?;
             let slots = catalog::list_slots(&client)
                 .await
                 .context("cannot list replication slots")?;
+            let publications = publication::list(&client)
+                .await
+                .context("cannot list walwatch's publications")?;
             let out = match args.format {
-                SlotsFormat::Json => serde_json::to_string_pretty(&slots)? + "\n",
-                SlotsFormat::Table => table(&slots),
+                SlotsFormat::Json => {
+                    let all = serde_json::json!({"slots": slots, "publications": publications});
+                    serde_json::to_string_pretty(&all)? + "\n"
+                }
+                SlotsFormat::Table => table(&slots) + &publication_table(&publications),
             };
             use std::io::Write as _;
             let mut stdout = std::io::stdout().lock();
@@ -28,14 +37,26 @@ pub async fn run(args: &SlotsArgs) -> anyhow::Result<Verdict> {
             }
         }
         Some(SlotsAction::Drop { name, force }) => {
-            let client = connect(args.dsn.as_deref()).await?;
             catalog::drop_slot(&client, name, *force).await?;
             tracing::info!("dropped replication slot {name}");
-            // The publication walwatch made for a --slot run (`walwatch_NAME`) served only it.
-            let publication = format!("walwatch_{name}");
-            match catalog::drop_publication(&client, &publication).await {
-                Ok(()) => tracing::info!("dropped publication {publication} (if it existed)"),
-                Err(e) => tracing::warn!("could not drop publication {publication}: {e}"),
+            // The publications walwatch made for a --slot run served only it.
+            let main = publication::main_name(name);
+            for p in [publication::companion_name(&main), main] {
+                match catalog::drop_publication(&client, &p).await {
+                    Ok(()) => tracing::info!("dropped publication {p} (if it existed)"),
+                    Err(e) => tracing::warn!("could not drop publication {p}: {e}"),
+                }
+            }
+        }
+        Some(SlotsAction::Prune) => {
+            let dropped = publication::prune(&client)
+                .await
+                .context("cannot look for orphaned walwatch publications")?;
+            if dropped.is_empty() {
+                tracing::info!("no orphaned walwatch publication");
+            }
+            for name in dropped {
+                tracing::info!("dropped orphaned publication {name}");
             }
         }
     }
@@ -89,8 +110,38 @@ fn table(slots: &[SlotRow]) -> String {
     if rows.is_empty() {
         return "no replication slots\n".into();
     }
+    columns(&header, &rows)
+}
+
+/// walwatch's publications, after the slots: which slot each serves, and whether anything
+/// will use it again.
+fn publication_table(publications: &[Listed]) -> String {
+    if publications.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<[String; 3]> = publications
+        .iter()
+        .map(|p| {
+            let status = if p.orphan {
+                "orphan: its run is gone (walwatch slots prune drops it)".to_string()
+            } else if p.slot_exists {
+                "in use".to_string()
+            } else if p.temporary {
+                "its run is starting or stopping".to_string()
+            } else {
+                format!("slot gone (walwatch slots drop {} drops it)", p.slot)
+            };
+            let slot = p.slot.clone() + if p.temporary { " (temp)" } else { "" };
+            [p.name.clone(), slot, status]
+        })
+        .collect();
+    "\n".to_string() + &columns(&["PUBLICATION", "SLOT", "STATUS"], &rows)
+}
+
+/// Left-aligned columns, two spaces apart, under a header.
+fn columns<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.len());
         }
@@ -105,8 +156,8 @@ fn table(slots: &[SlotRow]) -> String {
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     };
-    line(&header);
-    for r in &rows {
+    line(header);
+    for r in rows {
         line(&r.each_ref().map(String::as_str));
     }
     out

@@ -1001,7 +1001,8 @@ fn slots_lists_and_drops() {
     harness::create_slot(&slot, &t);
     let admin = dsn();
     let list = harness::run_expecting(&["slots", "--dsn", &admin, "--format", "json"], 0);
-    let rows: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap();
+    let all: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let rows = all["slots"].as_array().unwrap();
     let row = rows
         .iter()
         .find(|r| r["name"] == slot.as_str())
@@ -1009,6 +1010,27 @@ fn slots_lists_and_drops() {
     assert_eq!(row["plugin"], "pgoutput");
     assert_eq!(row["kind"], "logical");
     assert!(row["retained_bytes"].as_i64().is_some(), "{row}");
+    // Its publications, in use.
+    for name in [
+        format!("walwatch_{slot}"),
+        format!("walwatch_{slot}_noident"),
+    ] {
+        let p = all["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} not listed: {all}"));
+        assert_eq!(
+            (&p["slot"], &p["slot_exists"], &p["orphan"]),
+            (
+                &Value::from(slot.as_str()),
+                &Value::from(true),
+                &Value::from(false)
+            ),
+            "{p}"
+        );
+    }
     let table = harness::run_expecting(&["slots", "--dsn", &admin], 0);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("SLOT") && text.contains(&slot), "{text}");
@@ -1034,10 +1056,11 @@ fn slots_lists_and_drops() {
     assert_eq!(slot_field(cluster, &slot, "slot_name"), "");
     assert_eq!(
         sql(&format!(
-            "SELECT count(*) FROM pg_publication WHERE pubname = 'walwatch_{slot}'"
+            "SELECT count(*) FROM pg_publication \
+             WHERE pubname IN ('walwatch_{slot}', 'walwatch_{slot}_noident')"
         )),
         "0",
-        "walwatch's publication for the slot goes with it"
+        "walwatch's publications for the slot go with it"
     );
     let _ = child.kill();
     let _ = child.wait();

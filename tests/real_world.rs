@@ -414,3 +414,109 @@ fn a_publication_dropped_by_hand_is_named() {
     assert_eq!(before, after, "the slot is left where it was");
     owner.drop_slot(&slot);
 }
+
+/// A temporary run killed with SIGKILL cannot drop its publication. The next walwatch start on
+/// the database does, because the publication's record names a slot and a process that are
+/// both gone; the publication of a live run in another process is untouched. `walwatch slots`
+/// flags the orphan, and `walwatch slots prune` drops it.
+#[test]
+fn a_killed_temporary_run_leaves_no_publication_behind() {
+    let owner = Owner::new("orph", false);
+    owner.sql("CREATE TABLE t (id int PRIMARY KEY);");
+    let dir = tempfile::tempdir().unwrap();
+    let live = |name: &str| {
+        let log = dir.path().join(name);
+        let proc = harness::spawn_logged(&["--dsn", &owner.dsn, "--tables", "t"], &log);
+        // A temporary run's slot and publication are both `walwatch_<pid>_<hex>`.
+        let prefix = format!("walwatch_{}_", proc.id());
+        let slot = support::wait_until_or(
+            "the temporary run's slot to be in use",
+            std::time::Duration::from_secs(30),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || {
+                let name = admin(&format!(
+                    "SELECT slot_name FROM pg_replication_slots \
+                     WHERE slot_name LIKE '{prefix}%' AND active AND confirmed_flush_lsn IS NOT NULL"
+                ));
+                (!name.is_empty()).then_some(name)
+            },
+        );
+        (proc, slot)
+    };
+    let publication_exists = |name: &str| {
+        admin(&format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{name}'"
+        )) == "1"
+    };
+    let listed = || -> Vec<Value> {
+        let out = owner.walwatch(&["slots", "--format", "json"], 0);
+        let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+        all["publications"].as_array().unwrap().clone()
+    };
+    let status = |name: &str| -> Value {
+        listed()
+            .into_iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or(Value::Null)
+    };
+    // The server drops a temporary slot, and ends the run's metadata session, once it notices
+    // the connections are gone: then the publication is an orphan.
+    let kill = |mut proc: harness::Proc, slot: &str| {
+        proc.kill().unwrap();
+        proc.wait().unwrap();
+        support::wait_until_or(
+            &format!("{slot} to be listed as an orphan"),
+            std::time::Duration::from_secs(30),
+            || format!("{:?}", listed()),
+            || (status(slot)["orphan"] == true).then_some(()),
+        );
+    };
+
+    let (a, a_slot) = live("a.log");
+    let (b, b_slot) = live("b.log");
+    assert!(publication_exists(&a_slot) && publication_exists(&b_slot));
+    assert_eq!(
+        status(&a_slot)["orphan"],
+        false,
+        "a live run's: {:?}",
+        listed()
+    );
+    kill(a, &a_slot);
+    assert_eq!(status(&a_slot)["slot_exists"], false);
+    assert_eq!(status(&b_slot)["orphan"], false, "{:?}", listed());
+    let table = owner.walwatch(&["slots"], 0);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&a_slot) && l.contains("orphan")),
+        "{text}"
+    );
+
+    // The next start removes it, and only it.
+    let other = unique_name("orph_next");
+    let next = owner.walwatch(&["--slot", &other, "--tables", "t", "--endpos", "now"], 0);
+    owner.drop_slot(&other);
+    let stderr = String::from_utf8_lossy(&next.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "dropped publication {a_slot}: the temporary walwatch run that made it is gone"
+        )),
+        "{stderr}"
+    );
+    assert!(!publication_exists(&a_slot), "the orphan is gone");
+    assert!(publication_exists(&b_slot), "the live run's is untouched");
+    assert!(
+        !stderr.contains(&format!("dropped publication {b_slot}")),
+        "{stderr}"
+    );
+
+    // `walwatch slots prune` does the same on demand.
+    kill(b, &b_slot);
+    let pruned = owner.walwatch(&["slots", "prune"], 0);
+    let stderr = String::from_utf8_lossy(&pruned.stderr);
+    assert!(
+        stderr.contains(&format!("dropped orphaned publication {b_slot}")),
+        "{stderr}"
+    );
+    assert!(!publication_exists(&b_slot));
+}
