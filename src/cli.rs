@@ -162,6 +162,12 @@ pub enum SlotsAction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PartitionsArg {
+    Root,
+    Leaf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SlotsFormat {
     Table,
     Json,
@@ -318,6 +324,12 @@ pub struct WatchArgs {
     /// Use this existing publication instead of creating one.
     #[arg(long, value_name = "NAME")]
     pub publication: Option<String>,
+
+    /// How changes of a partitioned table are reported: `root` under the watched table's
+    /// name (publish_via_partition_root), `leaf` under each partition's name, with the
+    /// partitioned table in `partition_of`. A --publication's own setting decides for it.
+    #[arg(long, value_enum, default_value = "root")]
+    pub partitions: PartitionsArg,
 
     /// Stop once every change committed before this position has been written: an LSN
     /// (0/16B3748) or `now` (the server's position at start-up).
@@ -498,6 +510,10 @@ impl WatchArgs {
             ops,
             slot,
             publication: self.publication.clone(),
+            partitions: match self.partitions {
+                PartitionsArg::Root => config::Partitions::Root,
+                PartitionsArg::Leaf => config::Partitions::Leaf,
+            },
             endpos,
             sinks,
             status_interval: Duration::from_secs_f64(self.status_interval),

@@ -108,6 +108,8 @@ pub struct Config {
     pub slot: SlotMode,
     /// An existing publication to use instead of creating one.
     pub publication: Option<String>,
+    /// How walwatch's own publications report a partitioned table's changes.
+    pub partitions: Partitions,
     pub endpos: Option<EndPos>,
     pub sinks: Vec<SinkSpec>,
     /// How often a standby status update is sent even when nothing changed. Must be well under
@@ -151,6 +153,7 @@ impl Config {
             ops: OpSet::all(),
             slot: SlotMode::Temporary,
             publication: None,
+            partitions: Partitions::Root,
             endpos: None,
             sinks: Vec::new(),
             status_interval: Duration::from_secs(10),
@@ -224,6 +227,17 @@ pub fn validate_slot_name(name: &str) -> Result<()> {
             "--slot `{name}`: a slot name may contain only lower-case letters, digits and underscores (at most 63)"
         )))
     }
+}
+
+/// How a partitioned table's changes are reported (the publications'
+/// `publish_via_partition_root`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Partitions {
+    /// Under the name of the partitioned table in the publication.
+    #[default]
+    Root,
+    /// Under each partition's own name, with `partition_of`.
+    Leaf,
 }
 
 /// Checks a publication name: a non-empty identifier of at most 63 bytes.

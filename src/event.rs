@@ -597,6 +597,13 @@ impl Serialize for LogicalMessage {
     }
 }
 
+/// A table by schema and name, as events name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct TableName {
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+}
+
 /// One decoded change, transaction boundary or logical message.
 ///
 /// * `lsn`: the WAL position of this message (the XLogData start the server sent it at).
@@ -626,6 +633,10 @@ pub struct Event {
     pub unchanged: Vec<Arc<str>>,
     /// MESSAGE events only.
     pub message: Option<LogicalMessage>,
+    /// For a row event reported under a partition's name: the partitioned table it belongs to
+    /// (the topmost watched ancestor, else the partition tree's root). JSON `partition_of`,
+    /// present only then.
+    pub partition_of: Option<Arc<TableName>>,
     /// The relation a row event (INSERT, UPDATE, DELETE, TRUNCATE) was decoded with; `None`
     /// for BEGIN, COMMIT, MESSAGE and for events read back from JSON. Not part of the JSON.
     pub relation: Option<Arc<Relation>>,
@@ -648,6 +659,7 @@ impl Event {
             key: None,
             unchanged: Vec::new(),
             message: None,
+            partition_of: None,
             relation: None,
         }
     }
@@ -702,6 +714,9 @@ impl Serialize for Event {
         map.serialize_entry("op", &self.op)?;
         map.serialize_entry("schema", &self.schema.as_deref())?;
         map.serialize_entry("table", &self.table.as_deref())?;
+        if let Some(p) = &self.partition_of {
+            map.serialize_entry("partition_of", &**p)?;
+        }
         map.serialize_entry("lsn", &self.lsn)?;
         map.serialize_entry("commit_lsn", &self.commit_lsn)?;
         map.serialize_entry("xid", &self.xid)?;

@@ -117,6 +117,13 @@ pub(crate) fn write_event(e: &Event, out: &mut Vec<u8>) {
     opt_string(out, e.schema.as_deref());
     out.extend_from_slice(b",\"table\":");
     opt_string(out, e.table.as_deref());
+    if let Some(p) = &e.partition_of {
+        out.extend_from_slice(b",\"partition_of\":{\"schema\":");
+        string(out, &p.schema);
+        out.extend_from_slice(b",\"table\":");
+        string(out, &p.table);
+        out.push(b'}');
+    }
     let mut lsn = [0u8; 17];
     out.extend_from_slice(b",\"lsn\":\"");
     out.extend_from_slice(e.lsn.format_into(&mut lsn).as_bytes());
@@ -237,6 +244,12 @@ mod tests {
                 e.key = Some(row(vec![("id", Value::Int(1))]));
                 e.old = Some(row(vec![("id", Value::Int(0))]));
                 e.unchanged = vec![Arc::from("big"), Arc::from("b\"ig")];
+            }
+            if op == Op::Update {
+                e.partition_of = Some(Arc::new(crate::event::TableName {
+                    schema: Arc::from("Sales \"Dept\""),
+                    table: Arc::from("meas"),
+                }));
             }
             events.push(e);
         }

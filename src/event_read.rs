@@ -108,6 +108,17 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
         }
         (_, data) => e.data = row(data),
     }
+    if let Json::Object(p) = field("partition_of")
+        && let (Some(schema), Some(table)) = (
+            p.get("schema").and_then(Json::as_str),
+            p.get("table").and_then(Json::as_str),
+        )
+    {
+        e.partition_of = Some(Arc::new(crate::event::TableName {
+            schema: schema.into(),
+            table: table.into(),
+        }));
+    }
     e.old = row(field("old"));
     e.key = row(field("key"));
     if let Json::Array(cols) = field("unchanged") {

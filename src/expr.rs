@@ -35,6 +35,7 @@ pub const VARIABLES: &[&str] = &[
     "op",
     "schema",
     "table",
+    "partition_of",
     "lsn",
     "commit_lsn",
     "xid",
@@ -754,6 +755,15 @@ fn variable(e: &Event, name: &str) -> Cel {
         "old" => e.old.as_ref().map(row_value).unwrap_or(Cel::Null),
         "key" => e.key.as_ref().map(row_value).unwrap_or(Cel::Null),
         "unchanged" => Cel::List(Arc::new(e.unchanged.iter().map(|c| string(c)).collect())),
+        "partition_of" => match &e.partition_of {
+            Some(p) => {
+                let mut map: HashMap<Key, Cel> = HashMap::with_capacity(2);
+                map.insert(key("schema"), string(&p.schema));
+                map.insert(key("table"), string(&p.table));
+                map.into()
+            }
+            None => Cel::Null,
+        },
         _ => Cel::Null,
     }
 }

@@ -97,6 +97,12 @@ impl TablePattern {
     }
 
     /// Whether this pattern matches `schema.table`; `search_path` is used when unqualified.
+    /// True when the table part names one table (no `*` or `?`): only such a name selects a
+    /// single partition; a glob matches tables that are not partitions.
+    pub fn is_exact(&self) -> bool {
+        !self.table.contains(['*', '?'])
+    }
+
     pub fn matches(&self, schema: &str, table: &str, search_path: &[String]) -> bool {
         let schema_ok = match &self.schema {
             Some(p) => glob_match(p, schema),
@@ -188,6 +194,12 @@ pub struct Filter {
     ops: OpSet,
     /// `--where`, run after the fast paths.
     expr: Option<Arc<Expr>>,
+    /// The publications are walwatch's own, made for exactly the watched tables: the server
+    /// decides which tables' changes come (with the publication as it was when each change was
+    /// written), so a change it sends passes the table check. That is what keeps the changes
+    /// of a partition detached since (no longer a partition of a watched table in today's
+    /// catalog) and of a table renamed since.
+    server_scoped: bool,
     /// Let walwatch's markers through whatever the ops and the expression say.
     keep_markers: bool,
 }
@@ -205,8 +217,15 @@ impl Filter {
             tables,
             ops,
             expr: None,
+            server_scoped: false,
             keep_markers: false,
         }
+    }
+
+    /// Trust the server for the table check: the publications are walwatch's own.
+    pub fn server_scoped(mut self, yes: bool) -> Filter {
+        self.server_scoped = yes;
+        self
     }
 
     /// Adds a `--where` expression; `keep_markers` lets walwatch's own markers through.
@@ -214,6 +233,14 @@ impl Filter {
         self.expr = expr;
         self.keep_markers = keep_markers;
         self
+    }
+
+    /// Whether `schema.table` is among the watched tables (every table is, without a list).
+    pub fn watches(&self, schema: &str, table: &str) -> bool {
+        match &self.tables {
+            Some(map) => map.get(schema).is_some_and(|set| set.contains(table)),
+            None => true,
+        }
     }
 
     /// Whether the event passes. BEGIN, COMMIT and MESSAGE have no table and pass the table
@@ -227,7 +254,13 @@ impl Filter {
             return Ok(false);
         }
         let table_ok = match (&self.tables, &e.schema, &e.table) {
-            (Some(map), Some(s), Some(t)) => map.get(&**s).is_some_and(|set| set.contains(&**t)),
+            (Some(_), Some(s), Some(t)) => {
+                self.server_scoped
+                    || self.watches(s, t)
+                    || e.partition_of
+                        .as_ref()
+                        .is_some_and(|p| self.watches(&p.schema, &p.table))
+            }
             _ => true,
         };
         match &self.expr {
@@ -241,6 +274,25 @@ impl Filter {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_partition_passes_through_its_watched_partitioned_table() {
+        let f = Filter::new(Some(&[("s".into(), "meas".into())]), OpSet::all());
+        let mut e = Event::new(crate::event::Op::Insert, crate::event::Lsn(1));
+        e.schema = Some(Arc::from("s"));
+        e.table = Some(Arc::from("meas_eu"));
+        assert!(!f.accepts(&e).unwrap(), "not watched, and no partition_of");
+        e.partition_of = Some(Arc::new(crate::event::TableName {
+            schema: Arc::from("s"),
+            table: Arc::from("meas"),
+        }));
+        assert!(f.accepts(&e).unwrap());
+        e.partition_of = Some(Arc::new(crate::event::TableName {
+            schema: Arc::from("s"),
+            table: Arc::from("other"),
+        }));
+        assert!(!f.accepts(&e).unwrap());
+    }
 
     #[test]
     fn globs() {

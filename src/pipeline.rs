@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
-use crate::event::{Event, Lsn, Op};
+use crate::event::{Event, Lsn, Op, Relation, TableName};
 use crate::filter::Filter;
 use crate::pg::stream::{ReplMessage, ReplStream};
 use crate::sink::Sink;
@@ -79,11 +80,17 @@ pub struct StreamOutcome {
 /// Reloads the type registry from the catalog (a blocking call on the decode thread).
 pub type TypeLoader = Box<dyn FnMut() -> Result<TypeRegistry> + Send>;
 
+/// The partitions a relation is part of, nearest first, up to its partition tree's root
+/// (empty for a table that is not a partition): a blocking catalog call on the decode thread.
+pub type PartitionLookup = Box<dyn FnMut(u32) -> Result<Vec<TableName>> + Send>;
+
 /// Settings for [`run_stream`].
 pub struct StreamSetup {
     pub decoder: Decoder,
     /// Called when Type messages name user types the registry does not know.
     pub load_types: Option<TypeLoader>,
+    /// Fills in `partition_of` for events reported under a partition's name.
+    pub partitions: Option<PartitionLookup>,
     pub filter: Filter,
     pub sinks: Vec<Box<dyn Sink>>,
     pub endpos: Option<Lsn>,
@@ -408,6 +415,39 @@ pub async fn run_stream(
     }
 }
 
+/// `partition_of` for each relation the server reports changes under, looked up once per
+/// Relation message (an ATTACH or DETACH makes the server describe the relation again).
+#[derive(Default)]
+struct Partitions {
+    lookup: Option<PartitionLookup>,
+    known: HashMap<u32, (Arc<Relation>, Option<Arc<TableName>>)>,
+}
+
+impl Partitions {
+    /// The partitioned table `rel`'s changes belong to: its topmost watched ancestor, else the
+    /// root of its tree; `None` for a table that is not a partition (or is one no more).
+    fn of(&mut self, rel: &Arc<Relation>, filter: &Filter) -> Result<Option<Arc<TableName>>> {
+        let Some(lookup) = &mut self.lookup else {
+            return Ok(None);
+        };
+        if let Some((seen, p)) = self.known.get(&rel.oid)
+            && Arc::ptr_eq(seen, rel)
+        {
+            return Ok(p.clone());
+        }
+        let ancestors = lookup(rel.oid)?;
+        let chosen = ancestors
+            .iter()
+            .rev()
+            .find(|a| filter.watches(&a.schema, &a.table))
+            .or(ancestors.last())
+            .cloned()
+            .map(Arc::new);
+        self.known.insert(rel.oid, (rel.clone(), chosen.clone()));
+        Ok(chosen)
+    }
+}
+
 /// The decode thread's state: the decoder, and everything its events flow into.
 struct Fanout {
     decoder: Decoder,
@@ -422,6 +462,7 @@ struct Fanout {
 /// borrow it while the decoder is borrowed too.
 struct Output {
     filter: Filter,
+    partitions: Partitions,
     sinks: Vec<Box<dyn Sink>>,
     endpos: Option<Lsn>,
     progress: watch::Sender<Progress>,
@@ -447,7 +488,8 @@ impl Fanout {
             load_types: setup.load_types,
             looked_up: HashSet::new(),
             out: Output::new(setup.filter, setup.sinks, setup.endpos, progress)
-                .starting_at(setup.start),
+                .starting_at(setup.start)
+                .with_partitions(setup.partitions),
             events: 0,
         }
     }
@@ -569,6 +611,7 @@ impl Output {
     ) -> Output {
         Output {
             filter,
+            partitions: Partitions::default(),
             sinks,
             endpos,
             progress,
@@ -582,6 +625,11 @@ impl Output {
             resume: Resume::default(),
             error: None,
         }
+    }
+
+    fn with_partitions(mut self, lookup: Option<PartitionLookup>) -> Output {
+        self.partitions.lookup = lookup;
+        self
     }
 
     fn starting_at(mut self, start: Lsn) -> Output {
@@ -599,9 +647,19 @@ impl Output {
     }
 
     /// Called for every decoded event, in order.
-    fn emit(&mut self, ev: Event) {
+    fn emit(&mut self, mut ev: Event) {
         if self.done || self.error.is_some() {
             return;
+        }
+        if let Some(rel) = &ev.relation {
+            match self.partitions.of(rel, &self.filter) {
+                Ok(p) => ev.partition_of = p,
+                Err(e) => {
+                    self.error = Some(e);
+                    self.done = true;
+                    return;
+                }
+            }
         }
         match ev.op {
             Op::Begin => {

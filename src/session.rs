@@ -76,6 +76,8 @@ pub async fn connect_meta(config: &Config) -> Result<Client> {
 struct BlockingCatalog {
     handle: tokio::runtime::Handle,
     config: Config,
+    /// Kept between calls (one per Relation message can be many), remade once closed.
+    client: Option<Client>,
 }
 
 impl BlockingCatalog {
@@ -84,15 +86,24 @@ impl BlockingCatalog {
         BlockingCatalog {
             handle: tokio::runtime::Handle::current(),
             config: config.clone(),
+            client: None,
         }
     }
 
-    fn call<T>(&self, query: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
+    fn call<T>(&mut self, query: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
         self.handle.block_on(async {
-            let client = connect_meta(&self.config).await?;
-            query(&client).await
+            if self.client.as_ref().is_none_or(Client::is_closed) {
+                self.client = Some(connect_meta(&self.config).await?);
+            }
+            let client = self.client.as_ref().expect("connected above");
+            query(client).await
         })
     }
+}
+
+/// The partitions a relation belongs to, for `partition_of`.
+fn partition_lookup(mut catalog: BlockingCatalog) -> pipeline::PartitionLookup {
+    Box::new(move |oid| catalog.call(async |c| catalog::partition_ancestors(c, oid).await))
 }
 
 /// Builds the sinks a config asks for. With `resume` (a permanent slot), a JSONL file is opened
@@ -115,7 +126,7 @@ pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
                 }
                 SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path, envelope)?),
                 SinkSpec::Kafka(spec) => {
-                    let catalog = BlockingCatalog::new(config);
+                    let mut catalog = BlockingCatalog::new(config);
                     let lookup = move |schema: &str, table: &str| {
                         catalog.call(async |c| catalog::primary_key(c, schema, table).await)
                     };
@@ -125,7 +136,7 @@ pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
                     )
                 }
                 SinkSpec::Arrow(spec) => {
-                    let catalog = BlockingCatalog::new(config);
+                    let mut catalog = BlockingCatalog::new(config);
                     let lookup = move |schema: &str, table: &str| {
                         catalog.call(async |c| catalog::array_dims(c, schema, table).await)
                     };
@@ -224,7 +235,7 @@ async fn publications(
 ) -> Result<Publications> {
     if let Some(name) = &config.publication {
         catalog::check_publication(meta, info, name, tables).await?;
-        publication::warn_given(meta, name, tables).await?;
+        publication::warn_given(meta, name, tables, info.version_num, config.partitions).await?;
         return Ok(Publications {
             names: vec![name.clone()],
             ..Publications::default()
@@ -263,6 +274,8 @@ async fn publications(
             temporary,
             tables,
             ops: config.ops,
+            via_root: config.partitions == crate::config::Partitions::Root,
+            server_version: info.version_num,
         },
     )
     .await
@@ -384,12 +397,14 @@ async fn stream_with_publication(
     ));
     let setup = StreamSetup {
         decoder,
+        partitions: Some(partition_lookup(BlockingCatalog::new(&config))),
         load_types: Some(type_loader(
             types_catalog,
             remembered,
             publications.names.clone(),
         )),
         filter: Filter::new(tables.as_deref(), config.ops)
+            .server_scoped(config.publication.is_none())
             .with_where(config.filter.clone(), config.keep_markers),
         sinks,
         endpos,
@@ -411,7 +426,7 @@ async fn stream_with_publication(
 /// types are remembered in its publications' record first, and remembered types the catalog
 /// no longer has are kept (a change written before a `DROP TYPE` renders as it did).
 fn type_loader(
-    catalog: BlockingCatalog,
+    mut catalog: BlockingCatalog,
     mut remembered: Option<publication::Record>,
     publications: Vec<String>,
 ) -> pipeline::TypeLoader {

@@ -199,6 +199,8 @@ async fn publication_ensure_creates_retargets_and_drops_them() {
         temporary: false,
         tables,
         ops,
+        via_root: true,
+        server_version: info.version_num,
     };
     let made = publication::ensure(&user, &info, &want(Some(&one), ops))
         .await

@@ -18,7 +18,7 @@ use tokio_postgres::{Client, Row};
 use crate::decode::TypeRegistry;
 use crate::decode::value::TYPE_QUERY;
 use crate::error::{Error, Result};
-use crate::event::Lsn;
+use crate::event::{Lsn, TableName};
 use crate::filter::TablePattern;
 
 /// Column `idx` of a row of catalog query `query` (its function's name), as `T`: an
@@ -84,9 +84,9 @@ pub async fn resolve_tables(
 ) -> Result<Vec<(String, String)>> {
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+            "SELECT n.nspname::text, c.relname::text, c.relispartition::bool FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             WHERE c.relkind IN ('r', 'p') \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
              ORDER BY 1, 2",
@@ -96,12 +96,14 @@ pub async fn resolve_tables(
     const Q: &str = "resolve_tables";
     let all = rows
         .iter()
-        .map(|r| Ok((column(r, Q, 0)?, column(r, Q, 1)?)))
-        .collect::<Result<Vec<(String, String)>>>()?;
+        .map(|r| Ok((column(r, Q, 0)?, column(r, Q, 1)?, column(r, Q, 2)?)))
+        .collect::<Result<Vec<(String, String, bool)>>>()?;
     let mut out: Vec<(String, String)> = Vec::new();
     for p in patterns {
         let mut matched = false;
-        for (s, t) in &all {
+        // A partition is watched through its partitioned table; by its own name only when
+        // named exactly (a glob such as `sales.*` would otherwise list every partition too).
+        for (s, t, _) in all.iter().filter(|(_, _, part)| !part || p.is_exact()) {
             if p.matches(s, t, search_path) {
                 matched = true;
                 if !out.iter().any(|(os, ot)| os == s && ot == t) {
@@ -112,8 +114,8 @@ pub async fn resolve_tables(
         if !matched {
             let elsewhere: Vec<String> = all
                 .iter()
-                .filter(|(_, t)| crate::filter::glob_match(&p.table, t))
-                .map(|(s, t)| format!("{s}.{t}"))
+                .filter(|(_, t, _)| crate::filter::glob_match(&p.table, t))
+                .map(|(s, t, _)| format!("{s}.{t}"))
                 .take(5)
                 .collect();
             let scope = match &p.schema {
@@ -133,6 +135,30 @@ pub async fn resolve_tables(
         }
     }
     Ok(out)
+}
+
+/// The partitioned tables relation `oid` is a partition of, nearest first, up to the root
+/// of its partition tree (`pg_partition_ancestors`, PostgreSQL 12+, lists the relation itself
+/// first); empty for a table that is not a partition, or that no longer exists.
+pub async fn partition_ancestors(client: &Client, oid: u32) -> Result<Vec<TableName>> {
+    const Q: &str = "partition_ancestors";
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text \
+             FROM pg_partition_ancestors($1::oid::regclass) WITH ORDINALITY AS a(relid, depth) \
+             JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE a.relid <> $1::oid ORDER BY a.depth",
+            &[&oid],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TableName {
+                schema: column::<String>(r, Q, 0)?.into(),
+                table: column::<String>(r, Q, 1)?.into(),
+            })
+        })
+        .collect()
 }
 
 /// The (schema, table) pairs a publication publishes, sorted.

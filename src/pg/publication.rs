@@ -92,7 +92,8 @@ impl NoIdentity {
 }
 
 /// The watched tables split by whether they have a replica identity. `tables: None` is every
-/// table of the database (as `--tables` resolves them: no partitions, no system schemas).
+/// table of the database (no partitions: they come with their partitioned table; no system
+/// schemas); a partition named in `tables` is judged on its own.
 pub async fn split_by_identity(
     client: &Client,
     tables: Option<&[(String, String)]>,
@@ -121,7 +122,8 @@ pub async fn split_by_identity(
                                     OR (l.relreplident = 'i' AND i.indisreplident)))) \
                           ORDER BY 1)::text[] \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+             WHERE c.relkind IN ('r', 'p') \
+               AND (NOT c.relispartition OR $1::text[] IS NOT NULL) \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
                AND ($1::text[] IS NULL OR (n.nspname::text, c.relname::text) IN \
@@ -294,6 +296,10 @@ pub struct Want<'a> {
     pub temporary: bool,
     pub tables: Option<&'a [(String, String)]>,
     pub ops: OpSet,
+    /// `publish_via_partition_root`: a partitioned table's changes under its own name.
+    pub via_root: bool,
+    /// `server_version_num`: what the publications can be asked for.
+    pub server_version: u32,
 }
 
 /// Creates (or re-targets) walwatch's publications for `want`, with their record.
@@ -356,13 +362,13 @@ pub async fn ensure(client: &Client, info: &ServerInfo, want: &Want<'_>) -> Resu
             exists(client, name).await?
         };
         if this_exists {
-            sql.extend(retarget(client, name, &target, publish).await?);
+            sql.extend(retarget(client, name, &target, publish, want).await?);
         } else {
             sql.push(format!(
-                "CREATE PUBLICATION {} {} WITH (publish = {})",
+                "CREATE PUBLICATION {} {} WITH ({})",
                 quote_ident(name),
                 target.create_clause(),
-                quote_literal(publish)
+                with_options(publish, want.via_root, want.server_version)
             ));
             created.push(name.to_string());
         }
@@ -426,7 +432,7 @@ async fn legacy(
             }
         }
         let publish = want.ops.publish_option();
-        let sql = retarget(client, want.main, &Target::Tables(&list), &publish).await?;
+        let sql = retarget(client, want.main, &Target::Tables(&list), &publish, want).await?;
         if !sql.is_empty() {
             client
                 .batch_execute(&sql.join(";\n"))
@@ -518,12 +524,31 @@ async fn exists(client: &Client, name: &str) -> Result<bool> {
         .is_some())
 }
 
+/// A publication's WITH options: what it publishes, and how a partitioned table's changes are
+/// reported (PostgreSQL 13+; the docs' CREATE PUBLICATION, `publish_via_partition_root`).
+/// From PostgreSQL 18, also stored generated columns (`publish_generated_columns`; before 18
+/// pgoutput never sends generated columns, `logicalrep_should_publish_column`).
+fn with_options(publish: &str, via_root: bool, server_version: u32) -> String {
+    let mut with = format!(
+        "publish = {}, publish_via_partition_root = {via_root}",
+        quote_literal(publish)
+    );
+    if server_version >= GENERATED_COLUMNS_SINCE {
+        with.push_str(", publish_generated_columns = stored");
+    }
+    with
+}
+
+/// The first server version whose publications can publish (stored) generated columns.
+pub const GENERATED_COLUMNS_SINCE: u32 = 180_000;
+
 /// The statements that make an existing publication publish `publish` of `target`.
 async fn retarget(
     client: &Client,
     name: &str,
     target: &Target<'_>,
     publish: &str,
+    want: &Want<'_>,
 ) -> Result<Vec<String>> {
     let row = client
         .query_one(
@@ -534,8 +559,8 @@ async fn retarget(
     let all: bool = column(&row, "retarget", 0)?;
     let q = quote_ident(name);
     let mut sql = vec![format!(
-        "ALTER PUBLICATION {q} SET (publish = {})",
-        quote_literal(publish)
+        "ALTER PUBLICATION {q} SET ({})",
+        with_options(publish, want.via_root, want.server_version)
     )];
     match (target, all) {
         (Target::All, true) => {}
@@ -599,15 +624,36 @@ pub async fn warn_given(
     client: &Client,
     name: &str,
     tables: Option<&[(String, String)]>,
+    server_version: u32,
+    partitions: crate::config::Partitions,
 ) -> Result<()> {
+    // pubgencols: PostgreSQL 18 ('n' none, 's' stored); pubviaroot: 13.
+    let gencols = if server_version >= GENERATED_COLUMNS_SINCE {
+        "pubgencols::text"
+    } else {
+        "'n'::text"
+    };
     let row = client
         .query_one(
-            "SELECT pubupdate, pubdelete FROM pg_publication WHERE pubname = $1",
+            &format!(
+                "SELECT pubupdate::bool, pubdelete::bool, pubviaroot::bool, {gencols} \
+                 FROM pg_publication WHERE pubname = $1"
+            ),
             &[&name],
         )
         .await?;
     let update: bool = column(&row, "warn_given", 0)?;
     let delete: bool = column(&row, "warn_given", 1)?;
+    let via_root: bool = column(&row, "warn_given", 2)?;
+    let generated: String = column(&row, "warn_given", 3)?;
+    report_given_partitions(name, via_root, partitions);
+    if server_version >= GENERATED_COLUMNS_SINCE && generated == "n" {
+        tracing::info!(
+            "publication {name} does not publish generated columns \
+             (publish_generated_columns = none): events lack them; ALTER PUBLICATION {name} \
+             SET (publish_generated_columns = stored) to see stored ones"
+        );
+    }
     if !(update || delete) {
         return Ok(());
     }
@@ -625,6 +671,25 @@ pub async fn warn_given(
         );
     }
     Ok(())
+}
+
+/// Says how a given publication reports partitioned tables: its setting, not --partitions,
+/// decides.
+fn report_given_partitions(name: &str, via_root: bool, asked: crate::config::Partitions) {
+    use crate::config::Partitions;
+    let how = if via_root {
+        "under the partitioned table's name (publish_via_partition_root = true)"
+    } else {
+        "under each partition's own name, with the partitioned table in partition_of \
+         (publish_via_partition_root = false)"
+    };
+    match (via_root, asked) {
+        (true, Partitions::Leaf) => tracing::warn!(
+            "--partitions leaf has no effect on publication {name}: it reports changes of \
+             partitioned tables {how}"
+        ),
+        _ => tracing::info!("publication {name} reports changes of partitioned tables {how}"),
+    }
 }
 
 /// A walwatch publication, as `walwatch slots` lists it.
