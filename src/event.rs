@@ -627,7 +627,8 @@ pub struct Event {
     pub data: Option<Row>,
     /// Previous values, when the server sent them (REPLICA IDENTITY FULL, or a key change).
     pub old: Option<Row>,
-    /// The replica-identity key columns of the row.
+    /// The primary key of the row when the table has one (set by the pipeline whatever the
+    /// replica identity), else its replica-identity key columns (what the decoder sets).
     pub key: Option<Row>,
     /// Columns holding an unchanged TOASTed value the server did not send.
     pub unchanged: Vec<Arc<str>>,

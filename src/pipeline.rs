@@ -84,6 +84,10 @@ pub type TypeLoader = Box<dyn FnMut() -> Result<TypeRegistry> + Send>;
 /// (empty for a table that is not a partition): a blocking catalog call on the decode thread.
 pub type PartitionLookup = Box<dyn FnMut(u32) -> Result<Vec<TableName>> + Send>;
 
+/// A table's primary-key columns by its OID (empty without one): a blocking catalog call on
+/// the decode thread.
+pub type KeyLookup = Box<dyn FnMut(u32) -> Result<Vec<String>> + Send>;
+
 /// Settings for [`run_stream`].
 pub struct StreamSetup {
     pub decoder: Decoder,
@@ -91,6 +95,8 @@ pub struct StreamSetup {
     pub load_types: Option<TypeLoader>,
     /// Fills in `partition_of` for events reported under a partition's name.
     pub partitions: Option<PartitionLookup>,
+    /// Makes `key` the primary key where the replica identity is another set of columns.
+    pub primary_keys: Option<KeyLookup>,
     pub filter: Filter,
     pub sinks: Vec<Box<dyn Sink>>,
     pub endpos: Option<Lsn>,
@@ -448,6 +454,58 @@ impl Partitions {
     }
 }
 
+/// `key` is the primary key whatever the replica identity. The server flags the replica
+/// identity's columns (Relation message), which under REPLICA IDENTITY FULL is every column
+/// and under USING INDEX that index's; where the table has a primary key and the row carries
+/// its columns, `key` is those instead. Looked up once per Relation message.
+#[derive(Default)]
+struct PrimaryKeys {
+    lookup: Option<KeyLookup>,
+    known: HashMap<u32, (Arc<Relation>, Vec<String>)>,
+}
+
+impl PrimaryKeys {
+    fn apply(&mut self, rel: &Arc<Relation>, ev: &mut Event) -> Result<()> {
+        use crate::event::{ReplicaIdentity, Row};
+        if rel.replica_identity == ReplicaIdentity::Default || !ev.op.is_change() {
+            return Ok(());
+        }
+        let Some(lookup) = &mut self.lookup else {
+            return Ok(());
+        };
+        let pk = match self.known.get(&rel.oid) {
+            Some((seen, pk)) if Arc::ptr_eq(seen, rel) => pk,
+            _ => {
+                let pk = lookup(rel.oid)?;
+                &self
+                    .known
+                    .entry(rel.oid)
+                    .insert_entry((rel.clone(), pk))
+                    .into_mut()
+                    .1
+            }
+        };
+        if pk.is_empty() {
+            return Ok(());
+        }
+        // The row in table order: the new one (INSERT, UPDATE) or the old one (DELETE).
+        let pick = |row: &Option<Row>| {
+            let row = row.as_ref()?;
+            let columns: Vec<_> = row
+                .columns
+                .iter()
+                .filter(|c| pk.iter().any(|k| **k == *c.name))
+                .cloned()
+                .collect();
+            (columns.len() == pk.len()).then_some(Row { columns })
+        };
+        if let Some(key) = pick(&ev.data).or_else(|| pick(&ev.old)) {
+            ev.key = Some(key);
+        }
+        Ok(())
+    }
+}
+
 /// The decode thread's state: the decoder, and everything its events flow into.
 struct Fanout {
     decoder: Decoder,
@@ -463,6 +521,7 @@ struct Fanout {
 struct Output {
     filter: Filter,
     partitions: Partitions,
+    keys: PrimaryKeys,
     sinks: Vec<Box<dyn Sink>>,
     endpos: Option<Lsn>,
     progress: watch::Sender<Progress>,
@@ -489,7 +548,7 @@ impl Fanout {
             looked_up: HashSet::new(),
             out: Output::new(setup.filter, setup.sinks, setup.endpos, progress)
                 .starting_at(setup.start)
-                .with_partitions(setup.partitions),
+                .with_lookups(setup.partitions, setup.primary_keys),
             events: 0,
         }
     }
@@ -612,6 +671,7 @@ impl Output {
         Output {
             filter,
             partitions: Partitions::default(),
+            keys: PrimaryKeys::default(),
             sinks,
             endpos,
             progress,
@@ -627,8 +687,13 @@ impl Output {
         }
     }
 
-    fn with_partitions(mut self, lookup: Option<PartitionLookup>) -> Output {
-        self.partitions.lookup = lookup;
+    fn with_lookups(
+        mut self,
+        partitions: Option<PartitionLookup>,
+        keys: Option<KeyLookup>,
+    ) -> Output {
+        self.partitions.lookup = partitions;
+        self.keys.lookup = keys;
         self
     }
 
@@ -651,14 +716,15 @@ impl Output {
         if self.done || self.error.is_some() {
             return;
         }
-        if let Some(rel) = &ev.relation {
-            match self.partitions.of(rel, &self.filter) {
-                Ok(p) => ev.partition_of = p,
-                Err(e) => {
-                    self.error = Some(e);
-                    self.done = true;
-                    return;
-                }
+        if let Some(rel) = ev.relation.clone() {
+            let looked_up = self.partitions.of(&rel, &self.filter).and_then(|p| {
+                ev.partition_of = p;
+                self.keys.apply(&rel, &mut ev)
+            });
+            if let Err(e) = looked_up {
+                self.error = Some(e);
+                self.done = true;
+                return;
             }
         }
         match ev.op {

@@ -398,6 +398,10 @@ async fn stream_with_publication(
     let setup = StreamSetup {
         decoder,
         partitions: Some(partition_lookup(BlockingCatalog::new(&config))),
+        primary_keys: Some({
+            let mut catalog = BlockingCatalog::new(&config);
+            Box::new(move |oid| catalog.call(async |c| catalog::primary_key_of(c, oid).await))
+        }),
         load_types: Some(type_loader(
             types_catalog,
             remembered,

@@ -100,8 +100,9 @@ fn the_least_privileged_role_works_and_each_missing_grant_is_named() {
 
     // Without a publication of the owner's, the role may not create one for tables it does
     // not own.
+    let own_slot = unique_name("priv_own");
     let args: Vec<&str> = vec![
-        "--dsn", &dsn, "--tables", &table, "--slot", &slot, "--endpos", "now",
+        "--dsn", &dsn, "--tables", &table, "--slot", &own_slot, "--endpos", "now",
     ];
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "{err}");

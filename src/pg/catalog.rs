@@ -313,6 +313,23 @@ pub async fn primary_key(client: &Client, schema: &str, table: &str) -> Result<V
     rows.iter().map(|r| column(r, "primary_key", 0)).collect()
 }
 
+/// The primary-key columns of the table with OID `oid`, in key order (empty without one, or
+/// when the table no longer exists).
+pub async fn primary_key_of(client: &Client, oid: u32) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = $1::oid AND i.indisprimary \
+             ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            &[&oid],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| column(r, "primary_key_of", 0))
+        .collect()
+}
+
 /// How many dimensions each array column of a table declares (`pg_attribute.attndims`: 2 for
 /// `int[][]`), for the columns that declare more than one. PostgreSQL does not enforce it on
 /// values; the Arrow sink uses it as the list nesting of the column.

@@ -395,11 +395,12 @@ pub async fn ensure(client: &Client, info: &ServerInfo, want: &Want<'_>) -> Resu
 /// stretch are not sent. Either way, no silent recovery is possible.
 fn dropped_under_slot(want: &Want<'_>) -> Error {
     Error::Setup(format!(
-        "publication `{main}`, which slot `{slot}` reads, was dropped while the slot exists: \
+        "slot `{slot}` exists, but walwatch's publication for it, `{main}`, does not: it was \
+         dropped, or the slot was made with --publication (then pass that again). \
          PostgreSQL cannot decode the slot's WAL from before a publication made now, so \
-         walwatch cannot go on from where the slot is. Drop the slot and start again \
-         (walwatch slots drop {slot}; the changes since the slot's last confirmed position \
-         are not seen), or restore the publication from a backup of the catalog",
+         walwatch cannot go on from where the slot is with one. Drop the slot and start \
+         again (walwatch slots drop {slot}; the changes since the slot's last confirmed \
+         position are not seen), or restore the publication from a backup of the catalog",
         main = want.main,
         slot = want.slot,
     ))

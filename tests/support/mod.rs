@@ -535,10 +535,11 @@ pub fn wait_until_or<T>(
         }
         let elapsed = start.elapsed();
         if elapsed >= deadline {
+            let context = context();
+            let sep = if context.is_empty() { "" } else { "\n" };
             panic!(
-                "timed out after {:.1}s waiting for {what}\n{}",
+                "timed out after {:.1}s waiting for {what}{sep}{context}",
                 deadline.as_secs_f64(),
-                context()
             );
         }
         std::thread::sleep(delay.min(deadline - elapsed));
