@@ -555,7 +555,18 @@ fn rows_with_partitions(events: &[Value]) -> Vec<String> {
 /// earlier changes keeps them: the publication of when they were written decides.
 #[test]
 fn partitioned_tables_are_watched_whole_by_their_name() {
-    let owner = Owner::new("part", false);
+    partitioned_tables(false);
+}
+
+/// The same with the first transaction streamed by the server while in progress (its
+/// Relation messages inside the stream).
+#[test]
+fn partitioned_tables_are_watched_whole_by_their_name_when_streamed() {
+    partitioned_tables(true);
+}
+
+fn partitioned_tables(streaming: bool) {
+    let owner = Owner::new("part", streaming);
     owner.sql(
         "CREATE TABLE meas (region text NOT NULL, id int NOT NULL, v text,
                             PRIMARY KEY (region, id)) PARTITION BY LIST (region);
@@ -578,8 +589,12 @@ fn partitioned_tables_are_watched_whole_by_their_name() {
         all.extend(args);
         owner.walwatch(&all, 0);
     }
+    // One transaction past 64 kB: streamed for the streaming role.
     owner.sql(
-        "INSERT INTO meas VALUES ('eu', 1, 'a'), ('us', 5, 'b'), ('us', 150, 'c'), ('xx', 1, 'd');
+        "BEGIN;
+         INSERT INTO meas SELECT 'us', g, repeat('x', 1000) FROM generate_series(1000, 1199) g;
+         INSERT INTO meas VALUES ('eu', 1, 'a'), ('us', 5, 'b'), ('us', 150, 'c'), ('xx', 1, 'd');
+         COMMIT;
          UPDATE meas SET v = 'e' WHERE region = 'eu';
          DELETE FROM meas WHERE region = 'us' AND id = 5;
          ALTER TABLE meas ATTACH PARTITION meas_apac FOR VALUES IN ('apac');
@@ -599,9 +614,26 @@ fn partitioned_tables_are_watched_whole_by_their_name() {
     };
     let row = |r: &str, id: i64, v: &str| json!({"region": r, "id": id, "v": v}).to_string();
     let key = |r: &str, id: i64| json!({"region": r, "id": id}).to_string();
+    let x = "x".repeat(1000);
+    let bulk = |table: &str| -> Vec<String> {
+        (1000..1200)
+            .map(|id| format!("INSERT {table} {}", row("us", id, &x)))
+            .collect()
+    };
+    let then = |bulk: Vec<String>, rest: Vec<String>| [bulk, rest].concat();
+    let root_rows = drain_with(&root, &["--tables", "meas"]);
+    let leaf_rows = drain_with(&leaf, &["--tables", "meas", "--partitions", "leaf"]);
+    if streaming {
+        for slot in [&root, &leaf] {
+            assert!(
+                owner.streamed_txns(slot) >= 1,
+                "the server did not stream the bulk transaction to {slot}: this test proves nothing"
+            );
+        }
+    }
     assert_eq!(
-        drain_with(&root, &["--tables", "meas"]),
-        [
+        root_rows,
+        then(bulk("meas"), vec![
             format!("INSERT meas {}", row("eu", 1, "a")),
             format!("INSERT meas {}", row("us", 5, "b")),
             format!("INSERT meas {}", row("us", 150, "c")),
@@ -610,12 +642,12 @@ fn partitioned_tables_are_watched_whole_by_their_name() {
             format!("DELETE meas {}", key("us", 5)),
             format!("INSERT meas {}", row("apac", 1, "f")),
             format!("INSERT meas {}", row("us", 99, "h")),
-        ],
+        ]),
         "--partitions root (the default): under the partitioned table's name"
     );
     assert_eq!(
-        drain_with(&leaf, &["--tables", "meas", "--partitions", "leaf"]),
-        [
+        leaf_rows,
+        then(bulk("meas_us_hi<meas"), vec![
             // meas_eu was detached before this drain: no longer a partition in today's
             // catalog, so no partition_of, but its changes from before are kept.
             format!("INSERT meas_eu {}", row("eu", 1, "a")),
@@ -626,7 +658,7 @@ fn partitioned_tables_are_watched_whole_by_their_name() {
             format!("DELETE meas_us_lo<meas {}", key("us", 5)),
             format!("INSERT meas_apac<meas {}", row("apac", 1, "f")),
             format!("INSERT meas_us_lo<meas {}", row("us", 99, "h")),
-        ],
+        ]),
         "--partitions leaf: under each partition's name, with the watched table"
     );
     assert_eq!(
