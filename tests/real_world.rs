@@ -633,32 +633,38 @@ fn partitioned_tables(streaming: bool) {
     }
     assert_eq!(
         root_rows,
-        then(bulk("meas"), vec![
-            format!("INSERT meas {}", row("eu", 1, "a")),
-            format!("INSERT meas {}", row("us", 5, "b")),
-            format!("INSERT meas {}", row("us", 150, "c")),
-            format!("INSERT meas {}", row("xx", 1, "d")),
-            format!("UPDATE meas {}", row("eu", 1, "e")),
-            format!("DELETE meas {}", key("us", 5)),
-            format!("INSERT meas {}", row("apac", 1, "f")),
-            format!("INSERT meas {}", row("us", 99, "h")),
-        ]),
+        then(
+            bulk("meas"),
+            vec![
+                format!("INSERT meas {}", row("eu", 1, "a")),
+                format!("INSERT meas {}", row("us", 5, "b")),
+                format!("INSERT meas {}", row("us", 150, "c")),
+                format!("INSERT meas {}", row("xx", 1, "d")),
+                format!("UPDATE meas {}", row("eu", 1, "e")),
+                format!("DELETE meas {}", key("us", 5)),
+                format!("INSERT meas {}", row("apac", 1, "f")),
+                format!("INSERT meas {}", row("us", 99, "h")),
+            ]
+        ),
         "--partitions root (the default): under the partitioned table's name"
     );
     assert_eq!(
         leaf_rows,
-        then(bulk("meas_us_hi<meas"), vec![
-            // meas_eu was detached before this drain: no longer a partition in today's
-            // catalog, so no partition_of, but its changes from before are kept.
-            format!("INSERT meas_eu {}", row("eu", 1, "a")),
-            format!("INSERT meas_us_lo<meas {}", row("us", 5, "b")),
-            format!("INSERT meas_us_hi<meas {}", row("us", 150, "c")),
-            format!("INSERT meas_other<meas {}", row("xx", 1, "d")),
-            format!("UPDATE meas_eu {}", row("eu", 1, "e")),
-            format!("DELETE meas_us_lo<meas {}", key("us", 5)),
-            format!("INSERT meas_apac<meas {}", row("apac", 1, "f")),
-            format!("INSERT meas_us_lo<meas {}", row("us", 99, "h")),
-        ]),
+        then(
+            bulk("meas_us_hi<meas"),
+            vec![
+                // meas_eu was detached before this drain: no longer a partition in today's
+                // catalog, so no partition_of, but its changes from before are kept.
+                format!("INSERT meas_eu {}", row("eu", 1, "a")),
+                format!("INSERT meas_us_lo<meas {}", row("us", 5, "b")),
+                format!("INSERT meas_us_hi<meas {}", row("us", 150, "c")),
+                format!("INSERT meas_other<meas {}", row("xx", 1, "d")),
+                format!("UPDATE meas_eu {}", row("eu", 1, "e")),
+                format!("DELETE meas_us_lo<meas {}", key("us", 5)),
+                format!("INSERT meas_apac<meas {}", row("apac", 1, "f")),
+                format!("INSERT meas_us_lo<meas {}", row("us", 99, "h")),
+            ]
+        ),
         "--partitions leaf: under each partition's name, with the watched table"
     );
     assert_eq!(
@@ -811,5 +817,113 @@ fn stored_generated_columns_are_in_events_where_the_server_can_send_them() {
     } else {
         assert_eq!(rows, [json!({"id": 1, "a": 21}), json!({"id": 1, "a": 5})]);
     }
+    owner.drop_slot(&slot);
+}
+
+/// Issue 13's test schema, quoted names and awkward values: a mixed-case schema and table
+/// with spaces, a column with a space, a 40-digit numeric, a domain over numeric, an enum, a
+/// 2-D text array with quotes, NULL and braces, jsonb with escapes, a stored generated column
+/// (in events from PostgreSQL 18). Every value of every event is checked, with the server
+/// streaming the transaction and without.
+#[test]
+fn a_quoted_schema_with_awkward_values_is_captured_exactly() {
+    awkward_values(false);
+}
+
+#[test]
+fn a_quoted_schema_with_awkward_values_is_captured_exactly_when_streamed() {
+    awkward_values(true);
+}
+
+fn awkward_values(streaming: bool) {
+    let owner = Owner::new("awk", streaming);
+    let schema = format!("Sales Dept {}", owner.name);
+    // The owner's role needs CREATE on the database for a schema of its own (granted).
+    owner.sql(&format!(
+        r#"CREATE SCHEMA "{schema}";
+         CREATE DOMAIN "{schema}".amount AS numeric(12,2) CHECK (VALUE >= 0);
+         CREATE TYPE "{schema}".status AS ENUM ('new', 'paid');
+         CREATE TABLE "{schema}"."Order Items" (
+             id int PRIMARY KEY,
+             "unit price" numeric(40, 0),
+             amount "{schema}".amount,
+             status "{schema}".status,
+             tags text[][],
+             doc jsonb,
+             qty int,
+             twice int GENERATED ALWAYS AS (qty * 2) STORED,
+             pad text);"#
+    ));
+    let table = format!(r#""{schema}"."Order Items""#);
+    let slot = unique_name("awk");
+    owner.walwatch(&["--slot", &slot, "--tables", &table, "--endpos", "now"], 0);
+    let pad = if streaming {
+        "repeat('p', 1000)"
+    } else {
+        "'p'"
+    };
+    owner.sql(&format!(
+        r#"BEGIN;
+         INSERT INTO {table} (id, "unit price", amount, status, tags, doc, qty, pad)
+             SELECT g, 1234567890123456789012345678901234567890, 12.5, 'paid',
+                    ARRAY[['a"b', NULL], ['{{c}}', 'd,e']],
+                    '{{"k": "line\nbreak \"q\" \\ \u00e9", "n": [1.5, null]}}', g, {pad}
+             FROM generate_series(1, 200) g;
+         UPDATE {table} SET status = 'new', amount = 0 WHERE id = 1;
+         DELETE FROM {table} WHERE id = 2;
+         COMMIT;"#
+    ));
+    let out = owner.walwatch(
+        &[
+            "--slot", &slot, "--tables", &table, "--endpos", "now", "--format", "json",
+        ],
+        0,
+    );
+    let events = parse_jsonl(&out.stdout);
+    if streaming {
+        assert!(
+            owner.streamed_txns(&slot) >= 1,
+            "the server did not stream the transaction: this test proves nothing"
+        );
+    }
+    let version: u32 = admin("SHOW server_version_num").parse().unwrap();
+    let rows = changes(&events);
+    assert_eq!(rows.len(), 202, "200 INSERTs, an UPDATE, a DELETE");
+    let expected_row = |id: i64, amount: &str, status: &str| {
+        let mut row = json!({
+            "id": id,
+            "unit price": "1234567890123456789012345678901234567890",
+            "amount": amount,
+            "status": status,
+            "tags": [["a\"b", null], ["{c}", "d,e"]],
+            "doc": {"k": "line\nbreak \"q\" \\ é", "n": [1.5, null]},
+            "qty": id,
+        });
+        if version >= 180_000 {
+            row["twice"] = json!(id * 2);
+        }
+        row["pad"] = json!(if streaming {
+            "p".repeat(1000)
+        } else {
+            "p".into()
+        });
+        row
+    };
+    for (i, e) in rows[..200].iter().enumerate() {
+        harness::assert_valid(e);
+        assert_eq!(e["op"], "INSERT");
+        assert_eq!(e["schema"], schema.as_str());
+        assert_eq!(e["table"], "Order Items");
+        assert_eq!(
+            e["data"],
+            expected_row(i as i64 + 1, "12.50", "paid"),
+            "row {i}"
+        );
+        assert_eq!(e["key"], json!({"id": i + 1}));
+    }
+    assert_eq!(rows[200]["op"], "UPDATE");
+    assert_eq!(rows[200]["data"], expected_row(1, "0.00", "new"));
+    assert_eq!(rows[201]["op"], "DELETE");
+    assert_eq!(rows[201]["key"], json!({"id": 2}));
     owner.drop_slot(&slot);
 }
