@@ -705,3 +705,82 @@ async fn in_process_consumers_get_typed_batches_per_table() {
     assert_eq!(rows[119], "INSERT 120 120");
     assert_eq!(rows[120], "UPDATE 7 -1");
 }
+
+/// One schema per partitioned table: with `--partitions leaf` the partitions' rows are
+/// written under the partitioned table, as under the default `root`.
+#[test]
+fn a_partitioned_table_is_written_as_one_table_in_both_modes() {
+    let table = unique_name("arrow_part");
+    sql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, a text) PARTITION BY RANGE (id);
+         CREATE TABLE {table}_lo PARTITION OF {table} FOR VALUES FROM (MINVALUE) TO (10);
+         CREATE TABLE {table}_hi PARTITION OF {table} FOR VALUES FROM (10) TO (MAXVALUE);"
+    ));
+    for mode in ["root", "leaf"] {
+        let slot = unique_name("arrow_part");
+        run_expecting(
+            &[
+                "--dsn",
+                &dsn(),
+                "--slot",
+                &slot,
+                "--tables",
+                &table,
+                "--partitions",
+                mode,
+                "--endpos",
+                "now",
+            ],
+            0,
+        );
+        sql(&format!(
+            "TRUNCATE {table}; INSERT INTO {table} VALUES (1, 'lo'), (11, 'hi'), (2, 'lo2');"
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let sink = format!("arrow:{}", dir.path().display());
+        run_expecting(
+            &[
+                "--dsn",
+                &dsn(),
+                "--slot",
+                &slot,
+                "--tables",
+                &table,
+                "--partitions",
+                mode,
+                "--endpos",
+                "now",
+                "--sink",
+                &sink,
+                "--ops",
+                "insert",
+            ],
+            0,
+        );
+        drop_slot(&slot);
+        let dirs: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        assert_eq!(dirs, [format!("public.{table}")], "--partitions {mode}");
+        let files = files_of(dir.path(), &format!("public.{table}"));
+        assert_eq!(files.len(), 1, "--partitions {mode}: {files:?}");
+        let batch = &read_ipc(&files[0])[0];
+        let rows: Vec<String> = (0..batch.num_rows())
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    render(batch.column(0), i),
+                    render(batch.column(1), i)
+                )
+            })
+            .collect();
+        assert_eq!(rows, ["1 lo", "11 hi", "2 lo2"], "--partitions {mode}");
+        assert_eq!(
+            batch.schema().metadata().get("walwatch.table"),
+            Some(&format!("public.{table}")),
+            "--partitions {mode}"
+        );
+    }
+}

@@ -348,6 +348,9 @@ pub(crate) type Dims = std::collections::HashMap<String, usize>;
 /// Changes of one table version, being built into a batch.
 pub(crate) struct TableBuilder {
     pub(crate) relation: Arc<Relation>,
+    /// The table the batch is written for: the relation's, or the partitioned table its rows
+    /// are reported for.
+    pub(crate) reported: (Arc<str>, Arc<str>),
     schema: SchemaRef,
     cols: Vec<Col>,
     old: Option<Vec<Col>>,
@@ -428,6 +431,7 @@ impl TableBuilder {
         Ok(TableBuilder {
             schema: Arc::new(Schema::new(fields)),
             lost: vec![0; table_cols],
+            reported: (relation.namespace.clone(), relation.name.clone()),
             relation,
             cols,
             old: old_cols,

@@ -186,7 +186,7 @@ impl ArrowSink {
         meta.insert(files::RESUME_KEY.to_string(), files::tally_text(tally));
         meta.insert(
             "walwatch.table".to_string(),
-            format!("{}.{}", b.relation.namespace, b.relation.name),
+            format!("{}.{}", b.reported.0, b.reported.1),
         );
         let batch = b.finish(meta)?;
         match &self.target {
@@ -196,8 +196,8 @@ impl ArrowSink {
             }
             Target::Channel(tx) => {
                 let out = TableBatch {
-                    schema: b.relation.namespace.clone(),
-                    table: b.relation.name.clone(),
+                    schema: b.reported.0.clone(),
+                    table: b.reported.1.clone(),
                     batch,
                     first_commit_lsn: first,
                     last_commit_lsn: last,
@@ -236,7 +236,13 @@ impl Sink for ArrowSink {
                     .to_string(),
             ));
         };
-        let key = files::table_dir_name(&rel.namespace, &rel.name);
+        // One schema per partitioned table: a partition's rows (--partitions leaf) go with
+        // the partitioned table they are reported for.
+        let (namespace, name) = match &ev.partition_of {
+            Some(p) => (p.schema.clone(), p.table.clone()),
+            None => (rel.namespace.clone(), rel.name.clone()),
+        };
+        let key = files::table_dir_name(&namespace, &name);
         if let Some((r, skipped)) = self.resume.get_mut(&key) {
             if !r.admit(ev) {
                 *skipped += 1;
@@ -246,25 +252,26 @@ impl Sink for ArrowSink {
                 tracing::info!(
                     "skipped {skipped} replayed change(s) of {}.{} that its Arrow files already \
                      hold",
-                    rel.namespace,
-                    rel.name
+                    namespace,
+                    name
                 );
             }
             self.resume.remove(&key);
         }
+        // (The key is the reported table's, so a relation of the same columns under it, another
+        // partition or the same table described again, continues the batch.)
         if let Some(b) = self.open.get(&key)
             && !Arc::ptr_eq(&b.relation, rel)
-            && !(b.relation.same_columns(rel)
-                && b.relation.namespace == rel.namespace
-                && b.relation.name == rel.name)
+            && !b.relation.same_columns(rel)
         {
             // A schema change: the rows so far go out with the old schema.
             self.close(&key)?;
             self.dims_cache.remove(&key);
         }
         if !self.open.contains_key(&key) {
-            let dims = self.dims_for(&key, &rel.namespace, &rel.name)?;
-            let b = TableBuilder::new(rel.clone(), &dims, self.options.old)?;
+            let dims = self.dims_for(&key, &namespace, &name)?;
+            let mut b = TableBuilder::new(rel.clone(), &dims, self.options.old)?;
+            b.reported = (namespace, name);
             self.open.insert(key.clone(), b);
         }
         let Some(b) = self.open.get_mut(&key) else {
