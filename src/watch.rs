@@ -44,6 +44,7 @@ pub struct WatchBuilder {
     tables: Vec<String>,
     ops: Vec<String>,
     publication: Option<String>,
+    partitions: crate::config::Partitions,
     retain: usize,
     fence_timeout: Duration,
 }
@@ -97,6 +98,13 @@ impl WatchBuilder {
         self
     }
 
+    /// How a partitioned table's changes are reported (default: under its own name). See
+    /// [`Partitions`](crate::config::Partitions).
+    pub fn partitions(mut self, mode: crate::config::Partitions) -> Self {
+        self.partitions = mode;
+        self
+    }
+
     /// How many events the watch keeps in memory (default 1,000,000). An assertion that needs
     /// an event already dropped fails with an error saying so.
     pub fn retain(mut self, events: usize) -> Self {
@@ -124,6 +132,7 @@ impl WatchBuilder {
         config.tables = config::parse_tables(&self.tables)?;
         config.ops = ops;
         config.publication = self.publication.clone();
+        config.partitions = self.partitions;
         config.keep_markers = true;
         config.status_interval = Duration::from_secs(2);
         if let Some(p) = &config.publication {
@@ -161,6 +170,7 @@ impl Watch {
             tables: Vec::new(),
             ops: Vec::new(),
             publication: None,
+            partitions: crate::config::Partitions::Root,
             retain: 1_000_000,
             fence_timeout: Duration::from_secs(30),
         }

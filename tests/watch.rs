@@ -377,3 +377,40 @@ async fn readme_example_an_order_survives_an_insert_outage() {
     assert_eq!(e.data.unwrap().get("item").unwrap().as_str(), Some("book"));
     watch.stop().await.unwrap();
 }
+
+/// `.partitions(Leaf)`: a partitioned table's changes come under the partition's name, with
+/// the watched table in `partition_of`; by default under the watched table's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_is_watched_in_either_mode() {
+    let t = support::unique_name("wpart");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE {t}_a PARTITION OF {t} FOR VALUES FROM (MINVALUE) TO (MAXVALUE);"
+    ));
+    let dsn = tokio::task::spawn_blocking(dsn).await.unwrap();
+    let leaf = Watch::builder(dsn.clone())
+        .tables([&t])
+        .partitions(walwatch::config::Partitions::Leaf)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("watch start: {e}"));
+    let root = start(&[&t]).await;
+    let db = client().await;
+    db.batch_execute(&format!("INSERT INTO {t} VALUES (1)"))
+        .await
+        .unwrap();
+    let within = Duration::from_secs(20);
+    let e = leaf
+        .eventually(|e: &Event| e.is_insert(), within)
+        .await
+        .unwrap();
+    assert_eq!(e.table(), format!("{t}_a"));
+    let of = e.partition_of.as_ref().expect("partition_of");
+    assert_eq!((&*of.schema, &*of.table), ("public", t.as_str()));
+    let e = root
+        .eventually(|e: &Event| e.is_insert(), within)
+        .await
+        .unwrap();
+    assert_eq!(e.table(), t);
+    assert!(e.partition_of.is_none(), "{e:?}");
+}
