@@ -908,3 +908,68 @@ fn tls_to_the_broker_works_and_is_verified() {
     );
     drop_slot(&slot);
 }
+
+/// Topics follow the name events are reported under: a partitioned table's topic by default
+/// (`--partitions root`), each partition's with `--partitions leaf`.
+#[test]
+fn partitioned_tables_reach_the_topic_of_their_reported_name() {
+    let broker = Tansu::start();
+    let t = support::unique_name("kpart");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE {t}_lo PARTITION OF {t} FOR VALUES FROM (MINVALUE) TO (10);
+         CREATE TABLE {t}_hi PARTITION OF {t} FOR VALUES FROM (10) TO (MAXVALUE);"
+    ));
+    let dsn = dsn();
+    let sink = format!("kafka://{}", broker.addr);
+    let (root, leaf) = (
+        support::unique_name("kproot"),
+        support::unique_name("kpleaf"),
+    );
+    let args = |slot: &str, mode: &str| -> Vec<String> {
+        [
+            "--dsn",
+            &dsn,
+            "--slot",
+            slot,
+            "--tables",
+            &t,
+            "--partitions",
+            mode,
+            "--sink",
+            &sink,
+            "--endpos",
+            "now",
+            "--ops",
+            "insert",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |slot: &str, mode: &str| {
+        let a = args(slot, mode);
+        run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    run(&root, "root");
+    run(&leaf, "leaf");
+    sql(&format!("INSERT INTO {t} VALUES (1), (11);"));
+    run(&root, "root");
+    let parent = format!("walwatch.public.{t}");
+    let msgs = consume(&broker.addr, &[&parent], 2, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    run(&leaf, "leaf");
+    let (lo, hi) = (format!("{parent}_lo"), format!("{parent}_hi"));
+    let msgs = consume(&broker.addr, &[&lo, &hi], 2, Duration::from_secs(60));
+    let topics: std::collections::BTreeSet<&str> = msgs.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(topics, [hi.as_str(), lo.as_str()].into(), "{msgs:?}");
+    for m in &msgs {
+        assert_eq!(
+            m.value.as_ref().unwrap()["partition_of"]["table"],
+            t.as_str(),
+            "{m:?}"
+        );
+    }
+    harness::drop_slot(&root);
+    harness::drop_slot(&leaf);
+}
