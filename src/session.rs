@@ -101,9 +101,34 @@ impl BlockingCatalog {
     }
 }
 
+/// One [`BlockingCatalog`] (one metadata connection) for every lookup of the decode thread:
+/// types, partitions, primary keys. They all run on that thread, so the lock is never
+/// contended.
+#[derive(Clone)]
+struct DecodeCatalog(std::sync::Arc<std::sync::Mutex<BlockingCatalog>>);
+
+impl DecodeCatalog {
+    fn new(config: &Config) -> DecodeCatalog {
+        DecodeCatalog(std::sync::Arc::new(std::sync::Mutex::new(
+            BlockingCatalog::new(config),
+        )))
+    }
+
+    fn call<T>(&self, query: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
+        // A panic while holding it would have ended the decode thread already.
+        let mut catalog = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        catalog.call(query)
+    }
+}
+
 /// The partitions a relation belongs to, for `partition_of`.
-fn partition_lookup(mut catalog: BlockingCatalog) -> pipeline::PartitionLookup {
+fn partition_lookup(catalog: DecodeCatalog) -> pipeline::PartitionLookup {
     Box::new(move |oid| catalog.call(async |c| catalog::partition_ancestors(c, oid).await))
+}
+
+/// A table's primary key, for `key`.
+fn key_lookup(catalog: DecodeCatalog) -> pipeline::KeyLookup {
+    Box::new(move |oid| catalog.call(async |c| catalog::primary_key_of(c, oid).await))
 }
 
 /// Builds the sinks a config asks for. With `resume` (a permanent slot), a JSONL file is opened
@@ -382,7 +407,7 @@ async fn stream_with_publication(
             config.spill_threshold,
             config.spill_dir.clone(),
         ));
-    let types_catalog = BlockingCatalog::new(&config);
+    let decode_catalog = DecodeCatalog::new(&config);
     let retry = match &config.slot {
         SlotMode::Permanent(_) => Some(Retry {
             reopen: reopener(config.clone(), slot_name.clone(), options.clone()),
@@ -397,13 +422,10 @@ async fn stream_with_publication(
     ));
     let setup = StreamSetup {
         decoder,
-        partitions: Some(partition_lookup(BlockingCatalog::new(&config))),
-        primary_keys: Some({
-            let mut catalog = BlockingCatalog::new(&config);
-            Box::new(move |oid| catalog.call(async |c| catalog::primary_key_of(c, oid).await))
-        }),
+        partitions: Some(partition_lookup(decode_catalog.clone())),
+        primary_keys: Some(key_lookup(decode_catalog.clone())),
         load_types: Some(type_loader(
-            types_catalog,
+            decode_catalog,
             remembered,
             publications.names.clone(),
         )),
@@ -430,7 +452,7 @@ async fn stream_with_publication(
 /// types are remembered in its publications' record first, and remembered types the catalog
 /// no longer has are kept (a change written before a `DROP TYPE` renders as it did).
 fn type_loader(
-    mut catalog: BlockingCatalog,
+    catalog: DecodeCatalog,
     mut remembered: Option<publication::Record>,
     publications: Vec<String>,
 ) -> pipeline::TypeLoader {
