@@ -777,3 +777,81 @@ async fn a_column_of_another_type_is_an_error_naming_the_query_not_a_panic() {
     let e = catalog::column::<i16>(&row, "array_dims", 1).unwrap_err();
     assert!(matches!(e, Error::CatalogType { .. }), "{e:?}");
 }
+
+/// The OID of `schema.table`.
+async fn oid_of(client: &Client, schema: &str, table: &str) -> u32 {
+    client
+        .query_one(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&schema, &table],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_key_of_reads_the_key_by_oid_in_key_order() {
+    let admin = admin().await;
+    let s = schema(&admin, "cat_pko").await;
+    as_user(
+        &admin,
+        &s,
+        "CREATE TABLE {s}.k (gone int, a int, b text, \"D d\" int, PRIMARY KEY (\"D d\", a));
+         ALTER TABLE {s}.k DROP COLUMN gone;
+         CREATE TABLE {s}.nokey (a int UNIQUE)",
+    )
+    .await;
+    let user = user_client().await;
+    let k = oid_of(&user, &s, "k").await;
+    assert_eq!(
+        catalog::primary_key_of(&user, k).await.unwrap(),
+        ["D d", "a"]
+    );
+    let nokey = oid_of(&user, &s, "nokey").await;
+    assert!(
+        catalog::primary_key_of(&user, nokey)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An OID that names no table (dropped since): no key, not an error.
+    assert!(catalog::primary_key_of(&user, 1).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_ancestors_lists_the_parents_nearest_first() {
+    let admin = admin().await;
+    let s = schema(&admin, "cat_part").await;
+    as_user(
+        &admin,
+        &s,
+        "CREATE TABLE {s}.m (k int) PARTITION BY RANGE (k);
+         CREATE TABLE {s}.m_a PARTITION OF {s}.m FOR VALUES FROM (0) TO (10)
+             PARTITION BY RANGE (k);
+         CREATE TABLE {s}.m_a_1 PARTITION OF {s}.m_a FOR VALUES FROM (0) TO (5);
+         CREATE TABLE {s}.plain (k int)",
+    )
+    .await;
+    let user = user_client().await;
+    let names = async |table: &str| -> Vec<String> {
+        let oid = oid_of(&user, &s, table).await;
+        catalog::partition_ancestors(&user, oid)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| format!("{}.{}", t.schema, t.table))
+            .collect()
+    };
+    assert_eq!(names("m_a_1").await, [format!("{s}.m_a"), format!("{s}.m")]);
+    assert_eq!(names("m_a").await, [format!("{s}.m")]);
+    assert!(names("m").await.is_empty(), "the root is no partition");
+    assert!(names("plain").await.is_empty());
+    assert!(
+        catalog::partition_ancestors(&user, 1)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
