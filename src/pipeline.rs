@@ -421,12 +421,38 @@ pub async fn run_stream(
     }
 }
 
-/// `partition_of` for each relation the server reports changes under, looked up once per
-/// Relation message (an ATTACH or DETACH makes the server describe the relation again).
+/// A value looked up once per Relation message: the server describes a relation again after
+/// DDL on it (an ATTACH, a DETACH, a new key), which makes a new `Arc<Relation>`.
+struct PerRelation<T> {
+    known: HashMap<u32, (Arc<Relation>, T)>,
+}
+
+impl<T> Default for PerRelation<T> {
+    fn default() -> Self {
+        PerRelation {
+            known: HashMap::new(),
+        }
+    }
+}
+
+impl<T> PerRelation<T> {
+    fn get_or(&mut self, rel: &Arc<Relation>, look_up: impl FnOnce() -> Result<T>) -> Result<&T> {
+        let fresh = self
+            .known
+            .get(&rel.oid)
+            .is_some_and(|(seen, _)| Arc::ptr_eq(seen, rel));
+        if !fresh {
+            self.known.insert(rel.oid, (rel.clone(), look_up()?));
+        }
+        Ok(&self.known[&rel.oid].1)
+    }
+}
+
+/// `partition_of` for each relation the server reports changes under.
 #[derive(Default)]
 struct Partitions {
     lookup: Option<PartitionLookup>,
-    known: HashMap<u32, (Arc<Relation>, Option<Arc<TableName>>)>,
+    known: PerRelation<Option<Arc<TableName>>>,
 }
 
 impl Partitions {
@@ -436,32 +462,28 @@ impl Partitions {
         let Some(lookup) = &mut self.lookup else {
             return Ok(None);
         };
-        if let Some((seen, p)) = self.known.get(&rel.oid)
-            && Arc::ptr_eq(seen, rel)
-        {
-            return Ok(p.clone());
-        }
-        let ancestors = lookup(rel.oid)?;
-        let chosen = ancestors
-            .iter()
-            .rev()
-            .find(|a| filter.watches(&a.schema, &a.table))
-            .or(ancestors.last())
-            .cloned()
-            .map(Arc::new);
-        self.known.insert(rel.oid, (rel.clone(), chosen.clone()));
-        Ok(chosen)
+        let chosen = self.known.get_or(rel, || {
+            let ancestors = lookup(rel.oid)?;
+            Ok(ancestors
+                .iter()
+                .rev()
+                .find(|a| filter.watches(&a.schema, &a.table))
+                .or(ancestors.last())
+                .cloned()
+                .map(Arc::new))
+        })?;
+        Ok(chosen.clone())
     }
 }
 
 /// `key` is the primary key whatever the replica identity. The server flags the replica
 /// identity's columns (Relation message), which under REPLICA IDENTITY FULL is every column
 /// and under USING INDEX that index's; where the table has a primary key and the row carries
-/// its columns, `key` is those instead. Looked up once per Relation message.
+/// its columns, `key` is those instead.
 #[derive(Default)]
 struct PrimaryKeys {
     lookup: Option<KeyLookup>,
-    known: HashMap<u32, (Arc<Relation>, Vec<String>)>,
+    known: PerRelation<Vec<String>>,
 }
 
 impl PrimaryKeys {
@@ -473,18 +495,7 @@ impl PrimaryKeys {
         let Some(lookup) = &mut self.lookup else {
             return Ok(());
         };
-        let pk = match self.known.get(&rel.oid) {
-            Some((seen, pk)) if Arc::ptr_eq(seen, rel) => pk,
-            _ => {
-                let pk = lookup(rel.oid)?;
-                &self
-                    .known
-                    .entry(rel.oid)
-                    .insert_entry((rel.clone(), pk))
-                    .into_mut()
-                    .1
-            }
-        };
+        let pk = self.known.get_or(rel, || lookup(rel.oid))?;
         if pk.is_empty() {
             return Ok(());
         }

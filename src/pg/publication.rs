@@ -420,18 +420,15 @@ async fn legacy(
     without: &[NoIdentity],
 ) -> Result<Publications> {
     use crate::event::Op;
-    let mut unseen = Vec::new();
+    // An old slot's one publication lists every table (FOR ALL TABLES without --tables).
+    let (mut kept, mut unseen): (Vec<&NoIdentity>, _) = (without.iter().collect(), Vec::new());
     if want.tables.is_some() {
         let current = crate::pg::catalog::publication_tables(client, want.main).await?;
         let mut list = with.to_vec();
-        for t in without {
-            let pair = (t.schema.clone(), t.table.clone());
-            if current.contains(&pair) {
-                list.push(pair);
-            } else {
-                unseen.push(t);
-            }
-        }
+        (kept, unseen) = without
+            .iter()
+            .partition(|t| current.contains(&(t.schema.clone(), t.table.clone())));
+        list.extend(kept.iter().map(|t| (t.schema.clone(), t.table.clone())));
         let publish = want.ops.publish_option();
         let sql = retarget(client, want.main, &Target::Tables(&list), &publish, want).await?;
         if !sql.is_empty() {
@@ -455,10 +452,7 @@ async fn legacy(
         );
     }
     if want.ops.contains(Op::Update) || want.ops.contains(Op::Delete) {
-        for t in without
-            .iter()
-            .filter(|t| !unseen.iter().any(|u| std::ptr::eq(*u, *t)))
-        {
+        for t in kept {
             tracing::warn!(
                 "slot {} was created by an earlier walwatch with one publication, {}, which \
                  publishes UPDATE and DELETE of {}: {}, so PostgreSQL refuses the application's \
