@@ -129,6 +129,110 @@ pub enum Command {
     /// List the server's replication slots with the WAL each holds back; `slots drop NAME`
     /// drops one.
     Slots(SlotsArgs),
+    /// Decode a raw recording (`walwatch record --raw FILE`) offline into any sinks, as the
+    /// run that recorded it did: no server needed. For bug reports and regression tests.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ReplayArgs {
+    /// The raw recording.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Operations to show, comma-separated (as for watch). Default: all.
+    #[arg(long, value_name = "OPS")]
+    pub ops: Vec<String>,
+
+    /// Only events matching this CEL expression (as for watch).
+    #[arg(long = "where", value_name = "EXPR")]
+    pub where_: Option<String>,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// Where events go and how they look: shared by watch, record and replay.
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// Output format on stdout. Default: terminal on a TTY, json otherwise.
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+
+    /// Colour in the terminal format.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub color: ColorArg,
+
+    /// Append JSONL to this file (short for --sink jsonl:PATH).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Vec<PathBuf>,
+
+    /// Where events go (repeatable; every event reaches every sink): jsonl:PATH,
+    /// kafka://BROKERS[?topic=..&envelope=native|debezium&tombstones=true&tx_topic=..
+    /// &message_topic=..&name=..], arrow:DIR[?format=ipc|parquet&rows=N&seconds=S&bytes=SIZE
+    /// &old=true], stdout, stdout:json, stdout:terminal. Default: stdout.
+    #[arg(long, value_name = "SPEC")]
+    pub sink: Vec<String>,
+
+    /// How JSON lines are wrapped: native (the schema) or nested ({"type":"wal","data":{...}}).
+    #[arg(long, value_enum, default_value = "native")]
+    pub envelope: EnvelopeArg,
+
+    /// A librdkafka property for the Kafka sinks (repeatable), e.g. -X compression.type=lz4,
+    /// -X security.protocol=SASL_SSL.
+    #[arg(short = 'X', value_name = "KEY=VALUE")]
+    pub kafka_property: Vec<String>,
+}
+
+impl OutputArgs {
+    /// The sinks named, stdout when none is.
+    fn sinks(&self) -> Result<Vec<SinkSpec>> {
+        let fmt = stdout_format(self.format, self.color);
+        let mut sinks: Vec<SinkSpec> = self
+            .sink
+            .iter()
+            .map(|s| SinkSpec::parse(s, fmt))
+            .collect::<Result<_>>()?;
+        sinks.extend(self.output.iter().cloned().map(SinkSpec::Jsonl));
+        if sinks.is_empty() {
+            sinks.push(SinkSpec::Stdout(fmt));
+        }
+        if sinks
+            .iter()
+            .filter(|s| matches!(s, SinkSpec::Stdout(_)))
+            .count()
+            > 1
+        {
+            return Err(Error::Config(
+                "stdout is named as a sink more than once".into(),
+            ));
+        }
+        Ok(sinks)
+    }
+
+    fn envelope(&self) -> Envelope {
+        match self.envelope {
+            EnvelopeArg::Native => Envelope::Native,
+            EnvelopeArg::Nested => Envelope::Nested,
+        }
+    }
+}
+
+impl ReplayArgs {
+    pub fn to_config(&self) -> Result<config::ReplayConfig> {
+        Ok(config::ReplayConfig {
+            input: self.file.clone(),
+            sinks: self.out.sinks()?,
+            envelope: self.out.envelope(),
+            ops: config::parse_ops(&self.ops)?,
+            filter: self
+                .where_
+                .as_deref()
+                .map(|w| config::compile_expr("--where", w))
+                .transpose()?,
+            kafka_props: config::parse_kafka_props(&self.out.kafka_property)?,
+        })
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -336,25 +440,6 @@ pub struct WatchArgs {
     #[arg(long, value_name = "LSN|now")]
     pub endpos: Option<String>,
 
-    /// Output format on stdout. Default: terminal on a TTY, json otherwise.
-    #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
-
-    /// Colour in the terminal format.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub color: ColorArg,
-
-    /// Append JSONL to this file (short for --sink jsonl:PATH).
-    #[arg(short, long, value_name = "PATH")]
-    pub output: Vec<PathBuf>,
-
-    /// Where events go (repeatable; every event reaches every sink): jsonl:PATH,
-    /// kafka://BROKERS[?topic=..&envelope=native|debezium&tombstones=true&tx_topic=..
-    /// &message_topic=..&name=..], arrow:DIR[?format=ipc|parquet&rows=N&seconds=S&bytes=SIZE
-    /// &old=true], stdout, stdout:json, stdout:terminal. Default: stdout.
-    #[arg(long, value_name = "SPEC")]
-    pub sink: Vec<String>,
-
     /// Seconds between standby status updates to the server.
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub status_interval: f64,
@@ -363,10 +448,6 @@ pub struct WatchArgs {
     /// "shipped"'. Runs after --tables and --ops.
     #[arg(long = "where", value_name = "EXPR")]
     pub where_: Option<String>,
-
-    /// How JSON lines are wrapped: native (the schema) or nested ({"type":"wal","data":{...}}).
-    #[arg(long, value_enum, default_value = "native")]
-    pub envelope: EnvelopeArg,
 
     /// Write this file (holding the slot name) once streaming has started: from then on every
     /// commit is captured. Harnesses wait for it before acting.
@@ -404,14 +485,17 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DIR")]
     pub spill_dir: Option<PathBuf>,
 
-    /// A librdkafka property for the Kafka sinks (repeatable), e.g. -X compression.type=lz4,
-    /// -X security.protocol=SASL_SSL.
-    #[arg(short = 'X', value_name = "KEY=VALUE")]
-    pub kafka_property: Vec<String>,
-
     /// Log a warning when the slot holds back more WAL than this on the server (e.g. 1GB).
     #[arg(long, value_name = "SIZE", default_value = "1GB")]
     pub warn_retained_wal: String,
+
+    /// Also write the raw replication stream to FILE (what the server sent, with the catalog
+    /// answers used), for `walwatch replay FILE` and for bug reports: it holds your rows.
+    #[arg(long, value_name = "FILE")]
+    pub raw: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub out: OutputArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -474,25 +558,17 @@ impl WatchArgs {
                     .into(),
             ));
         }
-        let fmt = stdout_format(self.format, self.color);
-        let mut sinks: Vec<SinkSpec> = self
-            .sink
-            .iter()
-            .map(|s| SinkSpec::parse(s, fmt))
-            .collect::<Result<_>>()?;
-        sinks.extend(self.output.iter().cloned().map(SinkSpec::Jsonl));
-        if sinks.is_empty() {
-            sinks.push(SinkSpec::Stdout(fmt));
-        }
-        if sinks
-            .iter()
-            .filter(|s| matches!(s, SinkSpec::Stdout(_)))
-            .count()
-            > 1
+        let sinks = self.out.sinks()?;
+        if let Some(raw) = &self.raw
+            && sinks
+                .iter()
+                .any(|s| matches!(s, SinkSpec::Jsonl(p) if p == raw))
         {
-            return Err(Error::Config(
-                "stdout is named as a sink more than once".into(),
-            ));
+            return Err(Error::Config(format!(
+                "--raw {}: that file is also an event output; give the raw recording a file \
+                 of its own",
+                raw.display()
+            )));
         }
         if !(self.status_interval > 0.0 && self.status_interval <= 3600.0) {
             return Err(Error::Config(
@@ -519,10 +595,7 @@ impl WatchArgs {
             status_interval: Duration::from_secs_f64(self.status_interval),
             filter,
             keep_markers: false,
-            envelope: match self.envelope {
-                EnvelopeArg::Native => Envelope::Native,
-                EnvelopeArg::Nested => Envelope::Nested,
-            },
+            envelope: self.out.envelope(),
             ready_file: self.ready_file.clone(),
             retry_for: match self.retry_for.as_str() {
                 "forever" => None,
@@ -535,7 +608,8 @@ impl WatchArgs {
             .map_err(|_| Error::Config("--spill-threshold is too large".into()))?,
             spill_dir: self.spill_dir.clone(),
             warn_retained_wal: config::parse_size("--warn-retained-wal", &self.warn_retained_wal)?,
-            kafka_props: config::parse_kafka_props(&self.kafka_property)?,
+            kafka_props: config::parse_kafka_props(&self.out.kafka_property)?,
+            raw: self.raw.clone(),
         })
     }
 
@@ -553,8 +627,8 @@ impl WatchArgs {
     /// The config for `walwatch record`: JSON (never the terminal view) and markers kept.
     pub fn to_record_config(&self) -> Result<Config> {
         let mut args = self.clone();
-        if args.format.is_none() {
-            args.format = Some(FormatArg::Json);
+        if args.out.format.is_none() {
+            args.out.format = Some(FormatArg::Json);
         }
         let mut config = args.to_config()?;
         config.keep_markers = true;
@@ -594,8 +668,48 @@ mod tests {
                 | AssertKind::Never { common, .. }
                 | AssertKind::Count { common, .. } => common.dsn.as_deref(),
             },
-            Some(Command::Demo(_)) => None,
+            Some(Command::Demo(_) | Command::Replay(_)) => None,
         }
+    }
+
+    #[test]
+    fn raw_recordings_and_replays_parse_into_their_configs() {
+        let cli = parse(&["record", "--raw", "r.jsonl", "--output", "e.jsonl"]).unwrap();
+        let Some(Command::Record(w)) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let config = w.to_record_config().unwrap();
+        assert_eq!(config.raw, Some(PathBuf::from("r.jsonl")));
+        // The raw recording and an event output in one file would interleave.
+        let cli = parse(&["record", "--raw", "e.jsonl", "--output", "e.jsonl"]).unwrap();
+        let Some(Command::Record(w)) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let err = w.to_record_config().unwrap_err().to_string();
+        assert!(err.contains("a file of its own"), "{err}");
+
+        let cli = parse(&[
+            "replay",
+            "r.jsonl",
+            "--ops",
+            "insert",
+            "--sink",
+            "jsonl:o.jsonl",
+        ])
+        .unwrap();
+        let Some(Command::Replay(r)) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let config = r.to_config().unwrap();
+        assert_eq!(config.input, PathBuf::from("r.jsonl"));
+        assert_eq!(
+            config.sinks,
+            vec![SinkSpec::Jsonl(PathBuf::from("o.jsonl"))]
+        );
+        assert!(config.ops.contains(crate::event::Op::Insert));
+        assert!(!config.ops.contains(crate::event::Op::Delete));
+        // Replay reads no server: the slot options of watch are refused.
+        assert!(parse(&["replay", "r.jsonl", "--slot", "s"]).is_err());
     }
 
     #[test]

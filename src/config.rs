@@ -136,6 +136,8 @@ pub struct Config {
     pub warn_retained_wal: u64,
     /// librdkafka properties for every Kafka sink (`-X key=value`).
     pub kafka_props: Vec<(String, String)>,
+    /// `--raw FILE`: also write the raw replication stream there, for `walwatch replay`.
+    pub raw: Option<PathBuf>,
 }
 
 /// Default for [`Config::spill_threshold`]: 64 MiB.
@@ -166,8 +168,21 @@ impl Config {
             spill_dir: None,
             warn_retained_wal: DEFAULT_WARN_RETAINED_WAL,
             kafka_props: Vec::new(),
+            raw: None,
         }
     }
+}
+
+/// What `walwatch replay` needs, validated: the recording and where its events go.
+#[derive(Clone, Debug)]
+pub struct ReplayConfig {
+    /// The raw recording (`walwatch record --raw`).
+    pub input: PathBuf,
+    pub sinks: Vec<SinkSpec>,
+    pub envelope: Envelope,
+    pub ops: OpSet,
+    pub filter: Option<Arc<Expr>>,
+    pub kafka_props: Vec<(String, String)>,
 }
 
 /// Parses `-X key=value` librdkafka properties.

@@ -108,6 +108,11 @@ pub enum Error {
     #[error("{0}")]
     FenceTimeout(String),
 
+    /// A raw recording (`walwatch replay`) cannot be used: cut short, damaged, or of another
+    /// format. The message says which line and why.
+    #[error("{}: {message}", path.display())]
+    Recording { path: PathBuf, message: String },
+
     /// A file walwatch needs could not be used.
     #[error("{}: {source}", path.display())]
     File {

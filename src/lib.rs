@@ -25,6 +25,8 @@ pub mod filter;
 pub mod fuzzing;
 pub mod marker;
 pub mod pipeline;
+pub mod recording;
+pub mod replay;
 pub mod session;
 pub mod sink;
 pub mod spill;

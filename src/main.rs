@@ -116,6 +116,13 @@ fn main() -> ExitCode {
             Some(Command::Mark(args)) => harness::mark(&args).await,
             Some(Command::Assert(args)) => harness::assert(&args).await,
             Some(Command::Slots(args)) => slots::run(&args).await,
+            Some(Command::Replay(args)) => {
+                let config = args.to_config()?;
+                let outcome =
+                    tokio::task::spawn_blocking(move || walwatch::replay::run(&config)).await??;
+                tracing::debug!(?outcome, "replayed");
+                Ok(Verdict::Done)
+            }
         }
     });
     match result {

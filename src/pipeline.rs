@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use std::collections::{HashMap, HashSet};
@@ -29,20 +28,27 @@ use crate::pg::stream::{ReplMessage, ReplStream};
 use crate::sink::Sink;
 use crate::sink::resume::{Resume, Tally};
 
-/// One frame forwarded from the socket to the decode thread, in stream order.
-enum Frame {
-    Data {
-        lsn: Lsn,
-        data: Bytes,
-    },
-    Keepalive {
-        wal_end: Lsn,
-    },
+/// One frame forwarded from the socket to the decode thread, in stream order (or read from a
+/// raw recording by [`replay`]).
+pub enum Frame {
+    /// XLogData or a keepalive, as the server sent it.
+    Message(ReplMessage),
     /// A new connection follows: forget the old one's partial state and skip what the server
     /// replays of what was already written.
     Reset,
     /// Time passes: sinks that batch by time (Arrow) close what is due.
     Tick,
+}
+
+/// Sees every frame the decode thread handles, in the order it handles them, and the end of
+/// the run: a raw recording (`walwatch record --raw`, src/recording). Ticks are left out (they
+/// are the local clock, not the stream).
+pub trait Tap: Send {
+    fn frame(&mut self, frame: &Frame) -> Result<()>;
+    /// Called at each flush of the sinks: what was seen so far reaches the disk.
+    fn sync(&mut self) -> Result<()>;
+    /// The run ended, with this result.
+    fn finish(&mut self, outcome: &Result<()>) -> Result<()>;
 }
 
 /// What the decode thread tells the replication task.
@@ -67,6 +73,8 @@ pub enum StopReason {
     ServerClosed,
     /// Standard output was closed (`walwatch | head`).
     OutputClosed,
+    /// A replayed recording ended (`walwatch replay`).
+    RecordingEnded,
 }
 
 /// What a finished stream reports.
@@ -97,6 +105,8 @@ pub struct StreamSetup {
     pub partitions: Option<PartitionLookup>,
     /// Makes `key` the primary key where the replica identity is another set of columns.
     pub primary_keys: Option<KeyLookup>,
+    /// Sees the frames, for a raw recording.
+    pub tap: Option<Box<dyn Tap>>,
     pub filter: Filter,
     pub sinks: Vec<Box<dyn Sink>>,
     pub endpos: Option<Lsn>,
@@ -253,23 +263,22 @@ pub async fn run_stream(
                     }
                     msg = current.next() => {
                         let Some(msg) = msg? else { return Ok(StopReason::ServerClosed) };
-                        let frame = match msg {
-                            ReplMessage::XLogData { wal_start, wal_end, data, .. } => {
-                                received = received.max(wal_end);
-                                Frame::Data { lsn: wal_start, data }
+                        match &msg {
+                            ReplMessage::XLogData { wal_end, .. } => {
+                                received = received.max(*wal_end);
                             }
                             ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
-                                received = received.max(wal_end);
-                                if reply_requested {
+                                received = received.max(*wal_end);
+                                if *reply_requested {
                                     // The server asks for a reply now (docs, 55.4 "Primary
                                     // keepalive message"): not answering gets the connection
                                     // closed at wal_sender_timeout.
                                     let durable = progress_rx.borrow().durable;
                                     report(current, received, durable, hold, false).await?;
                                 }
-                                Frame::Keepalive { wal_end }
                             }
-                        };
+                        }
+                        let frame = Frame::Message(msg);
                         let Some(sender) = tx.clone() else { continue };
                         // Wait for room (backpressure from a slow sink) while still sending
                         // status updates, so the server does not time us out, and still
@@ -421,6 +430,50 @@ pub async fn run_stream(
     }
 }
 
+/// How many replayed frames go between two flushes of the sinks.
+const REPLAY_FLUSH_FRAMES: u32 = 4096;
+
+/// Decodes frames from somewhere other than a live server (a raw recording, `walwatch
+/// replay`) into the sinks, on the calling thread, the way [`run_stream`]'s decode thread does:
+/// the same decoder, filter, lookups and sinks, frame after frame until `next` has no more or
+/// the end position is reached.
+pub fn replay(
+    setup: StreamSetup,
+    mut next: impl FnMut() -> Result<Option<Frame>>,
+) -> Result<StreamOutcome> {
+    let (progress, _rx) = watch::channel(Progress {
+        durable: setup.start,
+        ..Progress::default()
+    });
+    let mut fanout = Fanout::new(setup, progress);
+    let mut drive = || -> Result<()> {
+        let mut since_flush = 0;
+        while !fanout.out.done {
+            let Some(frame) = next()? else { break };
+            fanout.handle(frame)?;
+            since_flush += 1;
+            if since_flush == REPLAY_FLUSH_FRAMES {
+                fanout.flush(false)?;
+                since_flush = 0;
+            }
+        }
+        fanout.out.finish()
+    };
+    let res = drive();
+    let res = fanout.end(res);
+    let reason = match res {
+        Ok(()) if fanout.out.done => StopReason::EndPos,
+        Ok(()) => StopReason::RecordingEnded,
+        Err(e) if e.is_broken_pipe() => StopReason::OutputClosed,
+        Err(e) => return Err(e),
+    };
+    Ok(StreamOutcome {
+        reason,
+        events: fanout.events,
+        durable: fanout.out.durable,
+    })
+}
+
 /// A value looked up once per Relation message: the server describes a relation again after
 /// DDL on it (an ATTACH, a DETACH, a new key), which makes a new `Arc<Relation>`.
 struct PerRelation<T> {
@@ -520,6 +573,7 @@ impl PrimaryKeys {
 /// The decode thread's state: the decoder, and everything its events flow into.
 struct Fanout {
     decoder: Decoder,
+    tap: Option<Box<dyn Tap>>,
     load_types: Option<TypeLoader>,
     /// Type OIDs already looked up, found or not: each is looked up once.
     looked_up: HashSet<u32>,
@@ -555,6 +609,7 @@ impl Fanout {
     fn new(setup: StreamSetup, progress: watch::Sender<Progress>) -> Fanout {
         Fanout {
             decoder: setup.decoder,
+            tap: setup.tap,
             load_types: setup.load_types,
             looked_up: HashSet::new(),
             out: Output::new(setup.filter, setup.sinks, setup.endpos, progress)
@@ -566,8 +621,31 @@ impl Fanout {
 
     fn run(&mut self, mut rx: mpsc::Receiver<Frame>) -> Result<()> {
         let res = self.run_inner(&mut rx);
+        self.end(res)
+    }
+
+    /// The run's result, once the tap has seen it too.
+    fn end(&mut self, res: Result<()>) -> Result<()> {
         self.events = self.out.written;
-        res
+        let tapped = match &mut self.tap {
+            Some(tap) => tap.finish(&res),
+            None => Ok(()),
+        };
+        res.and(tapped)
+    }
+
+    /// Flushes the sinks (and the tap): the end of a batch of frames.
+    fn flush(&mut self, only_ticks: bool) -> Result<()> {
+        if only_ticks {
+            // Nothing was written since the last flush: what a tick closed is durable
+            // already (a batching sink makes a batch durable when it closes it).
+            self.out.publish();
+            return Ok(());
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.sync()?;
+        }
+        self.out.flush()
     }
 
     fn run_inner(&mut self, rx: &mut mpsc::Receiver<Frame>) -> Result<()> {
@@ -584,13 +662,7 @@ impl Fanout {
                     Err(_) => break,
                 }
             }
-            if only_ticks {
-                // Nothing was written since the last flush: what a tick closed is durable
-                // already (a batching sink makes a batch durable when it closes it).
-                self.out.publish();
-            } else {
-                self.out.flush()?;
-            }
+            self.flush(only_ticks)?;
             if self.out.done {
                 break;
             }
@@ -602,10 +674,16 @@ impl Fanout {
         if self.out.done {
             return Ok(());
         }
+        if let Some(tap) = self.tap.as_mut().filter(|_| !matches!(frame, Frame::Tick)) {
+            tap.frame(&frame)?;
+        }
         match frame {
-            Frame::Data { lsn, data } => {
+            Frame::Message(ReplMessage::XLogData {
+                wal_start, data, ..
+            }) => {
                 let out = &mut self.out;
-                self.decoder.decode(lsn, &data, &mut |ev| out.emit(ev))?;
+                self.decoder
+                    .decode(wal_start, &data, &mut |ev| out.emit(ev))?;
                 if let Some(e) = self.out.error.take() {
                     return Err(e);
                 }
@@ -617,7 +695,7 @@ impl Fanout {
                 self.out.restart();
             }
             Frame::Tick => self.out.tick()?,
-            Frame::Keepalive { wal_end } => {
+            Frame::Message(ReplMessage::Keepalive { wal_end, .. }) => {
                 // Idle (no transaction open or buffered) and every sink caught up once flushed:
                 // everything the server decoded up to wal_end has been received, so confirming
                 // it is safe and keeps an idle slot from pinning WAL.

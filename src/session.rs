@@ -21,7 +21,8 @@ use crate::pg::publication::{self, Publications};
 use crate::pg::slot;
 use crate::pg::stream::ReplStream;
 use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
-use crate::sink::{ArrowSink, JsonlSink, KafkaSink, Sink, TerminalSink};
+use crate::recording::{self, Recorder};
+use crate::sink::{ArrowSink, JsonlSink, KafkaSink, Sink, SinkCatalog, TerminalSink};
 use crate::spill;
 
 pub use crate::pipeline::StreamOutcome;
@@ -47,6 +48,12 @@ pub struct Started {
 pub struct Hooks {
     pub sinks: Vec<Box<dyn Sink>>,
     pub started: Option<tokio::sync::oneshot::Sender<Started>>,
+}
+
+/// What a session does besides streaming: a signal once it streams, a raw recording.
+struct Extras {
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+    recorder: Option<Recorder>,
 }
 
 /// What a finished session reports.
@@ -131,12 +138,45 @@ fn key_lookup(catalog: DecodeCatalog) -> pipeline::KeyLookup {
     Box::new(move |oid| catalog.call(async |c| catalog::primary_key_of(c, oid).await))
 }
 
-/// Builds the sinks a config asks for. With `resume` (a permanent slot), a JSONL file is opened
-/// to continue: a torn last line is repaired and what it holds is skipped when replayed.
-pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
-    let envelope = config.envelope;
-    config
-        .sinks
+/// What every sink of a run is opened with.
+pub struct SinkOptions<'a> {
+    pub envelope: crate::event_read::Envelope,
+    /// The database (the Kafka sink names its messages' source after it).
+    pub database: &'a str,
+    pub kafka_props: &'a [(String, String)],
+    /// A permanent slot: a JSONL file or Arrow directory is opened to continue (a torn last
+    /// line is repaired, and what it holds is skipped when replayed).
+    pub resume: bool,
+}
+
+/// Builds the sinks a config asks for, their lookups on the server (and recorded, with a raw
+/// recording).
+pub fn open_sinks(
+    config: &Config,
+    resume: bool,
+    recorder: Option<&Recorder>,
+) -> Result<Vec<Box<dyn Sink>>> {
+    let options = SinkOptions {
+        envelope: config.envelope,
+        database: &config.conn.dbname,
+        kafka_props: &config.kafka_props,
+        resume,
+    };
+    let mut catalog = LiveCatalog {
+        config,
+        recorder: recorder.cloned(),
+    };
+    open_sinks_with(&config.sinks, &options, &mut catalog)
+}
+
+/// Builds the sinks `specs` name, their lookups from `catalog`.
+pub fn open_sinks_with(
+    specs: &[SinkSpec],
+    options: &SinkOptions,
+    catalog: &mut dyn SinkCatalog,
+) -> Result<Vec<Box<dyn Sink>>> {
+    let envelope = options.envelope;
+    specs
         .iter()
         .map(|spec| -> Result<Box<dyn Sink>> {
             Ok(match spec {
@@ -146,30 +186,50 @@ pub fn open_sinks(config: &Config, resume: bool) -> Result<Vec<Box<dyn Sink>>> {
                 SinkSpec::Stdout(crate::config::Format::Terminal { color }) => {
                     Box::new(TerminalSink::stdout(*color))
                 }
-                SinkSpec::Jsonl(path) if resume => {
+                SinkSpec::Jsonl(path) if options.resume => {
                     Box::new(JsonlSink::resume_file(path, envelope)?)
                 }
                 SinkSpec::Jsonl(path) => Box::new(JsonlSink::file(path, envelope)?),
-                SinkSpec::Kafka(spec) => {
-                    let mut catalog = BlockingCatalog::new(config);
-                    let lookup = move |schema: &str, table: &str| {
-                        catalog.call(async |c| catalog::primary_key(c, schema, table).await)
-                    };
-                    Box::new(
-                        KafkaSink::new(spec, &config.conn.dbname, &config.kafka_props)?
-                            .with_key_lookup(Box::new(lookup)),
-                    )
-                }
-                SinkSpec::Arrow(spec) => {
-                    let mut catalog = BlockingCatalog::new(config);
-                    let lookup = move |schema: &str, table: &str| {
-                        catalog.call(async |c| catalog::array_dims(c, schema, table).await)
-                    };
-                    Box::new(ArrowSink::files(spec, resume)?.with_dims_lookup(Box::new(lookup)))
-                }
+                SinkSpec::Kafka(spec) => Box::new(
+                    KafkaSink::new(spec, options.database, options.kafka_props)?
+                        .with_key_lookup(catalog.kafka_keys()),
+                ),
+                SinkSpec::Arrow(spec) => Box::new(
+                    ArrowSink::files(spec, options.resume)?.with_dims_lookup(catalog.array_dims()),
+                ),
             })
         })
         .collect()
+}
+
+/// The sinks' lookups on the server, each on a connection of its own.
+struct LiveCatalog<'a> {
+    config: &'a Config,
+    recorder: Option<Recorder>,
+}
+
+impl SinkCatalog for LiveCatalog<'_> {
+    fn kafka_keys(&mut self) -> crate::sink::kafka::KeyLookup {
+        let mut catalog = BlockingCatalog::new(self.config);
+        let lookup: crate::sink::kafka::KeyLookup = Box::new(move |schema, table| {
+            catalog.call(async |c| catalog::primary_key(c, schema, table).await)
+        });
+        match &self.recorder {
+            Some(r) => r.kafka_keys(lookup),
+            None => lookup,
+        }
+    }
+
+    fn array_dims(&mut self) -> crate::sink::arrow::DimsLookup {
+        let mut catalog = BlockingCatalog::new(self.config);
+        let lookup: crate::sink::arrow::DimsLookup = Box::new(move |schema, table| {
+            catalog.call(async |c| catalog::array_dims(c, schema, table).await)
+        });
+        match &self.recorder {
+            Some(r) => r.array_dims(lookup),
+            None => lookup,
+        }
+    }
 }
 
 /// Runs a whole session. `shutdown` resolving stops it cleanly (CopyDone, cleanup, Ok).
@@ -185,7 +245,8 @@ pub async fn run_with(
 ) -> Result<Outcome> {
     // Sinks first: an unwritable output file is reported before anything is created.
     let permanent = matches!(config.slot, SlotMode::Permanent(_));
-    let mut sinks = open_sinks(&config, permanent)?;
+    let recorder = config.raw.as_deref().map(Recorder::create).transpose()?;
+    let mut sinks = open_sinks(&config, permanent, recorder.as_ref())?;
     if permanent {
         for sink in sinks.iter().filter(|s| !s.durable()) {
             tracing::warn!(
@@ -234,7 +295,10 @@ pub async fn run_with(
         &publications,
         tables,
         sinks,
-        hooks.started,
+        Extras {
+            started: hooks.started,
+            recorder,
+        },
         shutdown,
     )
     .await;
@@ -316,9 +380,10 @@ async fn stream_with_publication(
     publications: &Publications,
     tables: Option<Vec<(String, String)>>,
     sinks: Vec<Box<dyn Sink>>,
-    started: Option<tokio::sync::oneshot::Sender<Started>>,
+    extras: Extras,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
+    let Extras { started, recorder } = extras;
     let permanent = matches!(config.slot, SlotMode::Permanent(_));
     // What a permanent slot has resolved before, for types dropped since (their changes may
     // still be ahead in the slot).
@@ -401,6 +466,22 @@ async fn stream_with_publication(
             database: info.database.clone(),
         });
     }
+    if let Some(r) = &recorder {
+        r.begin(&recording::Header {
+            walwatch_recording: recording::FORMAT,
+            walwatch: env!("CARGO_PKG_VERSION").to_string(),
+            server_version_num: server_version,
+            database: info.database.clone(),
+            protocol_version: slot::proto_version(server_version),
+            options: options.clone(),
+            slot: slot_name.clone(),
+            start: start.to_string(),
+            endpos: endpos.map(|e| e.to_string()),
+            tables: tables.clone(),
+            server_scoped: config.publication.is_none(),
+            types: types.entries(),
+        })?;
+    }
     let decoder = Decoder::new(types)
         .with_protocol(slot::proto_version(server_version))
         .with_spill(spill::Spiller::new(
@@ -420,15 +501,20 @@ async fn stream_with_publication(
         slot_name.clone(),
         config.warn_retained_wal,
     ));
+    let mut partitions = partition_lookup(decode_catalog.clone());
+    let mut primary_keys = key_lookup(decode_catalog.clone());
+    let mut load_types = type_loader(decode_catalog, remembered, publications.names.clone());
+    if let Some(r) = &recorder {
+        partitions = r.partitions(partitions);
+        primary_keys = r.primary_keys(primary_keys);
+        load_types = r.types(load_types);
+    }
     let setup = StreamSetup {
         decoder,
-        partitions: Some(partition_lookup(decode_catalog.clone())),
-        primary_keys: Some(key_lookup(decode_catalog.clone())),
-        load_types: Some(type_loader(
-            decode_catalog,
-            remembered,
-            publications.names.clone(),
-        )),
+        partitions: Some(partitions),
+        primary_keys: Some(primary_keys),
+        load_types: Some(load_types),
+        tap: recorder.map(|r| Box::new(r) as Box<dyn pipeline::Tap>),
         filter: Filter::new(tables.as_deref(), config.ops)
             .server_scoped(config.publication.is_none())
             .with_where(config.filter.clone(), config.keep_markers),

@@ -89,6 +89,14 @@ pub struct TypeRegistry {
     types: HashMap<u32, TypeKind>,
 }
 
+impl FromIterator<(u32, TypeKind)> for TypeRegistry {
+    fn from_iter<I: IntoIterator<Item = (u32, TypeKind)>>(iter: I) -> Self {
+        TypeRegistry {
+            types: iter.into_iter().collect(),
+        }
+    }
+}
+
 /// The built-in scalar types walwatch maps, by what their values become.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Builtin {
@@ -231,6 +239,13 @@ impl TypeRegistry {
 
     pub fn get(&self, oid: u32) -> Option<&TypeKind> {
         self.types.get(&oid)
+    }
+
+    /// Every type it knows, by OID (a stable order, for raw recordings).
+    pub fn entries(&self) -> Vec<(u32, TypeKind)> {
+        let mut all: Vec<_> = self.types.iter().map(|(o, k)| (*o, k.clone())).collect();
+        all.sort_by_key(|(oid, _)| *oid);
+        all
     }
 
     /// The types users and extensions created (`oid >= 16384`, FirstNormalObjectId): the ones

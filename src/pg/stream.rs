@@ -89,6 +89,39 @@ pub fn parse_copy_data(payload: Bytes) -> Result<ReplMessage, PgError> {
     }
 }
 
+/// The CopyData payload [`parse_copy_data`] reads `msg` from, byte for byte: raw recordings
+/// (`walwatch record --raw`) keep what the server sent in this form.
+pub fn encode_copy_data(msg: &ReplMessage) -> Vec<u8> {
+    match msg {
+        ReplMessage::XLogData {
+            wal_start,
+            wal_end,
+            server_time_us,
+            data,
+        } => {
+            let mut b = Vec::with_capacity(XLOGDATA_HEADER + data.len());
+            b.push(b'w');
+            b.extend_from_slice(&wal_start.0.to_be_bytes());
+            b.extend_from_slice(&wal_end.0.to_be_bytes());
+            b.extend_from_slice(&server_time_us.to_be_bytes());
+            b.extend_from_slice(data);
+            b
+        }
+        ReplMessage::Keepalive {
+            wal_end,
+            server_time_us,
+            reply_requested,
+        } => {
+            let mut b = Vec::with_capacity(KEEPALIVE_LEN);
+            b.push(b'k');
+            b.extend_from_slice(&wal_end.0.to_be_bytes());
+            b.extend_from_slice(&server_time_us.to_be_bytes());
+            b.push(u8::from(*reply_requested));
+            b
+        }
+    }
+}
+
 /// Standby status update (F): Byte1('r'), Int64 last WAL byte + 1 received and written, Int64
 /// ... flushed to disk, Int64 ... applied, Int64 client clock (µs since 2000-01-01), Byte1 1 to
 /// ask the server to reply immediately.
@@ -232,6 +265,19 @@ mod tests {
         v.extend_from_slice(&time.to_be_bytes());
         v.push(reply);
         v
+    }
+
+    #[test]
+    fn encoding_gives_back_the_payload_parsed() {
+        for payload in [
+            xlogdata(0x1_0000_0010, 0x1_0000_0020, -5, b"Cdata\x00\xff"),
+            xlogdata(1, 2, 3, b""),
+            keepalive(0xdead_beef, 42, 1),
+            keepalive(7, 0, 0),
+        ] {
+            let msg = parse_copy_data(Bytes::from(payload.clone())).unwrap();
+            assert_eq!(encode_copy_data(&msg), payload, "{msg:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,15 @@ use crate::error::Result;
 use crate::event::{Event, Lsn};
 pub use resume::Tally;
 
+/// Where the sinks that look things up in the catalog get their lookups: the server, or a
+/// raw recording (`walwatch replay`).
+pub trait SinkCatalog {
+    /// The Kafka sink's primary-key lookup.
+    fn kafka_keys(&mut self) -> kafka::KeyLookup;
+    /// The Arrow sink's array-dimensions lookup.
+    fn array_dims(&mut self) -> arrow::DimsLookup;
+}
+
 pub trait Sink: Send {
     /// Accept one event (already filtered).
     fn write(&mut self, event: &Event) -> Result<()>;

@@ -316,7 +316,12 @@ fn start_or_join() -> Result<Shared, ScratchError> {
             (c, true)
         }
         None => {
-            let c = ScratchCluster::start(ScratchOptions::default())?.detach();
+            // Prepared transactions for the golden workload (tests/golden/workload.sql).
+            let opts = ScratchOptions {
+                extra_conf: vec![("max_prepared_transactions".into(), "8".into())],
+                ..ScratchOptions::default()
+            };
+            let c = ScratchCluster::start(opts)?.detach();
             let watchdog_pid = spawn_watchdog(&dir, &c);
             write_state(
                 &state_path,
