@@ -210,127 +210,25 @@ pub async fn run_stream(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<StreamOutcome> {
     let (tx, rx) = mpsc::channel::<Frame>(CHANNEL_FRAMES);
-    let (progress_tx, mut progress_rx) = watch::channel(Progress {
+    let (progress_tx, progress_rx) = watch::channel(Progress {
         durable: setup.start,
         ..Progress::default()
     });
-    let endpos = setup.endpos;
-    let interval = setup.status_interval;
-    let hold = held_confirm(setup.start);
-    let worker = thread::Builder::new()
-        .name("walwatch-decode".into())
-        .spawn(move || {
-            let mut fanout = Fanout::new(setup, progress_tx.clone());
-            let res = fanout.run(rx);
-            let mut p = *progress_tx.borrow();
-            p.stopped = true;
-            progress_tx.send_replace(p);
-            res.map(|()| fanout.events)
-        })
-        .map_err(|e| Error::Setup(format!("cannot start the decode thread: {e}")))?;
+    let mut pump = Pump::new(&setup, tx, progress_rx);
+    let worker = spawn_decoder(setup, rx, progress_tx)?;
 
     tokio::pin!(shutdown);
     let mut stream = Some(stream);
-    let mut status = tokio::time::interval(interval);
-    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // With an end position, ask the server for a keepalive now and then: on an idle server it
-    // tells us how far WAL has been decoded, which is how an idle stream learns it is done.
-    let mut poke = tokio::time::interval(Duration::from_millis(500));
-    let mut tick = tokio::time::interval(TICK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut received = Lsn::ZERO;
-    let mut reported = Lsn::ZERO;
-    let mut tx = Some(tx);
-
     let ended: Result<StopReason> = loop {
         let Some(current) = stream.as_mut() else {
             break Err(Error::StreamEnded);
         };
-        let pumped: Result<StopReason> = async {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => return Ok(StopReason::Shutdown),
-                    changed = progress_rx.changed() => {
-                        let p = *progress_rx.borrow_and_update();
-                        if changed.is_err() || p.stopped || p.done {
-                            return Ok(StopReason::EndPos); // refined below from the thread's result
-                        }
-                        if p.durable > reported {
-                            reported = p.durable;
-                            report(current, received, reported, hold, false).await?;
-                        }
-                    }
-                    msg = current.next() => {
-                        let Some(msg) = msg? else { return Ok(StopReason::ServerClosed) };
-                        match &msg {
-                            ReplMessage::XLogData { wal_end, .. } => {
-                                received = received.max(*wal_end);
-                            }
-                            ReplMessage::Keepalive { wal_end, reply_requested, .. } => {
-                                received = received.max(*wal_end);
-                                if *reply_requested {
-                                    // The server asks for a reply now (docs, 55.4 "Primary
-                                    // keepalive message"): not answering gets the connection
-                                    // closed at wal_sender_timeout.
-                                    let durable = progress_rx.borrow().durable;
-                                    report(current, received, durable, hold, false).await?;
-                                }
-                            }
-                        }
-                        let frame = Frame::Message(msg);
-                        let Some(sender) = tx.clone() else { continue };
-                        // Wait for room (backpressure from a slow sink) while still sending
-                        // status updates, so the server does not time us out, and still
-                        // heeding shutdown.
-                        let permit = loop {
-                            tokio::select! {
-                                biased;
-                                _ = &mut shutdown => return Ok(StopReason::Shutdown),
-                                permit = sender.reserve() => break permit,
-                                _ = status.tick() => {
-                                    let durable = progress_rx.borrow().durable;
-                                    report(current, received, durable, hold, false).await?;
-                                    reported = durable;
-                                }
-                            }
-                        };
-                        let gone = match permit {
-                            Ok(permit) => {
-                                permit.send(frame);
-                                false
-                            }
-                            Err(_) => true,
-                        };
-                        if gone {
-                            tx = None; // the thread stopped; its result says why
-                        }
-                    }
-                    _ = status.tick() => {
-                        let durable = progress_rx.borrow().durable;
-                        report(current, received, durable, hold, false).await?;
-                        reported = durable;
-                    }
-                    _ = tick.tick() => {
-                        // Skipped when the channel is full: the thread is busy and flushes anyway.
-                        if let Some(sender) = &tx {
-                            let _ = sender.try_send(Frame::Tick);
-                        }
-                    }
-                    _ = poke.tick(), if endpos.is_some() => {
-                        let durable = progress_rx.borrow().durable;
-                        report(current, received, durable, hold, true).await?;
-                    }
-                }
-            }
-        }
-        .await;
-        let failure = match pumped {
+        let failure = match pump.pump(current, &mut shutdown).await {
             Ok(StopReason::ServerClosed) => Error::StreamEnded,
             Ok(reason) => break Ok(reason),
             Err(e) => e,
         };
-        let thread_alive = !progress_rx.borrow().stopped && tx.is_some();
+        let thread_alive = !pump.progress.borrow().stopped && pump.tx.is_some();
         let Some(retry) = retry
             .as_mut()
             .filter(|_| thread_alive && retryable(&failure))
@@ -342,91 +240,274 @@ pub async fn run_stream(
         // not yet confirmed) is replayed by the server and skipped by the pipeline.
         stream = None;
         tracing::warn!("lost the replication connection: {failure}");
-        let gave_up_at = retry.retry_for.map(|d| Instant::now() + d);
-        let mut attempt = 0u32;
-        let reopened = loop {
-            attempt += 1;
-            let delay = backoff(attempt);
-            if gave_up_at.is_some_and(|t| Instant::now() + delay > t) {
-                break Err(failure);
-            }
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break Ok(None),
-                _ = tokio::time::sleep(delay) => {}
-            }
-            let from = progress_rx.borrow().durable;
-            match (retry.reopen)(from).await {
-                Ok(s) => {
-                    tracing::info!("reconnected (attempt {attempt}); resuming from {from}");
-                    break Ok(Some(s));
-                }
-                Err(e) if retryable(&e) => {
-                    tracing::warn!(
-                        "reconnect attempt {attempt} failed: {e}; next in about {:.1?}",
-                        backoff(attempt + 1)
-                    );
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        match reopened {
+        match reconnect(retry, &pump.progress, &mut shutdown, failure).await {
             Ok(Some(s)) => {
                 // The decoder forgets the dead connection's state before the new frames.
-                if let Some(sender) = &tx
-                    && sender.send(Frame::Reset).await.is_err()
-                {
-                    tx = None;
-                }
+                pump.send_reset().await;
                 stream = Some(s);
             }
             Ok(None) => break Ok(StopReason::Shutdown),
             Err(e) => break Err(e),
         }
     };
+    pump.conclude(worker, stream, ended).await
+}
 
-    // Stop the thread: closing the channel ends its loop after what is queued. On shutdown,
-    // what is queued is still written and flushed; only then is its position confirmed.
-    drop(tx);
-    let joined = tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .map_err(|e| Error::Setup(format!("decode thread join failed: {e}")))?;
-    let (events, thread_err) = match joined {
-        Ok(Ok(n)) => (n, None),
-        Ok(Err(e)) => (0, Some(e)),
-        Err(_) => {
-            return Err(Error::Setup(
-                "the decode thread panicked: this is a bug in walwatch, please report it".into(),
-            ));
+/// Starts the decode thread: it decodes, filters and writes what `rx` brings, and publishes
+/// what is durable on `progress`, marking it stopped when it ends.
+fn spawn_decoder(
+    setup: StreamSetup,
+    rx: mpsc::Receiver<Frame>,
+    progress: watch::Sender<Progress>,
+) -> Result<thread::JoinHandle<Result<u64>>> {
+    thread::Builder::new()
+        .name("walwatch-decode".into())
+        .spawn(move || {
+            let mut fanout = Fanout::new(setup, progress.clone());
+            let res = fanout.run(rx);
+            let mut p = *progress.borrow();
+            p.stopped = true;
+            progress.send_replace(p);
+            res.map(|()| fanout.events)
+        })
+        .map_err(|e| Error::Setup(format!("cannot start the decode thread: {e}")))
+}
+
+/// After a lost connection: waits (backing off) and reopens the stream from what is durable,
+/// until it works, `retry_for` passes (`Err(failure)`), or shutdown (`Ok(None)`).
+async fn reconnect(
+    retry: &mut Retry,
+    progress: &watch::Receiver<Progress>,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    failure: Error,
+) -> Result<Option<ReplStream>> {
+    let gave_up_at = retry.retry_for.map(|d| Instant::now() + d);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let delay = backoff(attempt);
+        if gave_up_at.is_some_and(|t| Instant::now() + delay > t) {
+            return Err(failure);
         }
-    };
-    let p = *progress_rx.borrow();
-    // Confirm what is durable (even on a broken pipe: everything before it was written), then
-    // end the copy. A temporary slot is dropped by the server with the connection.
-    if let Some(mut s) = stream {
-        let _ = report(&mut s, received, p.durable, hold, false).await;
-        match s.finish().await {
-            Ok(conn) => {
-                let _ = conn.close().await;
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let from = progress.borrow().durable;
+        match (retry.reopen)(from).await {
+            Ok(s) => {
+                tracing::info!("reconnected (attempt {attempt}); resuming from {from}");
+                return Ok(Some(s));
             }
-            Err(e) => tracing::debug!("ending the replication stream: {e}"),
+            Err(e) if retryable(&e) => {
+                tracing::warn!(
+                    "reconnect attempt {attempt} failed: {e}; next in about {:.1?}",
+                    backoff(attempt + 1)
+                );
+            }
+            Err(e) => return Err(e),
         }
     }
-    // The thread's error, when it has one, is the cause (a sink, the decoder); a broken
-    // stdout pipe is a normal end.
-    match (thread_err, ended) {
-        (Some(e), _) if e.is_broken_pipe() => Ok(StreamOutcome {
-            reason: StopReason::OutputClosed,
-            events,
-            durable: p.durable,
-        }),
-        (Some(e), _) => Err(e),
-        (None, Err(e)) => Err(e),
-        (None, Ok(reason)) => Ok(StreamOutcome {
+}
+
+/// The replication task's side of one run: forwards frames to the decode thread and keeps
+/// the server told of what was received and what is durable.
+struct Pump {
+    /// `None` once the decode thread has stopped taking frames.
+    tx: Option<mpsc::Sender<Frame>>,
+    progress: watch::Receiver<Progress>,
+    endpos: Option<Lsn>,
+    hold: Option<Lsn>,
+    status: tokio::time::Interval,
+    /// With an end position, ask the server for a keepalive now and then: on an idle server it
+    /// tells us how far WAL has been decoded, which is how an idle stream learns it is done.
+    poke: tokio::time::Interval,
+    tick: tokio::time::Interval,
+    received: Lsn,
+    reported: Lsn,
+}
+
+impl Pump {
+    fn new(
+        setup: &StreamSetup,
+        tx: mpsc::Sender<Frame>,
+        progress: watch::Receiver<Progress>,
+    ) -> Pump {
+        let mut status = tokio::time::interval(setup.status_interval);
+        status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(TICK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Pump {
+            tx: Some(tx),
+            progress,
+            endpos: setup.endpos,
+            hold: held_confirm(setup.start),
+            status,
+            poke: tokio::time::interval(Duration::from_millis(500)),
+            tick,
+            received: Lsn::ZERO,
+            reported: Lsn::ZERO,
+        }
+    }
+
+    fn durable(&self) -> Lsn {
+        self.progress.borrow().durable
+    }
+
+    /// Sends a status update with what is durable now.
+    async fn report_now(
+        &mut self,
+        stream: &mut ReplStream,
+        reply_requested: bool,
+    ) -> std::result::Result<(), crate::pg::error::PgError> {
+        let durable = self.durable();
+        report(stream, self.received, durable, self.hold, reply_requested).await?;
+        self.reported = durable;
+        Ok(())
+    }
+
+    /// Pumps one connection until it ends (`ServerClosed`), the decode thread is done
+    /// (`EndPos`, refined from its result later), shutdown, or a failure.
+    async fn pump(
+        &mut self,
+        stream: &mut ReplStream,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<StopReason> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Ok(StopReason::Shutdown),
+                changed = self.progress.changed() => {
+                    let p = *self.progress.borrow_and_update();
+                    if changed.is_err() || p.stopped || p.done {
+                        return Ok(StopReason::EndPos);
+                    }
+                    if p.durable > self.reported {
+                        self.report_now(stream, false).await?;
+                    }
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg? else { return Ok(StopReason::ServerClosed) };
+                    if self.forward(stream, msg, shutdown).await? {
+                        return Ok(StopReason::Shutdown);
+                    }
+                }
+                _ = self.status.tick() => self.report_now(stream, false).await?,
+                _ = self.tick.tick() => {
+                    // Skipped when the channel is full: the thread is busy and flushes anyway.
+                    if let Some(sender) = &self.tx {
+                        let _ = sender.try_send(Frame::Tick);
+                    }
+                }
+                _ = self.poke.tick(), if self.endpos.is_some() => {
+                    let durable = self.durable();
+                    report(stream, self.received, durable, self.hold, true).await?;
+                }
+            }
+        }
+    }
+
+    /// Hands one message to the decode thread, waiting for room (backpressure from a slow
+    /// sink) while still sending status updates, so the server does not time us out, and still
+    /// heeding shutdown: `true` when shutdown came first.
+    async fn forward(
+        &mut self,
+        stream: &mut ReplStream,
+        msg: ReplMessage,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<bool> {
+        match &msg {
+            ReplMessage::XLogData { wal_end, .. } => self.received = self.received.max(*wal_end),
+            ReplMessage::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.received = self.received.max(*wal_end);
+                if *reply_requested {
+                    // The server asks for a reply now (docs, 55.4 "Primary keepalive
+                    // message"): not answering gets the connection closed at
+                    // wal_sender_timeout.
+                    let durable = self.durable();
+                    report(stream, self.received, durable, self.hold, false).await?;
+                }
+            }
+        }
+        let Some(sender) = self.tx.clone() else {
+            return Ok(false);
+        };
+        let permit = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Ok(true),
+                permit = sender.reserve() => break permit,
+                _ = self.status.tick() => self.report_now(stream, false).await?,
+            }
+        };
+        match permit {
+            Ok(permit) => permit.send(Frame::Message(msg)),
+            Err(_) => self.tx = None, // the thread stopped; its result says why
+        }
+        Ok(false)
+    }
+
+    /// Tells the decode thread a new connection follows.
+    async fn send_reset(&mut self) {
+        if let Some(sender) = &self.tx
+            && sender.send(Frame::Reset).await.is_err()
+        {
+            self.tx = None;
+        }
+    }
+
+    /// Stops the decode thread (closing the channel ends its loop after what is queued: on
+    /// shutdown, that is still written and flushed, and only then confirmed), confirms what is
+    /// durable, ends the copy, and says how the run ended.
+    async fn conclude(
+        mut self,
+        worker: thread::JoinHandle<Result<u64>>,
+        stream: Option<ReplStream>,
+        ended: Result<StopReason>,
+    ) -> Result<StreamOutcome> {
+        self.tx = None;
+        let joined = tokio::task::spawn_blocking(move || worker.join())
+            .await
+            .map_err(|e| Error::Setup(format!("decode thread join failed: {e}")))?;
+        let (events, thread_err) = match joined {
+            Ok(Ok(n)) => (n, None),
+            Ok(Err(e)) => (0, Some(e)),
+            Err(_) => {
+                return Err(Error::Setup(
+                    "the decode thread panicked: this is a bug in walwatch, please report it"
+                        .into(),
+                ));
+            }
+        };
+        let durable = self.durable();
+        // Confirm what is durable (even on a broken pipe: everything before it was written),
+        // then end the copy. A temporary slot is dropped by the server with the connection.
+        if let Some(mut s) = stream {
+            let _ = report(&mut s, self.received, durable, self.hold, false).await;
+            match s.finish().await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                }
+                Err(e) => tracing::debug!("ending the replication stream: {e}"),
+            }
+        }
+        // The thread's error, when it has one, is the cause (a sink, the decoder); a broken
+        // stdout pipe is a normal end.
+        let reason = match (thread_err, ended) {
+            (Some(e), _) if e.is_broken_pipe() => StopReason::OutputClosed,
+            (Some(e), _) | (None, Err(e)) => return Err(e),
+            (None, Ok(reason)) => reason,
+        };
+        Ok(StreamOutcome {
             reason,
             events,
-            durable: p.durable,
-        }),
+            durable,
+        })
     }
 }
 

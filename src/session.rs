@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::config::{Config, EndPos, SinkSpec, SlotMode};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
 use crate::event::Lsn;
 use crate::filter::Filter;
@@ -384,9 +384,76 @@ async fn stream_with_publication(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
     let Extras { started, recorder } = extras;
+    let (types, remembered) = start_types(&config, meta, publications).await?;
+    let server_version = repl.server_version_num();
+    let (slot_name, start, created) =
+        open_slot(&config, &mut repl, meta, info, slot_name, held_by(&sinks)).await?;
+    let endpos = match config.endpos {
+        None => None,
+        Some(EndPos::At(lsn)) => Some(lsn),
+        Some(EndPos::Now) if created => {
+            // A slot created by this run with --endpos now: nothing can be before it.
+            tracing::info!("slot {slot_name} created at {start}; --endpos now: done");
+            return Ok(Outcome {
+                reason: StopReason::EndPos,
+                events: 0,
+                durable: start,
+                slot: slot_name,
+            });
+        }
+        Some(EndPos::Now) => Some(catalog::current_wal_lsn(meta).await?),
+    };
+    let plan = Plan {
+        options: slot::start_options(server_version, &publications.names),
+        slot: slot_name,
+        start,
+        endpos,
+        server_version,
+        types,
+        remembered,
+        tables,
+    };
+    let stream = repl
+        .start_replication(&plan.slot, start, &plan.options)
+        .await?;
+    plan.announce(&config, publications, &info.database, started)?;
+    if let Some(r) = &recorder {
+        r.begin(&plan.recording_header(&config, &info.database))?;
+    }
+    let retry = match &config.slot {
+        SlotMode::Permanent(_) => Some(Retry {
+            reopen: reopener(config.clone(), plan.slot.clone(), plan.options.clone()),
+            retry_for: config.retry_for,
+        }),
+        SlotMode::Temporary => None,
+    };
+    let monitor = tokio::spawn(watch_retained_wal(
+        config.clone(),
+        plan.slot.clone(),
+        config.warn_retained_wal,
+    ));
+    let slot = plan.slot.clone();
+    let setup = plan.setup(&config, publications, sinks, recorder);
+    let outcome = pipeline::run_stream(stream, setup, retry, shutdown).await;
+    monitor.abort();
+    let outcome = outcome?;
+    Ok(Outcome {
+        reason: outcome.reason,
+        events: outcome.events,
+        durable: outcome.durable,
+        slot,
+    })
+}
+
+/// The type registry to start with, and on a permanent slot the record of what it resolved
+/// before (kept for types dropped since: their changes may still be ahead in the slot), with
+/// today's types added to it.
+async fn start_types(
+    config: &Config,
+    meta: &Client,
+    publications: &Publications,
+) -> Result<(TypeRegistry, Option<publication::Record>)> {
     let permanent = matches!(config.slot, SlotMode::Permanent(_));
-    // What a permanent slot has resolved before, for types dropped since (their changes may
-    // still be ahead in the slot).
     let mut remembered = publications.record.clone().filter(|_| permanent);
     let mut types = catalog::load_types(meta).await?;
     if let Some(record) = &mut remembered {
@@ -395,143 +462,152 @@ async fn stream_with_publication(
         }
         record.restore_types(&mut types);
     }
+    Ok((types, remembered))
+}
+
+/// The slot to stream from, where to start, and whether this run created it: a temporary slot
+/// is created; a permanent one is resumed where it was confirmed (after checking it and what
+/// the resumed sinks hold, `held`), or created.
+async fn open_slot(
+    config: &Config,
+    repl: &mut ReplConn,
+    meta: &Client,
+    info: &ServerInfo,
+    slot_name: String,
+    held: Vec<(String, Lsn)>,
+) -> Result<(String, Lsn, bool)> {
     let server_version = repl.server_version_num();
-
-    let (slot_name, start, created) = match &config.slot {
+    let name = match &config.slot {
         SlotMode::Temporary => {
-            let point =
-                create_slot_noisily(&mut repl, meta, &slot_name, true, server_version).await?;
-            (slot_name, point, true)
+            let point = create_slot_noisily(repl, meta, &slot_name, true, server_version).await?;
+            return Ok((slot_name, point, true));
         }
-        SlotMode::Permanent(name) => match slot_when_free(meta, name).await? {
-            Some(existing) => {
-                check_existing_slot(name, &existing, info)?;
-                // Resume where the slot was confirmed (0/0 says the same). Never from
-                // IDENTIFY_SYSTEM's position, which would skip whatever the slot still holds.
-                let from = existing.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
-                check_held(held_by(&sinks), name, meta, true).await?;
-                tracing::info!("resuming slot {name} from {from}");
-                (name.clone(), from, false)
-            }
-            None => {
-                check_held(held_by(&sinks), name, meta, false).await?;
-                tracing::info!("creating replication slot {name}");
-                let point =
-                    create_slot_noisily(&mut repl, meta, name, false, server_version).await?;
-                (name.clone(), point, true)
-            }
-        },
+        SlotMode::Permanent(name) => name,
     };
+    match slot_when_free(meta, name).await? {
+        Some(existing) => {
+            check_existing_slot(name, &existing, info)?;
+            // Resume where the slot was confirmed (0/0 says the same). Never from
+            // IDENTIFY_SYSTEM's position, which would skip whatever the slot still holds.
+            let from = existing.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+            check_held(held, name, meta, true).await?;
+            tracing::info!("resuming slot {name} from {from}");
+            Ok((name.clone(), from, false))
+        }
+        None => {
+            check_held(held, name, meta, false).await?;
+            tracing::info!("creating replication slot {name}");
+            let point = create_slot_noisily(repl, meta, name, false, server_version).await?;
+            Ok((name.clone(), point, true))
+        }
+    }
+}
 
-    let endpos = match config.endpos {
-        None => None,
-        Some(EndPos::At(lsn)) => Some(lsn),
-        Some(EndPos::Now) => {
-            if created {
-                // A slot created by this run with --endpos now: nothing can be before it.
-                tracing::info!("slot {slot_name} created at {start}; --endpos now: done");
-                return Ok(Outcome {
-                    reason: StopReason::EndPos,
-                    events: 0,
-                    durable: start,
-                    slot: slot_name,
-                });
+/// What is decided before the stream starts.
+struct Plan {
+    slot: String,
+    start: Lsn,
+    endpos: Option<Lsn>,
+    options: Vec<(String, String)>,
+    server_version: u32,
+    types: TypeRegistry,
+    remembered: Option<publication::Record>,
+    tables: Option<Vec<(String, String)>>,
+}
+
+impl Plan {
+    /// Says that the stream started: the log line, the ready file, the caller's signal.
+    fn announce(
+        &self,
+        config: &Config,
+        publications: &Publications,
+        database: &str,
+        started: Option<tokio::sync::oneshot::Sender<Started>>,
+    ) -> Result<()> {
+        tracing::info!(
+            "streaming from slot {} (publication {}, pgoutput protocol {}){}",
+            self.slot,
+            publications.names.join(", "),
+            slot::proto_version(self.server_version),
+            match self.endpos {
+                Some(end) => format!(" until {end}"),
+                None => String::new(),
             }
-            Some(catalog::current_wal_lsn(meta).await?)
+        );
+        if let Some(path) = &config.ready_file {
+            std::fs::write(path, format!("{}\n", self.slot)).map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
         }
-    };
+        if let Some(tx) = started {
+            let _ = tx.send(Started {
+                slot: self.slot.clone(),
+                publications: publications.names.clone(),
+                tables: self.tables.clone(),
+                database: database.to_string(),
+            });
+        }
+        Ok(())
+    }
 
-    let options = slot::start_options(server_version, &publications.names);
-    let stream = repl.start_replication(&slot_name, start, &options).await?;
-    tracing::info!(
-        "streaming from slot {slot_name} (publication {}, pgoutput protocol {}){}",
-        publications.names.join(", "),
-        slot::proto_version(server_version),
-        match endpos {
-            Some(end) => format!(" until {end}"),
-            None => String::new(),
-        }
-    );
-    if let Some(path) = &config.ready_file {
-        std::fs::write(path, format!("{slot_name}\n")).map_err(|source| Error::File {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    if let Some(tx) = started {
-        let _ = tx.send(Started {
-            slot: slot_name.clone(),
-            publications: publications.names.clone(),
-            tables: tables.clone(),
-            database: info.database.clone(),
-        });
-    }
-    if let Some(r) = &recorder {
-        r.begin(&recording::Header {
+    /// A raw recording's header for this stream.
+    fn recording_header(&self, config: &Config, database: &str) -> recording::Header {
+        recording::Header {
             walwatch_recording: recording::FORMAT,
             walwatch: env!("CARGO_PKG_VERSION").to_string(),
-            server_version_num: server_version,
-            database: info.database.clone(),
-            protocol_version: slot::proto_version(server_version),
-            options: options.clone(),
-            slot: slot_name.clone(),
-            start: start.to_string(),
-            endpos: endpos.map(|e| e.to_string()),
-            tables: tables.clone(),
+            server_version_num: self.server_version,
+            database: database.to_string(),
+            protocol_version: slot::proto_version(self.server_version),
+            options: self.options.clone(),
+            slot: self.slot.clone(),
+            start: self.start.to_string(),
+            endpos: self.endpos.map(|e| e.to_string()),
+            tables: self.tables.clone(),
             server_scoped: config.publication.is_none(),
-            types: types.entries(),
-        })?;
+            types: self.types.entries(),
+        }
     }
-    let decoder = Decoder::new(types)
-        .with_protocol(slot::proto_version(server_version))
-        .with_spill(spill::Spiller::new(
-            config.spill_threshold,
-            config.spill_dir.clone(),
-        ));
-    let decode_catalog = DecodeCatalog::new(&config);
-    let retry = match &config.slot {
-        SlotMode::Permanent(_) => Some(Retry {
-            reopen: reopener(config.clone(), slot_name.clone(), options.clone()),
-            retry_for: config.retry_for,
-        }),
-        SlotMode::Temporary => None,
-    };
-    let monitor = tokio::spawn(watch_retained_wal(
-        config.clone(),
-        slot_name.clone(),
-        config.warn_retained_wal,
-    ));
-    let mut partitions = partition_lookup(decode_catalog.clone());
-    let mut primary_keys = key_lookup(decode_catalog.clone());
-    let mut load_types = type_loader(decode_catalog, remembered, publications.names.clone());
-    if let Some(r) = &recorder {
-        partitions = r.partitions(partitions);
-        primary_keys = r.primary_keys(primary_keys);
-        load_types = r.types(load_types);
+
+    /// The decode thread's setup: the decoder, its catalog lookups on one connection (recorded
+    /// with a raw recording), the filter and the sinks.
+    fn setup(
+        self,
+        config: &Config,
+        publications: &Publications,
+        sinks: Vec<Box<dyn Sink>>,
+        recorder: Option<Recorder>,
+    ) -> StreamSetup {
+        let decoder = Decoder::new(self.types)
+            .with_protocol(slot::proto_version(self.server_version))
+            .with_spill(spill::Spiller::new(
+                config.spill_threshold,
+                config.spill_dir.clone(),
+            ));
+        let catalog = DecodeCatalog::new(config);
+        let mut partitions = partition_lookup(catalog.clone());
+        let mut primary_keys = key_lookup(catalog.clone());
+        let mut load_types = type_loader(catalog, self.remembered, publications.names.clone());
+        if let Some(r) = &recorder {
+            partitions = r.partitions(partitions);
+            primary_keys = r.primary_keys(primary_keys);
+            load_types = r.types(load_types);
+        }
+        StreamSetup {
+            decoder,
+            partitions: Some(partitions),
+            primary_keys: Some(primary_keys),
+            load_types: Some(load_types),
+            tap: recorder.map(|r| Box::new(r) as Box<dyn pipeline::Tap>),
+            filter: Filter::new(self.tables.as_deref(), config.ops)
+                .server_scoped(config.publication.is_none())
+                .with_where(config.filter.clone(), config.keep_markers),
+            sinks,
+            endpos: self.endpos,
+            status_interval: config.status_interval,
+            start: self.start,
+        }
     }
-    let setup = StreamSetup {
-        decoder,
-        partitions: Some(partitions),
-        primary_keys: Some(primary_keys),
-        load_types: Some(load_types),
-        tap: recorder.map(|r| Box::new(r) as Box<dyn pipeline::Tap>),
-        filter: Filter::new(tables.as_deref(), config.ops)
-            .server_scoped(config.publication.is_none())
-            .with_where(config.filter.clone(), config.keep_markers),
-        sinks,
-        endpos,
-        status_interval: config.status_interval,
-        start,
-    };
-    let outcome = pipeline::run_stream(stream, setup, retry, shutdown).await;
-    monitor.abort();
-    let outcome = outcome?;
-    Ok(Outcome {
-        reason: outcome.reason,
-        events: outcome.events,
-        durable: outcome.durable,
-        slot: slot_name,
-    })
 }
 
 /// Reloads the type registry for types created after start-up. On a permanent slot, new

@@ -820,6 +820,45 @@ fn stored_generated_columns_are_in_events_where_the_server_can_send_them() {
     owner.drop_slot(&slot);
 }
 
+/// Issue 13, scope 4: a `--publication` of the user's that does not publish generated columns
+/// (PostgreSQL 18's default, `publish_generated_columns = none`) is named in the log, with the
+/// fix; before 18 there is nothing to say (no publication can publish them).
+#[test]
+fn a_given_publication_without_generated_columns_is_noted() {
+    let owner = Owner::new("genp", false);
+    let publication = format!("{}_pub", owner.name);
+    owner.sql(&format!(
+        "CREATE TABLE g (id int PRIMARY KEY, a int, twice int GENERATED ALWAYS AS (a * 2) STORED);
+         CREATE PUBLICATION {publication} FOR TABLE g;"
+    ));
+    let slot = unique_name("genp");
+    let out = owner.walwatch(
+        &[
+            "--slot",
+            &slot,
+            "--publication",
+            &publication,
+            "--tables",
+            "g",
+            "--endpos",
+            "now",
+        ],
+        0,
+    );
+    owner.drop_slot(&slot);
+    admin(&format!("DROP PUBLICATION {publication};"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let noted = stderr.contains(&format!(
+        "publication {publication} does not publish generated columns"
+    ));
+    let version: u32 = admin("SHOW server_version_num").parse().unwrap();
+    assert_eq!(
+        noted,
+        version >= 180_000,
+        "server {version}, log:\n{stderr}"
+    );
+}
+
 /// Issue 13's test schema, quoted names and awkward values: a mixed-case schema and table
 /// with spaces, a column with a space, a 40-digit numeric, a domain over numeric, an enum, a
 /// 2-D text array with quotes, NULL and braces, jsonb with escapes, a stored generated column

@@ -17,6 +17,8 @@
 //! * Column values are walwatch's typed JSON (numeric as an exact string, like Debezium's
 //!   `decimal.handling.mode=string`; dates and times as ISO-8601 strings). Unchanged TOASTed
 //!   columns are left out rather than given Debezium's placeholder string.
+//! * `source.partition_of` is walwatch's addition: for a change reported under a partition's
+//!   name (`--partitions leaf`), the partitioned table it belongs to, as in the native event.
 
 use crate::event::{Event, Op};
 use crate::event_json::{int, opt_row, string};
@@ -59,7 +61,15 @@ fn source(out: &mut Vec<u8>, ev: &Event, db: &str, name: &str) {
     }
     out.extend_from_slice(b",\"lsn\":");
     int(out, ev.lsn.0);
-    out.extend_from_slice(b",\"xmin\":null}");
+    out.extend_from_slice(b",\"xmin\":null");
+    if let Some(p) = &ev.partition_of {
+        out.extend_from_slice(b",\"partition_of\":{\"schema\":");
+        string(out, &p.schema);
+        out.extend_from_slice(b",\"table\":");
+        string(out, &p.table);
+        out.push(b'}');
+    }
+    out.push(b'}');
 }
 
 /// Writes the envelope of a row change, TRUNCATE or MESSAGE; false (nothing written) for BEGIN
@@ -167,6 +177,24 @@ mod tests {
         let mut out = Vec::new();
         assert!(write(e, "shop", "walwatch", 42, &mut out));
         serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn a_partition_names_its_partitioned_table_in_source() {
+        let mut ins = ev(Op::Insert);
+        ins.table = Some("orders_2026".into());
+        ins.data = Some(row(&[("id", 1)]));
+        assert!(json(&ins)["source"].get("partition_of").is_none());
+        ins.partition_of = Some(std::sync::Arc::new(crate::event::TableName {
+            schema: "public".into(),
+            table: "orders".into(),
+        }));
+        let v = json(&ins);
+        assert_eq!(v["source"]["table"], "orders_2026");
+        assert_eq!(
+            v["source"]["partition_of"],
+            serde_json::json!({"schema": "public", "table": "orders"})
+        );
     }
 
     #[test]
