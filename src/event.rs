@@ -496,6 +496,13 @@ impl Relation {
     pub fn same_columns(&self, other: &Relation) -> bool {
         self.columns == other.columns
     }
+
+    /// The same columns, perhaps in another order: partitions of one partitioned table whose
+    /// columns were created in another order (a table made on its own, then attached).
+    pub fn same_column_set(&self, other: &Relation) -> bool {
+        self.columns.len() == other.columns.len()
+            && self.columns.iter().all(|c| other.columns.contains(c))
+    }
 }
 
 /// One column of a [`Relation`].

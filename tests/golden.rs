@@ -271,6 +271,11 @@ fn a_damaged_recording_names_what_is_wrong() {
         }),
         "recording format 2",
     );
+    // Bytes that are not text.
+    let mut binary = text.as_bytes().to_vec();
+    let second = binary.iter().position(|b| *b == b'\n').unwrap() + 3;
+    binary[second] = 0xff;
+    expect_err(binary, "line 2 is not UTF-8 text");
     // Not a recording at all: the event output.
     let events = std::fs::read(recordings()[0].join("expected.jsonl")).unwrap();
     expect_err(events, "line 1 is not a recording line");

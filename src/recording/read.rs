@@ -120,9 +120,14 @@ impl Numbered {
             return Ok(None);
         };
         self.at += 1;
-        let text = text.map_err(|source| Error::File {
-            path: self.path.clone(),
-            source,
+        let text = text.map_err(|source| match source.kind() {
+            std::io::ErrorKind::InvalidData => {
+                self.damaged(&format!("line {} is not UTF-8 text", self.at))
+            }
+            _ => Error::File {
+                path: self.path.clone(),
+                source,
+            },
         })?;
         serde_json::from_str(&text)
             .map(Some)

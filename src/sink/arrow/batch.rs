@@ -540,13 +540,21 @@ fn fill(rel: &Relation, cols: &mut [Col], lost: &mut [u64], row: Option<&Row>) -
     let mut j = 0;
     for (i, c) in rel.columns.iter().enumerate() {
         // Row columns are the relation's, in table order, some left out; names are shared.
-        match row.columns.get(j) {
+        // A row of another partition has the same columns, perhaps in another order: found by
+        // name then (rarely: only where the partitions' column orders differ).
+        let found = match row.columns.get(j) {
             Some(rc) if Arc::ptr_eq(&rc.name, &c.name) || rc.name == c.name => {
+                j += 1;
+                Some(rc)
+            }
+            _ => row.columns.iter().find(|rc| rc.name == c.name),
+        };
+        match found {
+            Some(rc) => {
                 lost[i] += cols[i].append(&rc.value);
                 bytes += approx_size(&rc.value);
-                j += 1;
             }
-            _ => cols[i].append_null(),
+            None => cols[i].append_null(),
         }
     }
     bytes

@@ -259,10 +259,12 @@ impl Sink for ArrowSink {
             self.resume.remove(&key);
         }
         // (The key is the reported table's, so a relation of the same columns under it, another
-        // partition or the same table described again, continues the batch.)
+        // partition (its columns perhaps in another order) or the same table described again,
+        // continues the batch.)
         if let Some(b) = self.open.get(&key)
             && !Arc::ptr_eq(&b.relation, rel)
             && !b.relation.same_columns(rel)
+            && !(ev.partition_of.is_some() && b.relation.same_column_set(rel))
         {
             // A schema change: the rows so far go out with the old schema.
             self.close(&key)?;

@@ -297,6 +297,86 @@ fn deletes_truncates_and_unchanged_toast_values() {
     assert_eq!((old_id.value(0), old_id.is_null(1)), (6, true));
 }
 
+/// `--partitions leaf`: partitions of one table whose columns are in other orders (one made on
+/// its own, then attached) share its one schema, each value in its own column.
+#[test]
+fn partitions_with_columns_in_another_order_share_one_batch() {
+    let a = rel(
+        4,
+        &[
+            ("id", ColumnKind::Int4, -1, true),
+            ("note", ColumnKind::Text, -1, false),
+        ],
+    );
+    let b = rel(
+        5,
+        &[
+            ("note", ColumnKind::Text, -1, false),
+            ("id", ColumnKind::Int4, -1, true),
+        ],
+    );
+    let parent = Arc::new(crate::event::TableName {
+        schema: Arc::from("public"),
+        table: Arc::from("parent"),
+    });
+    let (mut sink, rx) = collect(ArrowOptions::default());
+    for (i, r) in [&a, &b, &a].into_iter().enumerate() {
+        let data = row(
+            r,
+            vec![
+                ("id", Value::Int(i as i64)),
+                ("note", Value::Text(format!("n{i}"))),
+            ],
+        );
+        // Each row in its relation's own column order.
+        let data = Row {
+            columns: r
+                .columns
+                .iter()
+                .map(|c| {
+                    data.columns
+                        .iter()
+                        .find(|d| d.name == c.name)
+                        .unwrap()
+                        .clone()
+                })
+                .collect(),
+        };
+        let mut e = ev(Op::Insert, r, 0x10, 0x8 + i as u64, Some(data));
+        e.partition_of = Some(parent.clone());
+        sink.write(&e).unwrap();
+    }
+    sink.finish().unwrap();
+    let batch = rx.try_recv().expect("one batch");
+    assert!(rx.try_recv().is_err(), "the batch was split");
+    assert_eq!(batch.batch.num_rows(), 3);
+    let ids = batch
+        .batch
+        .column_by_name("id")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let notes = batch
+        .batch
+        .column_by_name("note")
+        .unwrap()
+        .as_string::<i32>();
+    for i in 0..3 {
+        assert_eq!(
+            (ids.value(i), notes.value(i)),
+            (i as i32, format!("n{i}").as_str())
+        );
+    }
+    // Not partitions: another column order is a schema change.
+    let (mut sink, rx) = collect(ArrowOptions::default());
+    for (i, r) in [&a, &b].into_iter().enumerate() {
+        let data = row(r, vec![("id", Value::Int(i as i64))]);
+        sink.write(&ev(Op::Insert, r, 0x10, 0x8 + i as u64, Some(data)))
+            .unwrap();
+    }
+    sink.finish().unwrap();
+    assert_eq!(rx.try_iter().count(), 2);
+}
+
 #[test]
 fn a_schema_change_closes_the_batch_and_the_next_has_the_new_columns() {
     let v1 = rel(3, &[("id", ColumnKind::Int4, -1, true)]);
