@@ -66,6 +66,21 @@ async fn lacks_identity(client: &Client, schema: &str, table: &str) -> bool {
         .is_ok_and(|(_, without)| !without.is_empty())
 }
 
+/// The table a predicate names, as the server knows it.
+struct Table<'a> {
+    /// The name the predicate gave.
+    name: &'a str,
+    /// Its schema (the one given, else the first on the search path that has it).
+    nsp: String,
+    /// `relreplident`: d, n, f or i.
+    ident: String,
+    oid: i64,
+    /// `schema.name`, as findings spell it.
+    qualified: String,
+}
+
+/// The checks on the table the predicate names, in order: does it exist, do the stream's
+/// publications carry it (and the operation), does its replica identity carry the columns read.
 async fn table_checks(
     client: &Client,
     scope: &Scope,
@@ -75,7 +90,28 @@ async fn table_checks(
     x: &crate::expr::Expr,
     out: &mut Vec<String>,
 ) {
-    let Ok(rows) = client
+    let Some(t) = find_table(client, table, schema, out).await else {
+        return;
+    };
+    if scope.publications.is_empty() {
+        in_any_publication(client, &t, out).await;
+    } else if in_publication(client, &scope.publications, &t, out).await
+        && let Some(op) = op
+    {
+        operation_published(client, &scope.publications, &t, op, out).await;
+    }
+    replica_identity_columns(client, &t, op, x, out).await;
+}
+
+/// Whether the named table exists in this database (in `schema`, else on the search path):
+/// when it does not, that is the finding.
+async fn find_table<'a>(
+    client: &Client,
+    table: &'a str,
+    schema: Option<&str>,
+    out: &mut Vec<String>,
+) -> Option<Table<'a>> {
+    let rows = client
         .query(
             "SELECT n.nspname::text, c.relreplident::text, current_database()::text, \
                     c.oid::int8 \
@@ -85,9 +121,7 @@ async fn table_checks(
             &[&table, &schema],
         )
         .await
-    else {
-        return;
-    };
+        .ok()?;
     let Some(row) = rows.first() else {
         let db: String = client
             .query_one("SELECT current_database()::text", &[])
@@ -100,7 +134,7 @@ async fn table_checks(
              watch connected to the database the application writes to?",
             schema.map(|s| format!(" (schema {s})")).unwrap_or_default()
         ));
-        return;
+        return None;
     };
     const TABLE: &str = "diagnose: table";
     let (Some(nsp), Some(ident), Some(oid)) = (
@@ -108,88 +142,127 @@ async fn table_checks(
         col::<String>(row, TABLE, 1),
         col::<i64>(row, TABLE, 3),
     ) else {
-        return;
+        return None;
     };
     let qualified = format!("{nsp}.{table}");
+    Some(Table {
+        name: table,
+        nsp,
+        ident,
+        oid,
+        qualified,
+    })
+}
 
-    if !scope.publications.is_empty() {
-        let publications = &scope.publications;
-        let names = publications.join(", ");
-        let listed = client
-            .query(
-                "SELECT 1 FROM pg_publication_tables \
-                 WHERE pubname = ANY ($1) AND schemaname = $2 AND tablename = $3",
-                &[publications, &nsp, &table],
-            )
-            .await
-            .map(|r| !r.is_empty())
-            .unwrap_or(true);
-        if !listed {
-            out.push(format!(
-                "table {qualified} is not in the publication ({names}) the stream reads, so \
-                 the server never sends its changes: add it to the watched tables \
-                 (--tables {qualified}, or .tables([\"{qualified}\"]))"
-            ));
-        }
-        // Whether any publication that has the table publishes the operation.
-        if listed
-            && let Some(op) = op
-            && let Ok(r) = client
-                .query_one(
-                    "SELECT coalesce(bool_or(p.pubinsert), false), \
-                            coalesce(bool_or(p.pubupdate), false), \
-                            coalesce(bool_or(p.pubdelete), false), \
-                            coalesce(bool_or(p.pubtruncate), false) \
-                     FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname \
-                     WHERE p.pubname = ANY ($1) AND t.schemaname = $2 AND t.tablename = $3",
-                    &[publications, &nsp, &table],
-                )
-                .await
-        {
-            let column = match op {
-                "INSERT" => Some(0),
-                "UPDATE" => Some(1),
-                "DELETE" => Some(2),
-                "TRUNCATE" => Some(3),
-                _ => None,
-            };
-            let published = column.is_none_or(|i| {
-                col::<bool>(&r, "diagnose: publication operations", i).unwrap_or(true)
-            });
-            if !published
-                && matches!(op, "UPDATE" | "DELETE")
-                && lacks_identity(client, &nsp, table).await
-            {
-                out.push(format!(
-                    "table {qualified} has no replica identity, so walwatch does not publish \
-                     its {op}s (publishing them would make PostgreSQL refuse the application's \
-                     {op} statements): give it a primary key, or ALTER TABLE {qualified} \
-                     REPLICA IDENTITY FULL, and start the watch again"
-                ));
-            } else if !published {
-                out.push(format!(
-                    "the publication ({names}) does not publish {op} of {qualified}: the \
-                     server never sends it (include it in --ops / the publication's publish list)"
-                ));
-            }
-        }
-    } else {
-        let in_any = client
-            .query(
-                "SELECT 1 FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2",
-                &[&nsp, &table],
-            )
-            .await
-            .map(|r| !r.is_empty())
-            .unwrap_or(true);
-        if !in_any {
-            out.push(format!(
-                "table {qualified} is in no publication, so no stream carries its changes: \
-                 the recorder must watch it (walwatch record --tables {qualified})"
-            ));
-        }
+/// Whether the table is in one of the publications the stream reads (a failed query counts
+/// as yes): when it is not, that is the finding.
+async fn in_publication(
+    client: &Client,
+    publications: &[String],
+    t: &Table<'_>,
+    out: &mut Vec<String>,
+) -> bool {
+    let listed = client
+        .query(
+            "SELECT 1 FROM pg_publication_tables \
+             WHERE pubname = ANY ($1) AND schemaname = $2 AND tablename = $3",
+            &[&publications, &t.nsp, &t.name],
+        )
+        .await
+        .map(|r| !r.is_empty())
+        .unwrap_or(true);
+    if !listed {
+        let (qualified, names) = (&t.qualified, publications.join(", "));
+        out.push(format!(
+            "table {qualified} is not in the publication ({names}) the stream reads, so \
+             the server never sends its changes: add it to the watched tables \
+             (--tables {qualified}, or .tables([\"{qualified}\"]))"
+        ));
     }
+    listed
+}
 
+/// Whether any publication that has the table publishes the operation: when none does, the
+/// finding says why (no replica identity for UPDATE and DELETE, else the publish list).
+async fn operation_published(
+    client: &Client,
+    publications: &[String],
+    t: &Table<'_>,
+    op: &str,
+    out: &mut Vec<String>,
+) {
+    let Ok(r) = client
+        .query_one(
+            "SELECT coalesce(bool_or(p.pubinsert), false), \
+                    coalesce(bool_or(p.pubupdate), false), \
+                    coalesce(bool_or(p.pubdelete), false), \
+                    coalesce(bool_or(p.pubtruncate), false) \
+             FROM pg_publication p JOIN pg_publication_tables t ON t.pubname = p.pubname \
+             WHERE p.pubname = ANY ($1) AND t.schemaname = $2 AND t.tablename = $3",
+            &[&publications, &t.nsp, &t.name],
+        )
+        .await
+    else {
+        return;
+    };
+    let column = match op {
+        "INSERT" => Some(0),
+        "UPDATE" => Some(1),
+        "DELETE" => Some(2),
+        "TRUNCATE" => Some(3),
+        _ => None,
+    };
+    let published = column
+        .is_none_or(|i| col::<bool>(&r, "diagnose: publication operations", i).unwrap_or(true));
+    if published {
+        return;
+    }
+    let qualified = &t.qualified;
+    if matches!(op, "UPDATE" | "DELETE") && lacks_identity(client, &t.nsp, t.name).await {
+        out.push(format!(
+            "table {qualified} has no replica identity, so walwatch does not publish \
+             its {op}s (publishing them would make PostgreSQL refuse the application's \
+             {op} statements): give it a primary key, or ALTER TABLE {qualified} \
+             REPLICA IDENTITY FULL, and start the watch again"
+        ));
+    } else {
+        let names = publications.join(", ");
+        out.push(format!(
+            "the publication ({names}) does not publish {op} of {qualified}: the \
+             server never sends it (include it in --ops / the publication's publish list)"
+        ));
+    }
+}
+
+/// Without known publications: whether any publication has the table (a failed query counts
+/// as yes); when none does, that is the finding.
+async fn in_any_publication(client: &Client, t: &Table<'_>, out: &mut Vec<String>) {
+    let in_any = client
+        .query(
+            "SELECT 1 FROM pg_publication_tables WHERE schemaname = $1 AND tablename = $2",
+            &[&t.nsp, &t.name],
+        )
+        .await
+        .map(|r| !r.is_empty())
+        .unwrap_or(true);
+    if !in_any {
+        let qualified = &t.qualified;
+        out.push(format!(
+            "table {qualified} is in no publication, so no stream carries its changes: \
+             the recorder must watch it (walwatch record --tables {qualified})"
+        ));
+    }
+}
+
+/// Whether the table's replica identity carries the columns the predicate reads from `old`
+/// or from a DELETE: the finding names those it does not.
+async fn replica_identity_columns(
+    client: &Client,
+    t: &Table<'_>,
+    op: Option<&str>,
+    x: &crate::expr::Expr,
+    out: &mut Vec<String>,
+) {
     // Columns the server only sends under some replica identities (docs, 31.1 "Publication";
     // ALTER TABLE ... REPLICA IDENTITY): `old` of an UPDATE, and the row of a DELETE.
     let needs_identity: Vec<String> = x
@@ -198,25 +271,10 @@ async fn table_checks(
         .filter(|(var, _)| var == "old" || (op == Some("DELETE") && var != "key"))
         .map(|(var, col)| format!("{var}.{col}"))
         .collect();
-    if needs_identity.is_empty() || ident == "f" {
+    if needs_identity.is_empty() || t.ident == "f" {
         return;
     }
-    let key_cols: Vec<String> = client
-        .query(
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-             WHERE i.indrelid = $1::int8::oid \
-               AND ((($2 = 'd') AND i.indisprimary) OR (($2 = 'i') AND i.indisreplident))",
-            &[&oid, &ident],
-        )
-        .await
-        .ok()
-        .and_then(|rows| {
-            rows.iter()
-                .map(|r| col(r, "diagnose: replica identity columns", 0))
-                .collect()
-        })
-        .unwrap_or_default();
+    let key_cols = identity_key_columns(client, t).await;
     let lacking: Vec<&String> = needs_identity
         .iter()
         .filter(|path| {
@@ -227,13 +285,14 @@ async fn table_checks(
     if lacking.is_empty() {
         return;
     }
-    let ident_name = match ident.as_str() {
+    let ident_name = match t.ident.as_str() {
         "d" => "DEFAULT",
         "n" => "NOTHING",
         "i" => "USING INDEX",
         _ => "FULL",
     };
     let lacking: Vec<&str> = lacking.iter().map(|s| s.as_str()).collect();
+    let qualified = &t.qualified;
     out.push(format!(
         "table {qualified} has REPLICA IDENTITY {ident_name} (key columns: {}), so the server \
          does not send {} (an UPDATE's old row, a DELETE's non-key columns): \
@@ -245,6 +304,27 @@ async fn table_checks(
         },
         lacking.join(", ")
     ));
+}
+
+/// The columns of the table's replica identity: the primary key under DEFAULT, the chosen
+/// index under USING INDEX, none otherwise (or when the query fails).
+async fn identity_key_columns(client: &Client, t: &Table<'_>) -> Vec<String> {
+    client
+        .query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+             WHERE i.indrelid = $1::int8::oid \
+               AND ((($2 = 'd') AND i.indisprimary) OR (($2 = 'i') AND i.indisreplident))",
+            &[&t.oid, &t.ident],
+        )
+        .await
+        .ok()
+        .and_then(|rows| {
+            rows.iter()
+                .map(|r| col(r, "diagnose: replica identity columns", 0))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Transactions of other sessions in this database that have written and not committed: their

@@ -376,6 +376,9 @@ impl Decoder {
         self
     }
 
+    /// Decides which part of the decoder a message belongs to: the open stream block takes
+    /// everything between Stream Start and Stream Stop; otherwise each message family goes to
+    /// its handler below.
     fn decode_one<F: FnMut(Event)>(
         &mut self,
         lsn: Lsn,
@@ -392,179 +395,291 @@ impl Decoder {
             return self.in_stream_block(sxid, lsn, msg, m, emit);
         }
         match m {
-            Message::Begin(b) => {
-                if self.in_transaction() {
-                    return Err(unexpected("Begin", "inside another transaction"));
-                }
-                let tx = TxCtx {
-                    xid: b.xid,
-                    commit_lsn: b.final_lsn,
-                    ts: b.commit_ts,
-                };
-                self.tx = Some(tx);
-                emit(boundary(Op::Begin, lsn, tx, None));
-            }
-            Message::Commit(c) => {
-                let tx = self
-                    .tx
-                    .take()
-                    .ok_or_else(|| unexpected("Commit", "outside a transaction"))?;
-                let tx = TxCtx {
-                    commit_lsn: c.commit_lsn,
-                    ts: c.commit_ts,
-                    ..tx
-                };
-                emit(boundary(Op::Commit, lsn, tx, Some(c.end_lsn)));
-            }
+            // Transaction boundaries.
+            Message::Begin(b) => self.begin(lsn, &b, emit),
+            Message::Commit(c) => self.commit(lsn, &c, emit),
             // Origin: which upstream a replicated transaction came from; not part of the event.
-            Message::Origin(_) => {}
-            Message::Relation(r) => {
-                let rel = Arc::new(Relation::from_msg(&r, &self.types));
-                self.check_resolved(&rel);
-                self.relations.insert(r.oid, rel);
-                if let Some(p) = &mut self.preparing {
-                    p.buf.pinned.insert(r.oid);
-                    push(&mut p.buf, lsn, msg)?;
-                }
-            }
-            Message::Type(t) => {
-                self.note_type(t.oid);
-                self.remember_type(&t);
-                if let Some(p) = &mut self.preparing {
-                    push(&mut p.buf, lsn, msg)?;
-                }
-            }
+            Message::Origin(_) => Ok(()),
+            // Schema.
+            Message::Relation(r) => self.relation_msg(lsn, msg, &r),
+            Message::Type(t) => self.type_msg(lsn, msg, &t),
+            // Row changes and logical messages.
             Message::Message(lm) if !lm.transactional => {
                 emit(logical_message(lsn, &lm, None));
+                Ok(())
             }
             Message::Insert(_)
             | Message::Update(_)
             | Message::Delete(_)
             | Message::Truncate(_)
-            | Message::Message(_) => {
-                if let Some(p) = &mut self.preparing {
-                    pin_and_push(&self.relations, &mut self.scratch, &mut p.buf, lsn, msg, &m)?;
-                } else if let Some(tx) = self.tx {
-                    self.change(&m, lsn, tx, None, emit)?;
-                } else {
-                    return Err(unexpected(m.name(), "outside a transaction"));
-                }
-            }
-            Message::StreamStart(s) => {
-                if self.in_transaction() {
-                    return Err(unexpected("Stream Start", "inside a transaction"));
-                }
-                if s.first_segment {
-                    if self.streams.contains_key(&s.xid) {
-                        return Err(unexpected(
-                            "Stream Start",
-                            "marked first segment for a transaction already streaming",
-                        ));
-                    }
-                    self.streams.insert(s.xid, TxBuf::new(s.xid, lsn, true));
-                } else if !self.streams.contains_key(&s.xid) {
-                    return Err(DecodeError::UnknownStream {
-                        msg: "Stream Start",
-                        xid: s.xid,
-                    });
-                }
-                self.stream = Some(s.xid);
-            }
-            Message::StreamStop => return Err(unexpected("Stream Stop", "outside a stream block")),
-            Message::StreamCommit(c) => {
-                if self.in_transaction() {
-                    return Err(unexpected("Stream Commit", "inside a transaction"));
-                }
-                let mut buf = self
-                    .streams
-                    .remove(&c.xid)
-                    .ok_or(DecodeError::UnknownStream {
-                        msg: "Stream Commit",
-                        xid: c.xid,
-                    })?;
-                let tx = TxCtx {
-                    xid: c.xid,
-                    commit_lsn: c.commit_lsn,
-                    ts: c.commit_ts,
-                };
-                self.replay(&mut buf, tx, lsn, c.end_lsn, emit)?;
-                // pgoutput marks every relation it described inside a streamed transaction
-                // as sent when that transaction commits, and never describes it again until
-                // it changes (pgoutput.c, cleanup_rel_sync_cache(xid, is_commit = true) in
-                // pgoutput_stream_commit). So the committed descriptions become the cache's,
-                // or the next change to such a table would refer to a relation we forgot.
-                // Not on abort (the server forgets them too) and not on Stream Prepare
-                // (pgoutput_stream_prepare_txn cleans nothing up: the server describes the
-                // relation again before the next change that needs it).
-                self.relations.extend(buf.described.drain());
-            }
-            Message::StreamAbort(a) => {
-                // An abort for a transaction never streamed to us drops nothing: ignore it.
-                if a.subxid == a.xid {
-                    self.streams.remove(&a.xid);
-                } else if let Some(buf) = self.streams.get_mut(&a.xid) {
-                    // Drop the subtransaction's changes; keep schema records (Relation, Type):
-                    // the server will not re-send a relation it already sent in this txn.
-                    buf.retain(|rec| {
-                        !(matches!(rec.first(), Some(b'I' | b'U' | b'D' | b'T' | b'M'))
-                            && record_xid(rec) == Some(a.subxid))
-                    })?;
-                }
-            }
-            Message::BeginPrepare(b) => {
-                if self.in_transaction() {
-                    return Err(unexpected("Begin Prepare", "inside another transaction"));
-                }
-                self.preparing = Some(Preparing {
-                    gid: b.gid.to_string(),
-                    buf: TxBuf::new(b.xid, lsn, false),
-                });
-            }
-            Message::Prepare(p) => {
-                let pr = self
-                    .preparing
-                    .take()
-                    .ok_or_else(|| unexpected("Prepare", "without Begin Prepare"))?;
-                if pr.gid != p.gid {
-                    return Err(unexpected(
-                        "Prepare",
-                        "with a gid different from its Begin Prepare",
-                    ));
-                }
-                self.prepared.insert(pr.gid, pr.buf);
-            }
-            Message::StreamPrepare(p) => {
-                let buf = self
-                    .streams
-                    .remove(&p.xid)
-                    .ok_or(DecodeError::UnknownStream {
-                        msg: "Stream Prepare",
-                        xid: p.xid,
-                    })?;
-                self.prepared.insert(p.gid.to_string(), buf);
-            }
-            Message::CommitPrepared(c) => {
-                let mut buf =
-                    self.prepared
-                        .remove(c.gid)
-                        .ok_or_else(|| DecodeError::UnknownPrepared {
-                            gid: c.gid.to_string(),
-                            xid: c.xid,
-                        })?;
-                let tx = TxCtx {
-                    xid: c.xid,
-                    commit_lsn: c.commit_lsn,
-                    ts: c.commit_ts,
-                };
-                self.replay(&mut buf, tx, lsn, c.end_lsn, emit)?;
-            }
+            | Message::Message(_) => self.tx_content(lsn, msg, &m, emit),
+            // Streamed transactions (v2+); the messages inside a block go to `in_stream_block`.
+            Message::StreamStart(s) => self.stream_start(lsn, &s),
+            Message::StreamStop => Err(unexpected("Stream Stop", "outside a stream block")),
+            Message::StreamCommit(c) => self.stream_commit(lsn, &c, emit),
+            Message::StreamAbort(a) => self.stream_abort(&a),
+            // Two-phase transactions (v3+).
+            Message::BeginPrepare(b) => self.begin_prepare(lsn, &b),
+            Message::Prepare(p) => self.prepare(&p),
+            Message::StreamPrepare(p) => self.stream_prepare(&p),
+            Message::CommitPrepared(c) => self.commit_prepared(lsn, &c, emit),
             Message::RollbackPrepared(r) => {
                 // The server may roll back a transaction whose prepare it never sent (prepared
                 // before the slot's two_phase_at): nothing to drop then.
                 self.prepared.remove(r.gid);
+                Ok(())
             }
         }
+    }
+
+    // Transaction boundaries (outside a stream block).
+
+    /// Begin: opens a non-streamed transaction, unless one (or a Begin Prepare) is open.
+    #[inline]
+    fn begin<F: FnMut(Event)>(
+        &mut self,
+        lsn: Lsn,
+        b: &pgoutput::Begin,
+        emit: &mut F,
+    ) -> Result<(), DecodeError> {
+        if self.in_transaction() {
+            return Err(unexpected("Begin", "inside another transaction"));
+        }
+        let tx = TxCtx {
+            xid: b.xid,
+            commit_lsn: b.final_lsn,
+            ts: b.commit_ts,
+        };
+        self.tx = Some(tx);
+        emit(boundary(Op::Begin, lsn, tx, None));
         Ok(())
+    }
+
+    /// Commit: closes the open non-streamed transaction, stamped with the commit's LSNs and
+    /// timestamp.
+    #[inline]
+    fn commit<F: FnMut(Event)>(
+        &mut self,
+        lsn: Lsn,
+        c: &pgoutput::Commit,
+        emit: &mut F,
+    ) -> Result<(), DecodeError> {
+        let tx = self
+            .tx
+            .take()
+            .ok_or_else(|| unexpected("Commit", "outside a transaction"))?;
+        let tx = TxCtx {
+            commit_lsn: c.commit_lsn,
+            ts: c.commit_ts,
+            ..tx
+        };
+        emit(boundary(Op::Commit, lsn, tx, Some(c.end_lsn)));
+        Ok(())
+    }
+
+    // Schema messages (outside a stream block).
+
+    /// Relation: replaces the cached shape; inside a Begin Prepare it is also buffered, and
+    /// counts as the transaction's own description of the relation.
+    fn relation_msg(
+        &mut self,
+        lsn: Lsn,
+        msg: &[u8],
+        r: &RelationMsg<'_>,
+    ) -> Result<(), DecodeError> {
+        let rel = Arc::new(Relation::from_msg(r, &self.types));
+        self.check_resolved(&rel);
+        self.relations.insert(r.oid, rel);
+        if let Some(p) = &mut self.preparing {
+            p.buf.pinned.insert(r.oid);
+            push(&mut p.buf, lsn, msg)?;
+        }
+        Ok(())
+    }
+
+    /// Type: remembers the type's name (and whether the registry lacks it); inside a Begin
+    /// Prepare it is also buffered.
+    fn type_msg(
+        &mut self,
+        lsn: Lsn,
+        msg: &[u8],
+        t: &pgoutput::TypeMsg<'_>,
+    ) -> Result<(), DecodeError> {
+        self.note_type(t.oid);
+        self.remember_type(t);
+        if let Some(p) = &mut self.preparing {
+            push(&mut p.buf, lsn, msg)?;
+        }
+        Ok(())
+    }
+
+    // Row changes and transactional messages (outside a stream block): the hot path.
+
+    /// A change or transactional message: buffered inside a Begin Prepare, emitted inside a
+    /// transaction, refused outside both.
+    #[inline]
+    fn tx_content<F: FnMut(Event)>(
+        &mut self,
+        lsn: Lsn,
+        msg: &[u8],
+        m: &Message<'_>,
+        emit: &mut F,
+    ) -> Result<(), DecodeError> {
+        if let Some(p) = &mut self.preparing {
+            pin_and_push(&self.relations, &mut self.scratch, &mut p.buf, lsn, msg, m)
+        } else if let Some(tx) = self.tx {
+            self.change(m, lsn, tx, None, emit)
+        } else {
+            Err(unexpected(m.name(), "outside a transaction"))
+        }
+    }
+
+    // Streamed transactions (v2+), outside a stream block.
+
+    /// Stream Start: opens a stream block, starting a buffer for the transaction's first
+    /// segment and refusing a later segment of a transaction never started.
+    fn stream_start(&mut self, lsn: Lsn, s: &pgoutput::StreamStart) -> Result<(), DecodeError> {
+        if self.in_transaction() {
+            return Err(unexpected("Stream Start", "inside a transaction"));
+        }
+        if s.first_segment {
+            if self.streams.contains_key(&s.xid) {
+                return Err(unexpected(
+                    "Stream Start",
+                    "marked first segment for a transaction already streaming",
+                ));
+            }
+            self.streams.insert(s.xid, TxBuf::new(s.xid, lsn, true));
+        } else if !self.streams.contains_key(&s.xid) {
+            return Err(DecodeError::UnknownStream {
+                msg: "Stream Start",
+                xid: s.xid,
+            });
+        }
+        self.stream = Some(s.xid);
+        Ok(())
+    }
+
+    /// Stream Commit: replays the streamed transaction and adopts the relation descriptions it
+    /// carried into the cache.
+    fn stream_commit<F: FnMut(Event)>(
+        &mut self,
+        lsn: Lsn,
+        c: &pgoutput::StreamCommit,
+        emit: &mut F,
+    ) -> Result<(), DecodeError> {
+        if self.in_transaction() {
+            return Err(unexpected("Stream Commit", "inside a transaction"));
+        }
+        let mut buf = self
+            .streams
+            .remove(&c.xid)
+            .ok_or(DecodeError::UnknownStream {
+                msg: "Stream Commit",
+                xid: c.xid,
+            })?;
+        let tx = TxCtx {
+            xid: c.xid,
+            commit_lsn: c.commit_lsn,
+            ts: c.commit_ts,
+        };
+        self.replay(&mut buf, tx, lsn, c.end_lsn, emit)?;
+        // pgoutput marks every relation it described inside a streamed transaction
+        // as sent when that transaction commits, and never describes it again until
+        // it changes (pgoutput.c, cleanup_rel_sync_cache(xid, is_commit = true) in
+        // pgoutput_stream_commit). So the committed descriptions become the cache's,
+        // or the next change to such a table would refer to a relation we forgot.
+        // Not on abort (the server forgets them too) and not on Stream Prepare
+        // (pgoutput_stream_prepare_txn cleans nothing up: the server describes the
+        // relation again before the next change that needs it).
+        self.relations.extend(buf.described.drain());
+        Ok(())
+    }
+
+    /// Stream Abort: drops the whole streamed transaction, or only a subtransaction's changes.
+    fn stream_abort(&mut self, a: &pgoutput::StreamAbort) -> Result<(), DecodeError> {
+        // An abort for a transaction never streamed to us drops nothing: ignore it.
+        if a.subxid == a.xid {
+            self.streams.remove(&a.xid);
+        } else if let Some(buf) = self.streams.get_mut(&a.xid) {
+            // Drop the subtransaction's changes; keep schema records (Relation, Type):
+            // the server will not re-send a relation it already sent in this txn.
+            buf.retain(|rec| {
+                !(matches!(rec.first(), Some(b'I' | b'U' | b'D' | b'T' | b'M'))
+                    && record_xid(rec) == Some(a.subxid))
+            })?;
+        }
+        Ok(())
+    }
+
+    // Two-phase transactions (v3+).
+
+    /// Begin Prepare: starts buffering a two-phase transaction, unless a transaction is open.
+    fn begin_prepare(
+        &mut self,
+        lsn: Lsn,
+        b: &pgoutput::BeginPrepare<'_>,
+    ) -> Result<(), DecodeError> {
+        if self.in_transaction() {
+            return Err(unexpected("Begin Prepare", "inside another transaction"));
+        }
+        self.preparing = Some(Preparing {
+            gid: b.gid.to_string(),
+            buf: TxBuf::new(b.xid, lsn, false),
+        });
+        Ok(())
+    }
+
+    /// Prepare: the buffered transaction, if its gid matches its Begin Prepare's, waits as
+    /// prepared for its Commit Prepared or Rollback Prepared.
+    fn prepare(&mut self, p: &pgoutput::Prepare<'_>) -> Result<(), DecodeError> {
+        let pr = self
+            .preparing
+            .take()
+            .ok_or_else(|| unexpected("Prepare", "without Begin Prepare"))?;
+        if pr.gid != p.gid {
+            return Err(unexpected(
+                "Prepare",
+                "with a gid different from its Begin Prepare",
+            ));
+        }
+        self.prepared.insert(pr.gid, pr.buf);
+        Ok(())
+    }
+
+    /// Stream Prepare: a streamed transaction becomes a prepared one.
+    fn stream_prepare(&mut self, p: &pgoutput::Prepare<'_>) -> Result<(), DecodeError> {
+        let buf = self
+            .streams
+            .remove(&p.xid)
+            .ok_or(DecodeError::UnknownStream {
+                msg: "Stream Prepare",
+                xid: p.xid,
+            })?;
+        self.prepared.insert(p.gid.to_string(), buf);
+        Ok(())
+    }
+
+    /// Commit Prepared: replays the prepared transaction with this gid.
+    fn commit_prepared<F: FnMut(Event)>(
+        &mut self,
+        lsn: Lsn,
+        c: &pgoutput::CommitPrepared<'_>,
+        emit: &mut F,
+    ) -> Result<(), DecodeError> {
+        let mut buf = self
+            .prepared
+            .remove(c.gid)
+            .ok_or_else(|| DecodeError::UnknownPrepared {
+                gid: c.gid.to_string(),
+                xid: c.xid,
+            })?;
+        let tx = TxCtx {
+            xid: c.xid,
+            commit_lsn: c.commit_lsn,
+            ts: c.commit_ts,
+        };
+        self.replay(&mut buf, tx, lsn, c.end_lsn, emit)
     }
 
     /// Refuses messages the negotiated protocol version cannot carry.

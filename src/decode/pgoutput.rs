@@ -369,20 +369,47 @@ pub fn parse(msg: &[u8], in_stream: bool) -> Result<Message<'_>, DecodeError> {
     )
 }
 
-/// Parses one message in the given context.
+/// Parses one message in the given context: decides the message family by its tag, then that
+/// the message was consumed exactly.
 pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeError> {
     let (&tag, _) = msg.split_first().ok_or(DecodeError::Empty)?;
     let name = tag_name(tag).ok_or(DecodeError::UnknownTag { tag })?;
     let mut r = Reader::new(msg, name);
     r.pos = 1;
-    let xid = |r: &mut Reader<'_>| -> Result<Option<u32>, DecodeError> {
-        if ctx.in_stream {
-            Ok(Some(r.u32("xid")?))
-        } else {
-            Ok(None)
-        }
-    };
+    // Each family parser is given only its own tags; its `_` arm answers like the one here.
     let m = match tag {
+        b'B' | b'C' | b'O' => parse_boundary(tag, &mut r)?,
+        b'R' | b'Y' => parse_schema(tag, &mut r, ctx)?,
+        b'I' | b'U' | b'D' | b'T' | b'M' => parse_change(tag, &mut r, ctx)?,
+        b'S' | b'E' | b'c' | b'A' => parse_streaming(tag, &mut r, ctx)?,
+        b'b' | b'P' | b'p' | b'K' | b'r' => parse_two_phase(tag, &mut r)?,
+        _ => return Err(DecodeError::UnknownTag { tag }),
+    };
+    let extra = msg.len().saturating_sub(r.pos);
+    if extra != 0 {
+        if tag == b'A' {
+            return Err(stream_abort_len(msg.len(), ctx.abort_info));
+        }
+        return Err(DecodeError::TrailingBytes { msg: name, extra });
+    }
+    Ok(m)
+}
+
+/// The leading Int32 xid of Relation, Type, Insert, Update, Delete, Truncate and Message: sent
+/// only between Stream Start and Stream Stop.
+#[inline]
+fn stream_xid(r: &mut Reader<'_>, ctx: ParseContext) -> Result<Option<u32>, DecodeError> {
+    if ctx.in_stream {
+        Ok(Some(r.u32("xid")?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Begin and Commit, the bounds of a non-streamed transaction, and Origin, where it came from.
+#[inline]
+fn parse_boundary<'a>(tag: u8, r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
+    Ok(match tag {
         b'B' => Message::Begin(Begin {
             final_lsn: r.lsn("final LSN")?,
             commit_ts: r.ts("commit timestamp")?,
@@ -398,8 +425,21 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
             lsn: r.lsn("origin LSN")?,
             name: r.cstr("origin name")?,
         }),
+        _ => return Err(DecodeError::UnknownTag { tag }),
+    })
+}
+
+/// Relation and Type: the shapes later changes refer to by OID. A Relation's replica identity
+/// and every column definition are validated here.
+#[inline]
+fn parse_schema<'a>(
+    tag: u8,
+    r: &mut Reader<'a>,
+    ctx: ParseContext,
+) -> Result<Message<'a>, DecodeError> {
+    Ok(match tag {
         b'R' => {
-            let xid = xid(&mut r)?;
+            let xid = stream_xid(r, ctx)?;
             let oid = r.u32("relation OID")?;
             let namespace = r.cstr("namespace")?;
             let name = r.cstr("relation name")?;
@@ -414,7 +454,7 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
             let ncols = r.u16("column count")?;
             let start = r.pos;
             for _ in 0..ncols {
-                read_rel_column(&mut r)?;
+                read_rel_column(r)?;
             }
             Message::Relation(RelationMsg {
                 xid,
@@ -423,50 +463,51 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
                 name,
                 replica_identity,
                 ncols,
-                cols: msg.get(start..r.pos).unwrap_or_default(),
+                cols: r.buf.get(start..r.pos).unwrap_or_default(),
             })
         }
         b'Y' => Message::Type(TypeMsg {
-            xid: xid(&mut r)?,
+            xid: stream_xid(r, ctx)?,
             oid: r.u32("type OID")?,
             namespace: r.cstr("namespace")?,
             name: r.cstr("type name")?,
         }),
+        _ => return Err(DecodeError::UnknownTag { tag }),
+    })
+}
+
+/// Insert, Update, Delete and Truncate (row changes) and Message (logical decoding messages).
+/// Tuple data is validated here.
+#[inline]
+fn parse_change<'a>(
+    tag: u8,
+    r: &mut Reader<'a>,
+    ctx: ParseContext,
+) -> Result<Message<'a>, DecodeError> {
+    Ok(match tag {
         b'I' => {
-            let xid = xid(&mut r)?;
+            let xid = stream_xid(r, ctx)?;
             let oid = r.u32("relation OID")?;
             r.expect_tag("'N'", |t| t == b'N')?;
             Message::Insert(Insert {
                 xid,
                 oid,
-                new: TupleData::read(&mut r)?,
+                new: TupleData::read(r)?,
             })
         }
         b'U' => {
-            let xid = xid(&mut r)?;
+            let xid = stream_xid(r, ctx)?;
             let oid = r.u32("relation OID")?;
-            let old = match r.expect_tag("'K', 'O' or 'N'", |t| matches!(t, b'K' | b'O' | b'N'))? {
-                b'N' => None,
-                t => {
-                    let kind = if t == b'K' {
-                        OldKind::Key
-                    } else {
-                        OldKind::Full
-                    };
-                    let old = TupleData::read(&mut r)?;
-                    r.expect_tag("'N'", |t| t == b'N')?;
-                    Some((kind, old))
-                }
-            };
+            let old = read_update_old(r)?;
             Message::Update(Update {
                 xid,
                 oid,
                 old,
-                new: TupleData::read(&mut r)?,
+                new: TupleData::read(r)?,
             })
         }
         b'D' => {
-            let xid = xid(&mut r)?;
+            let xid = stream_xid(r, ctx)?;
             let oid = r.u32("relation OID")?;
             let kind = match r.expect_tag("'K' or 'O'", |t| matches!(t, b'K' | b'O'))? {
                 b'K' => OldKind::Key,
@@ -476,11 +517,11 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
                 xid,
                 oid,
                 kind,
-                old: TupleData::read(&mut r)?,
+                old: TupleData::read(r)?,
             })
         }
         b'T' => {
-            let xid = xid(&mut r)?;
+            let xid = stream_xid(r, ctx)?;
             let n = r.i32("relation count")?;
             let n = usize::try_from(n).map_err(|_| DecodeError::BadValue {
                 msg: name_of(tag),
@@ -492,7 +533,7 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
             Message::Truncate(Truncate { xid, options, oids })
         }
         b'M' => {
-            let xid = xid(&mut r)?;
+            let xid = stream_xid(r, ctx)?;
             let flags = r.u8("flags")?;
             Message::Message(LogicalMsg {
                 xid,
@@ -502,6 +543,42 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
                 content: r.len_bytes("content length", "content")?,
             })
         }
+        _ => return Err(DecodeError::UnknownTag { tag }),
+    })
+}
+
+/// The optional old tuple of an Update: 'N' says there is none and the new tuple follows;
+/// 'K' (key) or 'O' (whole row) is followed by the old tuple, then 'N' and the new one.
+#[inline]
+fn read_update_old<'a>(
+    r: &mut Reader<'a>,
+) -> Result<Option<(OldKind, TupleData<'a>)>, DecodeError> {
+    Ok(
+        match r.expect_tag("'K', 'O' or 'N'", |t| matches!(t, b'K' | b'O' | b'N'))? {
+            b'N' => None,
+            t => {
+                let kind = if t == b'K' {
+                    OldKind::Key
+                } else {
+                    OldKind::Full
+                };
+                let old = TupleData::read(r)?;
+                r.expect_tag("'N'", |t| t == b'N')?;
+                Some((kind, old))
+            }
+        },
+    )
+}
+
+/// Stream Start, Stream Stop, Stream Commit and Stream Abort (v2+). Stream Abort has the abort
+/// LSN and timestamp only when `ctx.abort_info` says so.
+#[inline]
+fn parse_streaming<'a>(
+    tag: u8,
+    r: &mut Reader<'a>,
+    ctx: ParseContext,
+) -> Result<Message<'a>, DecodeError> {
+    Ok(match tag {
         b'S' => Message::StreamStart(StreamStart {
             xid: r.u32("xid")?,
             first_segment: r.u8("first segment flag")? == 1,
@@ -529,6 +606,14 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
                 abort_ts,
             })
         }
+        _ => return Err(DecodeError::UnknownTag { tag }),
+    })
+}
+
+/// Begin Prepare, Prepare, Stream Prepare, Commit Prepared and Rollback Prepared (v3+).
+#[inline]
+fn parse_two_phase<'a>(tag: u8, r: &mut Reader<'a>) -> Result<Message<'a>, DecodeError> {
+    Ok(match tag {
         b'b' => Message::BeginPrepare(BeginPrepare {
             prepare_lsn: r.lsn("prepare LSN")?,
             end_lsn: r.lsn("end LSN")?,
@@ -569,15 +654,7 @@ pub fn parse_in(msg: &[u8], ctx: ParseContext) -> Result<Message<'_>, DecodeErro
             gid: r.cstr("gid")?,
         }),
         _ => return Err(DecodeError::UnknownTag { tag }),
-    };
-    let extra = msg.len().saturating_sub(r.pos);
-    if extra != 0 {
-        if tag == b'A' {
-            return Err(stream_abort_len(msg.len(), ctx.abort_info));
-        }
-        return Err(DecodeError::TrailingBytes { msg: name, extra });
-    }
-    Ok(m)
+    })
 }
 
 fn stream_abort_len(len: usize, abort_info: bool) -> DecodeError {
