@@ -10,6 +10,9 @@
 #   pg_recvlogical -P pgoutput (same protocol options) draining its slot to /dev/null
 #   walwatch --endpos draining its slot to a JSONL file (typed decode + JSON + write)
 # and walwatch's peak RSS. Target: walwatch within 1.25x of pg_recvlogical.
+# With WALWATCH_BASELINE=<an older walwatch binary>, the same drains also run that binary on a
+# third identical slot in every repetition (alternating which walwatch goes first), and its
+# medians are printed beside this build's: a baseline measured in the same run.
 # Then the memory bound of bounded-memory CDC: one HUGE_ROWS-row transaction (default
 # 5,000,000; 0 skips it) drained by walwatch at its default spill threshold (64 MB); the script
 # fails unless every line arrived and the peak RSS stayed under 200 MB.
@@ -32,6 +35,7 @@ ARROW_ROWS=${ARROW_ROWS:-1000000}
 bash tests/install-postgres.sh
 cargo build --release --quiet
 WALWATCH=$PWD/target/release/walwatch
+BASELINE=${WALWATCH_BASELINE:-}
 BIN=${WALWATCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 
 WORK=$(mktemp -d /tmp/walwatch-e2e.XXXXXX)
@@ -104,11 +108,25 @@ expected_lines() {
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 results=()
+# drain BINARY SLOT END: times BINARY draining SLOT to a file and checks every line came.
+drain() {
+  local secs mb lines
+  read -r secs mb < <(run_timed "$1" -q --dsn "$DSN" --slot "$2" --tables orders --endpos "$3" --output "$WORK/out.jsonl")
+  lines=$(wc -l <"$WORK/out.jsonl")
+  rm -f "$WORK/out.jsonl"
+  if [ "$lines" != "$(expected_lines "$w")" ]; then
+    echo "e2e: $1 wrote $lines lines for '$w', expected $(expected_lines "$w")" >&2
+    exit 1
+  fi
+  echo "$secs $mb $lines"
+}
+
 for w in big small; do
-  ww_times=(); pr_times=(); rss=()
+  ww_times=(); pr_times=(); bl_times=(); rss=()
   for rep in $(seq 1 "$REPS"); do
     psql_admin -c "TRUNCATE orders" >/dev/null
     "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos now
+    if [ -n "$BASELINE" ]; then "$BASELINE" -q --dsn "$DSN" --slot bl_$w --tables orders --endpos now; fi
     "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --create-slot -P pgoutput
     workload "$w" >/dev/null
     # The insert position: with synchronous_commit=off the flush position can lag the last
@@ -116,22 +134,26 @@ for w in big small; do
     END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
     read -r pr _ < <(run_timed "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --start --no-loop \
         -E "$END" -o proto_version=3 -o publication_names=walwatch_ww_$w -o messages=true -o streaming=on -f /dev/null)
-    read -r ww mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos "$END" --output "$WORK/out.jsonl")
-    lines=$(wc -l <"$WORK/out.jsonl")
-    rm -f "$WORK/out.jsonl"
-    if [ "$lines" != "$(expected_lines "$w")" ]; then
-      echo "e2e: walwatch wrote $lines lines for '$w', expected $(expected_lines "$w")" >&2
-      exit 1
-    fi
-    psql_admin -c "SELECT pg_drop_replication_slot('ww_$w'), pg_drop_replication_slot('pr_$w')" >/dev/null
-    echo "$w rep $rep: pg_recvlogical ${pr}s, walwatch ${ww}s (${lines} lines, peak RSS ${mb} MB)" >&2
+    bl=
+    if [ -n "$BASELINE" ] && [ $((rep % 2)) = 0 ]; then out=$(drain "$BASELINE" bl_$w "$END") || exit 1; bl=${out%% *}; fi
+    out=$(drain "$WALWATCH" ww_$w "$END") || exit 1
+    read -r ww mb lines <<<"$out"
+    if [ -n "$BASELINE" ] && [ -z "$bl" ]; then out=$(drain "$BASELINE" bl_$w "$END") || exit 1; bl=${out%% *}; fi
+    psql_admin -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('ww_$w', 'pr_$w', 'bl_$w')" >/dev/null
+    echo "$w rep $rep: pg_recvlogical ${pr}s, walwatch ${ww}s${bl:+, baseline ${bl}s} (${lines} lines, peak RSS ${mb} MB)" >&2
     ww_times+=("$ww"); pr_times+=("$pr"); rss+=("$mb")
+    if [ -n "$bl" ]; then bl_times+=("$bl"); fi
   done
   ww_med=$(printf '%s\n' "${ww_times[@]}" | median)
   pr_med=$(printf '%s\n' "${pr_times[@]}" | median)
   rss_max=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n 1)
   ratio=$(python3 -c "print(f'{$ww_med/$pr_med:.2f}')")
-  results+=("$(printf '%-6s pg_recvlogical %7.2fs  walwatch %7.2fs  ratio %5sx  walwatch peak RSS %4s MB' "$w" "$pr_med" "$ww_med" "$ratio" "$rss_max")")
+  line=$(printf '%-6s pg_recvlogical %7.2fs  walwatch %7.2fs  ratio %5sx  walwatch peak RSS %4s MB' "$w" "$pr_med" "$ww_med" "$ratio" "$rss_max")
+  if [ -n "$BASELINE" ]; then
+    bl_med=$(printf '%s\n' "${bl_times[@]}" | median)
+    line+=$(printf '  baseline %7.2fs (ratio %sx)' "$bl_med" "$(python3 -c "print(f'{$bl_med/$pr_med:.2f}')")")
+  fi
+  results+=("$line")
 done
 
 echo
