@@ -50,6 +50,15 @@ fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// `{"schema":...,"table":...}`: how events name a table (`partition_of`).
+pub(crate) fn table_name(out: &mut Vec<u8>, t: &crate::event::TableName) {
+    out.extend_from_slice(b"{\"schema\":");
+    string(out, &t.schema);
+    out.extend_from_slice(b",\"table\":");
+    string(out, &t.table);
+    out.push(b'}');
+}
+
 pub(crate) fn int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(v).as_bytes());
@@ -118,11 +127,8 @@ pub(crate) fn write_event(e: &Event, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"table\":");
     opt_string(out, e.table.as_deref());
     if let Some(p) = &e.partition_of {
-        out.extend_from_slice(b",\"partition_of\":{\"schema\":");
-        string(out, &p.schema);
-        out.extend_from_slice(b",\"table\":");
-        string(out, &p.table);
-        out.push(b'}');
+        out.extend_from_slice(b",\"partition_of\":");
+        table_name(out, p);
     }
     let mut lsn = [0u8; 17];
     out.extend_from_slice(b",\"lsn\":\"");

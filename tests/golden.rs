@@ -3,6 +3,8 @@
 //! are checked in, and `real_world::a_raw_recording_replays_to_exactly_the_live_output` makes
 //! them (and checks a fresh recording against its live output on the server it runs on).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -12,6 +14,8 @@ use serde_json::Value;
 use walwatch::config::{ReplayConfig, SinkSpec};
 use walwatch::event_read::Envelope;
 use walwatch::filter::OpSet;
+
+use support::assert_same_lines as assert_same;
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -41,32 +45,6 @@ fn replay_bin(args: &[&str]) -> std::process::Output {
         .env("WALWATCH_LOG", "warn")
         .output()
         .unwrap()
-}
-
-/// `seen` is `expected`, byte for byte; else the first line that differs.
-fn assert_same(what: &str, expected: &[u8], seen: &[u8]) {
-    if expected == seen {
-        return;
-    }
-    let (e, s) = (
-        String::from_utf8_lossy(expected),
-        String::from_utf8_lossy(seen),
-    );
-    let (el, sl): (Vec<_>, Vec<_>) = (e.lines().collect(), s.lines().collect());
-    let at = el
-        .iter()
-        .zip(&sl)
-        .position(|(a, b)| a != b)
-        .unwrap_or(el.len().min(sl.len()));
-    panic!(
-        "{what}: the replay differs at line {} ({} lines expected, {} replayed)\nexpected: {}\n\
-         replayed: {}",
-        at + 1,
-        el.len(),
-        sl.len(),
-        el.get(at).unwrap_or(&"(none)"),
-        sl.get(at).unwrap_or(&"(none)")
-    );
 }
 
 #[test]

@@ -1004,7 +1004,7 @@ fn a_raw_recording_replays_to_exactly_the_live_output() {
     );
     let live_bytes = std::fs::read(&live).unwrap();
     let replayed = run_expecting(&["replay", raw_s, "--format", "json"], 0).stdout;
-    assert_same_lines(&live_bytes, &replayed);
+    support::assert_same_lines("the replay of the live recording", &live_bytes, &replayed);
     check_golden_events(&parse_jsonl(&live_bytes), &owner.name);
 
     if std::env::var_os("WALWATCH_GOLDEN_WRITE").is_some_and(|v| v == "1") {
@@ -1046,32 +1046,6 @@ fn server_major() -> u32 {
     support::server_bin_dir()
         .and_then(support::server_major_version)
         .expect("the test server's major version (postgres --version)")
-}
-
-/// `expected` and `seen` are the same bytes; else the first line that differs.
-fn assert_same_lines(expected: &[u8], seen: &[u8]) {
-    if expected == seen {
-        return;
-    }
-    let (e, s) = (
-        String::from_utf8_lossy(expected),
-        String::from_utf8_lossy(seen),
-    );
-    let (el, sl): (Vec<_>, Vec<_>) = (e.lines().collect(), s.lines().collect());
-    let at = el
-        .iter()
-        .zip(&sl)
-        .position(|(a, b)| a != b)
-        .unwrap_or(el.len().min(sl.len()));
-    panic!(
-        "the replay differs from the live output at line {} ({} lines live, {} replayed)\n\
-         live:     {}\nreplayed: {}",
-        at + 1,
-        el.len(),
-        sl.len(),
-        el.get(at).unwrap_or(&"(none)"),
-        sl.get(at).unwrap_or(&"(none)")
-    );
 }
 
 /// What the golden workload must have produced, whatever the server version.

@@ -575,3 +575,29 @@ pub fn peak_rss_kb(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/PID/status")
 }
+
+/// `seen` is `expected`, byte for byte; else a panic naming `what` and the first line that
+/// differs, with both versions of it.
+pub fn assert_same_lines(what: &str, expected: &[u8], seen: &[u8]) {
+    if expected == seen {
+        return;
+    }
+    let (e, s) = (
+        String::from_utf8_lossy(expected),
+        String::from_utf8_lossy(seen),
+    );
+    let (el, sl): (Vec<_>, Vec<_>) = (e.lines().collect(), s.lines().collect());
+    let at = el
+        .iter()
+        .zip(&sl)
+        .position(|(a, b)| a != b)
+        .unwrap_or(el.len().min(sl.len()));
+    panic!(
+        "{what}: differs at line {} ({} lines expected, {} seen)\nexpected: {}\nseen:     {}",
+        at + 1,
+        el.len(),
+        sl.len(),
+        el.get(at).unwrap_or(&"(none)"),
+        sl.get(at).unwrap_or(&"(none)")
+    );
+}

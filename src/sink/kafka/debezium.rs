@@ -21,7 +21,7 @@
 //!   name (`--partitions leaf`), the partitioned table it belongs to, as in the native event.
 
 use crate::event::{Event, Op};
-use crate::event_json::{int, opt_row, string};
+use crate::event_json::{int, opt_row, string, table_name};
 
 /// What `source.version` says.
 pub const VERSION: &str = concat!("walwatch-", env!("CARGO_PKG_VERSION"));
@@ -63,11 +63,8 @@ fn source(out: &mut Vec<u8>, ev: &Event, db: &str, name: &str) {
     int(out, ev.lsn.0);
     out.extend_from_slice(b",\"xmin\":null");
     if let Some(p) = &ev.partition_of {
-        out.extend_from_slice(b",\"partition_of\":{\"schema\":");
-        string(out, &p.schema);
-        out.extend_from_slice(b",\"table\":");
-        string(out, &p.table);
-        out.push(b'}');
+        out.extend_from_slice(b",\"partition_of\":");
+        table_name(out, p);
     }
     out.push(b'}');
 }
