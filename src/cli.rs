@@ -132,6 +132,111 @@ pub enum Command {
     /// Decode a raw recording (`walwatch record --raw FILE`) offline into any sinks, as the
     /// run that recorded it did: no server needed. For bug reports and regression tests.
     Replay(ReplayArgs),
+    /// Relay the PostgreSQL protocol to --upstream, injecting faults (errors, delays, dropped
+    /// connections) into the statements that match a rule; every action is a "proxy" event.
+    Proxy(ProxyArgs),
+    /// Add, remove or list the fault rules of a running `walwatch proxy` (its --control API).
+    Fault(FaultArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProxyArgs {
+    /// Where clients connect.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:6432")]
+    pub listen: std::net::SocketAddr,
+
+    /// The server: host:port or a libpq DSN (its sslmode decides TLS to the server).
+    #[arg(long, value_name = "DSN")]
+    pub upstream: String,
+
+    /// A rule, repeatable: error:QUERY:MESSAGE, delay:QUERY:DURATION or drop:QUERY, with
+    /// options ;sqlstate= ;times= ;after= ;probability= ;database= ;user= ;application_name=.
+    /// QUERY is a glob (* and ?) on the statement, leading comments and whitespace stripped,
+    /// case-insensitive. Example: --fault 'error:INSERT*:disk full;sqlstate=53100'.
+    #[arg(long = "fault", value_name = "RULE")]
+    pub faults: Vec<String>,
+
+    /// Rules from a JSON (array of rules) or TOML ([[fault]] tables) file.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
+
+    /// The seed of probability= draws, for reproducible runs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Append every event to this JSONL file (fsync'd before each action).
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+
+    /// Also record every statement relayed unchanged (action "pass", with its duration).
+    #[arg(long)]
+    pub log_queries: bool,
+
+    /// Terminate clients' TLS with this certificate (PEM); without, clients asking for TLS
+    /// are answered N.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve the control API (HTTP + JSON) here, for `walwatch fault`. Loopback only unless
+    /// --control-token is given.
+    #[arg(long, value_name = "ADDR")]
+    pub control: Option<std::net::SocketAddr>,
+
+    /// A token every control request must carry (Authorization: Bearer TOKEN).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WALWATCH_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
+    pub control_token: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FaultArgs {
+    #[command(subcommand)]
+    pub action: FaultAction,
+
+    /// The proxy's control address (its --control).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        global = true,
+        default_value = "127.0.0.1:6433"
+    )]
+    pub proxy: String,
+
+    /// The proxy's --control-token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        global = true,
+        env = "WALWATCH_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum FaultAction {
+    /// Add a rule (the --fault form); prints its id.
+    Add {
+        #[arg(value_name = "RULE")]
+        rule: String,
+    },
+    /// Remove a rule by id.
+    Rm {
+        #[arg(value_name = "ID")]
+        id: u64,
+    },
+    /// List the rules with how often each matched and fired (JSON).
+    Ls,
+    /// Remove every rule.
+    Clear,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -668,7 +773,9 @@ mod tests {
                 | AssertKind::Never { common, .. }
                 | AssertKind::Count { common, .. } => common.dsn.as_deref(),
             },
-            Some(Command::Demo(_) | Command::Replay(_)) => None,
+            Some(Command::Demo(_) | Command::Replay(_) | Command::Proxy(_) | Command::Fault(_)) => {
+                None
+            }
         }
     }
 

@@ -113,6 +113,10 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Recording { path: PathBuf, message: String },
 
+    /// The fault proxy cannot start, or a fault rule is invalid: the message says what to fix.
+    #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+
     /// A file walwatch needs could not be used.
     #[error("{}: {source}", path.display())]
     File {

@@ -25,6 +25,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod marker;
 pub mod pipeline;
+pub mod proxy;
 pub mod recording;
 pub mod replay;
 pub mod session;

@@ -2,6 +2,7 @@
 //! code (0 ok, 1 assertion failed, 2 error). Everything else lives in the library.
 
 mod demo;
+mod fault_proxy;
 mod harness;
 mod slots;
 
@@ -116,6 +117,8 @@ fn main() -> ExitCode {
             Some(Command::Mark(args)) => harness::mark(&args).await,
             Some(Command::Assert(args)) => harness::assert(&args).await,
             Some(Command::Slots(args)) => slots::run(&args).await,
+            Some(Command::Proxy(args)) => fault_proxy::run(&args, shutdown_signal()).await,
+            Some(Command::Fault(args)) => fault_proxy::fault(&args).await,
             Some(Command::Replay(args)) => {
                 let config = args.to_config()?;
                 let outcome =

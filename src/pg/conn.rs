@@ -182,6 +182,99 @@ impl Encoder<Bytes> for PgCodec {
     }
 }
 
+/// Opens the socket `params` name: TCP (with the SSLRequest exchange and TLS handshake when
+/// `want_tls`) or a unix-domain socket. Returns the server certificate's `tls-server-end-point`
+/// hash when TLS is up. No startup packet is sent: the replication connection and the fault
+/// proxy (which relays its client's own startup) both start from here.
+pub(crate) async fn open_socket(
+    params: &ConnParams,
+    want_tls: bool,
+) -> Result<(Socket, Option<Vec<u8>>), PgError> {
+    let ctx = params.error_context();
+    match &params.host {
+        Host::Tcp(h) => {
+            let s = TcpStream::connect((h.as_str(), params.port))
+                .await
+                .map_err(|source| PgError::Connect {
+                    target: ctx.target.clone(),
+                    source,
+                })?;
+            // Small messages, and latency matters (keepalive replies, proxied statements).
+            s.set_nodelay(true)?;
+            if want_tls {
+                negotiate_tls(s, h, params).await
+            } else {
+                Ok((Socket::Tcp(s), None))
+            }
+        }
+        Host::Unix(_) => {
+            let path = params.socket_path().unwrap_or_default();
+            let s = UnixStream::connect(&path)
+                .await
+                .map_err(|source| PgError::Connect {
+                    target: ctx.target.clone(),
+                    source,
+                })?;
+            Ok((Socket::Unix(s), None))
+        }
+    }
+}
+
+/// Asks for TLS (SSLRequest, 55.2.10 "SSL Session Encryption") and does the handshake
+/// when the server answers `S`; `N` means the server has no TLS.
+async fn negotiate_tls(
+    mut s: TcpStream,
+    host: &str,
+    params: &ConnParams,
+) -> Result<(Socket, Option<Vec<u8>>), PgError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Int32 length 8, Int32 80877103 (1234 << 16 | 5679).
+    s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+    match s.read_u8().await? {
+        b'S' => {
+            let config = super::tls::client_config(&params.tls)?;
+            let name = super::tls::server_name(host)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, s)
+                .await
+                .map_err(|e| {
+                    PgError::Tls(format!(
+                        "the TLS handshake with {} failed: {e}{}",
+                        params.target(),
+                        match params.tls.mode {
+                            SslMode::VerifyFull =>
+                                " (sslmode=verify-full: the certificate must be signed by \
+                                 sslrootcert's CA and name this host)",
+                            SslMode::VerifyCa =>
+                                " (sslmode=verify-ca: the certificate must be signed by \
+                                 sslrootcert's CA)",
+                            _ => "",
+                        }
+                    ))
+                })?;
+            let end_point = super::tls::peer_end_point(&tls);
+            Ok((Socket::Tls(Box::new(tls)), end_point))
+        }
+        b'N' if matches!(params.tls.mode, SslMode::Allow | SslMode::Prefer) => {
+            Ok((Socket::Tcp(s), None))
+        }
+        b'N' => Err(PgError::Tls(format!(
+            "the server at {} does not accept TLS connections (it answered N to SSLRequest), \
+             and sslmode={} needs TLS: turn on ssl in postgresql.conf, or use sslmode=prefer",
+            params.target(),
+            match params.tls.mode {
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                _ => "verify-full",
+            }
+        ))),
+        other => Err(PgError::Protocol(format!(
+            "the server answered SSLRequest with `{}`, not S or N",
+            other.escape_ascii()
+        ))),
+    }
+}
+
 /// What IDENTIFY_SYSTEM returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SystemInfo {
@@ -270,93 +363,9 @@ impl ReplConn {
         }
     }
 
-    /// Asks for TLS (SSLRequest, 55.2.10 "SSL Session Encryption") and does the handshake
-    /// when the server answers `S`; `N` means the server has no TLS.
-    async fn negotiate_tls(
-        mut s: TcpStream,
-        host: &str,
-        params: &ConnParams,
-    ) -> Result<(Socket, Option<Vec<u8>>), PgError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // Int32 length 8, Int32 80877103 (1234 << 16 | 5679).
-        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
-        match s.read_u8().await? {
-            b'S' => {
-                let config = super::tls::client_config(&params.tls)?;
-                let name = super::tls::server_name(host)?;
-                let tls = tokio_rustls::TlsConnector::from(config)
-                    .connect(name, s)
-                    .await
-                    .map_err(|e| {
-                        PgError::Tls(format!(
-                            "the TLS handshake with {} failed: {e}{}",
-                            params.target(),
-                            match params.tls.mode {
-                                SslMode::VerifyFull =>
-                                    " (sslmode=verify-full: the certificate must be signed by \
-                                     sslrootcert's CA and name this host)",
-                                SslMode::VerifyCa =>
-                                    " (sslmode=verify-ca: the certificate must be signed by \
-                                     sslrootcert's CA)",
-                                _ => "",
-                            }
-                        ))
-                    })?;
-                let end_point = super::tls::peer_end_point(&tls);
-                Ok((Socket::Tls(Box::new(tls)), end_point))
-            }
-            b'N' if matches!(params.tls.mode, SslMode::Allow | SslMode::Prefer) => {
-                Ok((Socket::Tcp(s), None))
-            }
-            b'N' => Err(PgError::Tls(format!(
-                "the server at {} does not accept TLS connections (it answered N to SSLRequest), \
-                 and sslmode={} needs TLS: turn on ssl in postgresql.conf, or use sslmode=prefer",
-                params.target(),
-                match params.tls.mode {
-                    SslMode::Require => "require",
-                    SslMode::VerifyCa => "verify-ca",
-                    _ => "verify-full",
-                }
-            ))),
-            other => Err(PgError::Protocol(format!(
-                "the server answered SSLRequest with `{}`, not S or N",
-                other.escape_ascii()
-            ))),
-        }
-    }
-
     async fn connect_inner(params: &ConnParams, want_tls: bool) -> Result<ReplConn, PgError> {
         let ctx = params.error_context();
-        let mut end_point = None;
-        let socket = match &params.host {
-            Host::Tcp(h) => {
-                let s = TcpStream::connect((h.as_str(), params.port))
-                    .await
-                    .map_err(|source| PgError::Connect {
-                        target: ctx.target.clone(),
-                        source,
-                    })?;
-                // Standby status updates are tiny and latency matters (keepalive replies).
-                s.set_nodelay(true)?;
-                if want_tls {
-                    let (socket, ep) = Self::negotiate_tls(s, h, params).await?;
-                    end_point = ep;
-                    socket
-                } else {
-                    Socket::Tcp(s)
-                }
-            }
-            Host::Unix(_) => {
-                let path = params.socket_path().unwrap_or_default();
-                let s = UnixStream::connect(&path)
-                    .await
-                    .map_err(|source| PgError::Connect {
-                        target: ctx.target.clone(),
-                        source,
-                    })?;
-                Socket::Unix(s)
-            }
-        };
+        let (socket, end_point) = open_socket(params, want_tls).await?;
         let tls = matches!(socket, Socket::Tls(_));
         let mut conn = ReplConn {
             framed: Framed::new(socket, PgCodec),
