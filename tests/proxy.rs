@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use harness::{sql, walwatch};
 use support::{TEST_DATABASE, TEST_PASSWORD};
+
 use tokio_postgres::{Client, NoTls};
 use walwatch::proxy::control::{self, ControlConfig};
 use walwatch::proxy::{self, Proxy, ProxyAction, ProxyEvent};
@@ -577,4 +578,67 @@ fn bad_rules_are_refused_before_listening() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown action `oops`"), "{err}");
     assert!(err.contains("error:QUERY:MESSAGE"), "{err}");
+}
+
+/// 200 connections × 1,000 statements at once, with rules that never match in the path of
+/// every statement: each answer is checked against its own statement, so a response relayed
+/// to the wrong client or lost would show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_connections_get_only_their_own_answers() {
+    let mut rules = Vec::new();
+    for i in 0..10 {
+        rules.push(format!("error:DELETE FROM nowhere_{i}*:never"));
+    }
+    // Its own cluster: 200 clients at once would crowd the shared one's max_connections.
+    let cluster = tokio::task::spawn_blocking(|| {
+        support::own_cluster(support::ScratchOptions {
+            extra_conf: vec![("max_connections".into(), "260".into())],
+            ..Default::default()
+        })
+    })
+    .await
+    .unwrap();
+    let mut b = Proxy::builder(format!("127.0.0.1:{}", cluster.port()));
+    for r in &rules {
+        b = b.fault(r.parse().unwrap());
+    }
+    let p = b.start().await.unwrap();
+    let dsn = through(&p, "walwatch_trust");
+    let mut tasks = Vec::new();
+    for conn in 0..200i64 {
+        let dsn = dsn.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&dsn).await;
+            let stmt = c
+                .prepare("SELECT $1::bigint * 1000 + $2::bigint")
+                .await
+                .unwrap();
+            for i in 0..1000i64 {
+                let got: i64 = if i % 10 == 0 {
+                    let rows = c
+                        .simple_query(&format!("SELECT {conn} * 1000 + {i}"))
+                        .await
+                        .unwrap();
+                    match &rows[1] {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            r.get(0).unwrap().parse().unwrap()
+                        }
+                        other => panic!("connection {conn}: expected a row, got {other:?}"),
+                    }
+                } else {
+                    c.query_one(&stmt, &[&conn, &i]).await.unwrap().get(0)
+                };
+                assert_eq!(got, conn * 1000 + i, "connection {conn}, statement {i}");
+            }
+            conn
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        t.await.expect("a connection's task");
+        done += 1;
+    }
+    assert_eq!(done, 200);
+    assert!(p.events().all().is_empty(), "no rule matched");
+    assert!(p.rules().list().iter().all(|r| r.matched == 0));
 }
