@@ -213,6 +213,9 @@ pub enum Op {
     Truncate,
     Message,
     Commit,
+    /// Not a WAL event: a `walwatch proxy` action (`Event::proxy`). Never decoded from the
+    /// stream and never given to a sink; assertions see it beside the WAL's events.
+    Proxy,
 }
 
 impl Op {
@@ -226,6 +229,7 @@ impl Op {
             Op::Truncate => "TRUNCATE",
             Op::Message => "MESSAGE",
             Op::Commit => "COMMIT",
+            Op::Proxy => "PROXY",
         }
     }
 
@@ -648,6 +652,17 @@ pub struct Event {
     /// The relation a row event (INSERT, UPDATE, DELETE, TRUNCATE) was decoded with; `None`
     /// for BEGIN, COMMIT, MESSAGE and for events read back from JSON. Not part of the JSON.
     pub relation: Option<Arc<Relation>>,
+    /// `Op::Proxy` only: what the fault proxy did.
+    pub proxy: Option<Arc<ProxyFields>>,
+}
+
+/// A "proxy" event's own fields: the proxy's sequence number and its `data` object (action,
+/// query, rule, message, connection, ...; `walwatch::proxy::ProxyData`), kept as JSON so the
+/// event model does not depend on the proxy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyFields {
+    pub seq: u64,
+    pub data: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Event {
@@ -669,7 +684,22 @@ impl Event {
             message: None,
             partition_of: None,
             relation: None,
+            proxy: None,
         }
+    }
+
+    /// A "proxy" event: `ts` is when the proxy recorded it.
+    pub fn from_proxy(fields: ProxyFields, ts: Timestamp) -> Event {
+        Event {
+            ts: Some(ts),
+            proxy: Some(Arc::new(fields)),
+            ..Event::new(Op::Proxy, Lsn::ZERO)
+        }
+    }
+
+    /// The proxy's fields, for a "proxy" event.
+    pub fn proxy(&self) -> Option<&ProxyFields> {
+        self.proxy.as_deref()
     }
 
     pub fn op(&self) -> Op {
@@ -717,6 +747,14 @@ impl Event {
 
 impl Serialize for Event {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(p) = &self.proxy {
+            let mut map = s.serialize_map(Some(4))?;
+            map.serialize_entry("type", "proxy")?;
+            map.serialize_entry("seq", &p.seq)?;
+            map.serialize_entry("ts", &self.ts)?;
+            map.serialize_entry("data", &p.data)?;
+            return map.end();
+        }
         let mut map = s.serialize_map(Some(13))?;
         map.serialize_entry("type", "wal")?;
         map.serialize_entry("op", &self.op)?;

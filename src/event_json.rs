@@ -120,6 +120,11 @@ fn value(out: &mut Vec<u8>, v: &Value) {
 }
 
 pub(crate) fn write_event(e: &Event, out: &mut Vec<u8>) {
+    if e.proxy.is_some() {
+        // Rare (assertion reports), so serde's writer: the hot path is WAL events.
+        let _ = serde_json::to_writer(&mut *out, e);
+        return;
+    }
     out.extend_from_slice(b"{\"type\":\"wal\",\"op\":\"");
     out.extend_from_slice(e.op.as_str().as_bytes());
     out.extend_from_slice(b"\",\"schema\":");

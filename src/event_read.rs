@@ -39,6 +39,27 @@ pub fn wrap(line: &mut Vec<u8>, envelope: Envelope) {
     }
 }
 
+/// A `walwatch proxy` event line: `{"type":"proxy","seq":N,"ts":"...","data":{...}}`.
+fn proxy_event(o: &serde_json::Map<String, Json>) -> Result<Event, ReadError> {
+    let seq = o
+        .get("seq")
+        .and_then(Json::as_u64)
+        .ok_or_else(|| ReadError("a proxy event without a numeric `seq`".into()))?;
+    let ts = o
+        .get("ts")
+        .and_then(Json::as_str)
+        .and_then(parse_timestamp)
+        .ok_or_else(|| ReadError("a proxy event without a valid `ts`".into()))?;
+    let data = match o.get("data") {
+        Some(Json::Object(d)) if d.get("action").is_some_and(Json::is_string) => d.clone(),
+        _ => return Err(ReadError("a proxy event's `data` needs an `action`".into())),
+    };
+    Ok(Event::from_proxy(
+        crate::event::ProxyFields { seq, data },
+        ts,
+    ))
+}
+
 /// Why a line is not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a walwatch event: {0}")]
@@ -49,9 +70,12 @@ pub fn parse_line(line: &str) -> Result<Event, ReadError> {
     let v: Json = serde_json::from_str(line).map_err(|e| ReadError(e.to_string()))?;
     let obj = match &v {
         Json::Object(o) if o.get("type").and_then(Json::as_str) == Some("wal") => o,
+        Json::Object(o) if o.get("type").and_then(Json::as_str) == Some("proxy") => {
+            return proxy_event(o);
+        }
         _ => {
             return Err(ReadError(
-                "expected an object with \"type\": \"wal\"".into(),
+                "expected an object with \"type\": \"wal\" or \"proxy\"".into(),
             ));
         }
     };

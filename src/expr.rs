@@ -44,6 +44,7 @@ pub const VARIABLES: &[&str] = &[
     "old",
     "key",
     "unchanged",
+    "seq",
 ];
 
 /// Why an expression could not be compiled.
@@ -268,6 +269,15 @@ impl Expr {
 
 /// `INSERT public.orders at 0/1A2B3C8`.
 pub fn describe_event(e: &Event) -> String {
+    if let Some(p) = &e.proxy {
+        let field = |k: &str| {
+            p.data
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+        };
+        return format!("proxy {} #{} `{}`", field("action"), p.seq, field("query"));
+    }
     match (&e.schema, &e.table) {
         (Some(s), Some(t)) => format!("{} {s}.{t} at {}", e.op, e.lsn),
         _ => format!("{} at {}", e.op, e.lsn),
@@ -728,6 +738,26 @@ fn opt_string(s: Option<&str>) -> Cel {
 }
 
 fn variable(e: &Event, name: &str) -> Cel {
+    if let Some(p) = &e.proxy {
+        // A proxy event has `type`, `seq`, `ts` and `data`; every WAL field is absent.
+        return match name {
+            "type" => string("proxy"),
+            "seq" => Cel::Int(i64::try_from(p.seq).unwrap_or(i64::MAX)),
+            "ts" => e.ts.map(|t| string(&t.to_string())).unwrap_or(Cel::Null),
+            // Null fields (no query on a connection-level event) are absent, so
+            // `data.query.startsWith(...)` is no match there rather than a type error.
+            "data" => {
+                let map: HashMap<Key, Cel> = p
+                    .data
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (key(k), json_value(v)))
+                    .collect();
+                map.into()
+            }
+            _ => Cel::Null,
+        };
+    }
     match name {
         "type" => string("wal"),
         "op" => string(e.op.as_str()),
@@ -876,6 +906,37 @@ mod tests {
             assert_eq!(m(src, &e), Ok(true), "{src}");
         }
         assert_eq!(m(r#"data.status != "shipped""#, &e), Ok(false));
+    }
+
+    #[test]
+    fn proxy_events_read_as_type_and_data_beside_wal_events() {
+        let line = r#"{"type":"proxy","seq":7,"ts":"2026-12-02T10:00:00.000000Z","data":{"action":"error","query":"INSERT INTO orders VALUES (1)","rule":"error:INSERT*:disk full","message":"disk full","sqlstate":"XX000","connection":3,"database":"app","user":"bob","application_name":"svc","duration_ms":null}}"#;
+        let p = crate::event_read::parse_line(line).unwrap();
+        let wal = order(Op::Insert, "new");
+        let harness =
+            r#"type == "proxy" && data.action == "error" && data.query.startsWith("INSERT")"#;
+        assert_eq!(m(harness, &p), Ok(true));
+        assert_eq!(m(harness, &wal), Ok(false), "a WAL event is no proxy event");
+        assert_eq!(m(r#"type == "wal" && op == "INSERT""#, &p), Ok(false));
+        assert_eq!(m("seq == 7 && data.connection == 3", &p), Ok(true));
+        // A null field is absent: no match, not a type error.
+        assert_eq!(m("data.duration_ms > 1.0", &p), Ok(false));
+        assert_eq!(m(r#"data.op == "INSERT""#, &p), Ok(false));
+        assert_eq!(
+            describe_event(&p),
+            "proxy error #7 `INSERT INTO orders VALUES (1)`"
+        );
+        // Its JSON form is the line it was read from.
+        let back: serde_json::Value = serde_json::from_str(&p.to_json()).unwrap();
+        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(back, want);
+        for bad in [
+            r#"{"type":"proxy","ts":"2026-12-02T10:00:00Z","data":{"action":"x"}}"#,
+            r#"{"type":"proxy","seq":1,"ts":"yesterday","data":{"action":"x"}}"#,
+            r#"{"type":"proxy","seq":1,"ts":"2026-12-02T10:00:00Z","data":{}}"#,
+        ] {
+            assert!(crate::event_read::parse_line(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn bit(op: Op) -> u8 {
         Op::Truncate => 4,
         Op::Message => 5,
         Op::Commit => 6,
+        Op::Proxy => 7,
     }
 }
 

@@ -530,6 +530,15 @@ fn the_cli_proxy_fails_psql_statements_and_writes_events() {
         .spawn()
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
+    // Killed however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while stderr.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
@@ -558,14 +567,50 @@ fn the_cli_proxy_fails_psql_statements_and_writes_events() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 1, "{text}");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("schemas/proxy-event.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    for l in &lines {
+        let errors: Vec<String> = validator.iter_errors(l).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{l} violates the schema: {errors:?}");
+    }
     assert_eq!(lines[0]["type"], "proxy");
     assert_eq!(lines[0]["data"]["action"], "error");
     assert_eq!(
         lines[0]["data"]["rule"],
         format!("error:INSERT INTO {t}*:disk full")
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    // `walwatch assert` reads proxy events with the same expressions as WAL events.
+    let assert = |kind: &str, expr: &str, code: i32| {
+        let mut cmd = walwatch();
+        cmd.args(["assert", kind, "--no-fence", "--input"])
+            .arg(&events);
+        if kind == "eventually" {
+            cmd.args(["--within", "5s"]);
+        }
+        let out = cmd.args(["--where", expr]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "assert {kind} {expr}: {stderr}"
+        );
+        stderr
+    };
+    let harness = r#"type == "proxy" && data.action == "error" && data.query.startsWith("INSERT")"#;
+    assert("eventually", harness, 0);
+    let report = assert("never", harness, 1);
+    assert!(
+        report.contains("proxy error #1"),
+        "the report names the event: {report}"
+    );
+    assert("never", r#"type == "proxy" && data.action == "drop""#, 0);
 }
 
 #[test]

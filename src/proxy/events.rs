@@ -72,6 +72,23 @@ pub struct ProxyEvent {
     pub data: ProxyData,
 }
 
+impl ProxyEvent {
+    /// The event as assertions see it, beside the WAL's events.
+    pub fn to_event(&self) -> crate::event::Event {
+        let data = match serde_json::to_value(&self.data) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        crate::event::Event::from_proxy(
+            crate::event::ProxyFields {
+                seq: self.seq,
+                data,
+            },
+            self.ts,
+        )
+    }
+}
+
 /// Where events go: memory (for the Rust API and tests) and optionally a JSONL file.
 pub struct EventLog {
     seq: AtomicU64,

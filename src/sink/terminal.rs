@@ -27,7 +27,7 @@ fn op_colour(op: Op) -> &'static str {
         Op::Update => "\x1b[33m",
         Op::Delete => "\x1b[31m",
         Op::Truncate => "\x1b[35m",
-        Op::Message => "\x1b[36m",
+        Op::Message | Op::Proxy => "\x1b[36m",
         Op::Begin | Op::Commit => DIM,
     }
 }

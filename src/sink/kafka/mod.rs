@@ -316,6 +316,8 @@ fn now_ms() -> i64 {
 impl Sink for KafkaSink {
     fn write(&mut self, ev: &Event) -> Result<()> {
         match ev.op {
+            // Proxy events are for assertions; no pipeline hands one to a sink.
+            Op::Proxy => Ok(()),
             Op::Begin | Op::Commit => {
                 if ev.op == Op::Begin {
                     self.tx_counts.clear();
