@@ -305,7 +305,7 @@ pub fn upstream_params(upstream: &str) -> Result<ConnParams, ProxyError> {
 pub fn error(query: &str, message: &str) -> RuleSpec {
     RuleSpec {
         message: Some(message.to_string()),
-        ..RuleSpec::bare("error", query)
+        ..RuleSpec::blank("error", query.to_string())
     }
 }
 
@@ -313,31 +313,16 @@ pub fn error(query: &str, message: &str) -> RuleSpec {
 pub fn delay(query: &str, delay: std::time::Duration) -> RuleSpec {
     RuleSpec {
         delay: Some(format!("{}ms", delay.as_millis())),
-        ..RuleSpec::bare("delay", query)
+        ..RuleSpec::blank("delay", query.to_string())
     }
 }
 
 /// A `drop` rule: the client's connection is closed when a matching statement arrives.
 pub fn drop(query: &str) -> RuleSpec {
-    RuleSpec::bare("drop", query)
+    RuleSpec::blank("drop", query.to_string())
 }
 
 impl RuleSpec {
-    fn bare(action: &str, query: &str) -> RuleSpec {
-        RuleSpec {
-            action: action.to_string(),
-            query: query.to_string(),
-            message: None,
-            sqlstate: None,
-            delay: None,
-            times: None,
-            after: None,
-            probability: None,
-            database: None,
-            user: None,
-            application_name: None,
-        }
-    }
     /// The SQLSTATE of an error rule.
     pub fn sqlstate(mut self, code: &str) -> Self {
         self.sqlstate = Some(code.to_string());

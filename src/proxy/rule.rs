@@ -342,7 +342,7 @@ fn escape_value(value: &str) -> String {
 
 impl RuleSpec {
     /// A rule with only its action and glob.
-    fn blank(action: &str, query: String) -> RuleSpec {
+    pub(crate) fn blank(action: &str, query: String) -> RuleSpec {
         RuleSpec {
             action: action.to_string(),
             query,
