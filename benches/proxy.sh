@@ -7,7 +7,9 @@
 # Starts a throwaway PostgreSQL (TCP, trust for the bench role), `pgbench -i -s 10`, then for
 # select-only (-S) and TPC-B (the default script), 8 clients, 2 threads, extended protocol
 # (-M extended): direct, through the proxy with no rules, and through the proxy with 10 rules
-# that never match. Prints tps and the latency percentiles pgbench measured (--log, p50/p99).
+# that never match; and through a plain byte relay (examples/tcp_relay.rs: tokio's
+# copy_bidirectional, no protocol work), the floor any proxy process in the path costs on this
+# machine. Prints tps and the latency percentiles pgbench measured (--log, p50/p99).
 # Target (issue 14): through the proxy >= 90 % of direct tps, added p99 <= 0.2 ms.
 # WALWATCH_BIN=<binary> uses that walwatch instead of building the release one.
 set -euo pipefail
@@ -18,6 +20,8 @@ if [ -z "${WALWATCH_BIN:-}" ]; then
   cargo build --release --quiet
   WALWATCH_BIN=$PWD/target/release/walwatch
 fi
+cargo build --release --quiet --example tcp_relay
+RELAY_BIN=$PWD/target/release/examples/tcp_relay
 BIN=${WALWATCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
 PGBENCH=$(command -v pgbench || echo "$BIN/pgbench")
 
@@ -46,10 +50,15 @@ CONF
 as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
 "$PGBENCH" -h 127.0.0.1 -p "$PORT" -U postgres -i -s 10 -q postgres >/dev/null 2>&1
 
-start_proxy() { # start_proxy RULE-ARGS...
+start_proxy() { # start_proxy RULE-ARGS... (or: start_proxy relay)
   local port
   port=$(free_port)
-  "$WALWATCH_BIN" proxy --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PORT" "$@" 2>"$WORK/proxy.err" &
+  : >"$WORK/proxy.err"
+  if [ "${1:-}" = relay ]; then
+    "$RELAY_BIN" "127.0.0.1:$port" "127.0.0.1:$PORT" 2>"$WORK/proxy.err" &
+  else
+    "$WALWATCH_BIN" proxy --listen "127.0.0.1:$port" --upstream "127.0.0.1:$PORT" "$@" 2>"$WORK/proxy.err" &
+  fi
   PROXY_PID=$!
   for _ in $(seq 100); do
     grep -q "listening on" "$WORK/proxy.err" 2>/dev/null && break
@@ -83,6 +92,9 @@ for mode in select-only tpcb; do
   [ "$mode" = select-only ] && args=(-S)
   echo "== $mode, 8 clients, ${SECS}s"
   run "$mode direct" "$PORT" "${args[@]}"
+  start_proxy relay
+  run "$mode plain TCP relay (floor)" "$PROXY_PORT" "${args[@]}"
+  stop_proxy
   start_proxy
   run "$mode proxy, no rules" "$PROXY_PORT" "${args[@]}"
   stop_proxy

@@ -413,6 +413,20 @@ pub struct MarkArgs {
     /// How long to wait for it with --input.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub within: String,
+
+    /// Also record the mark in this fault proxy's events (its --control address), for
+    /// `walwatch assert --proxy-events FILE --since NAME`. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub proxy: Vec<String>,
+
+    /// The proxies' --control-token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WALWATCH_CONTROL_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -455,9 +469,15 @@ pub enum AssertKind {
 
 #[derive(Debug, Args, Clone)]
 pub struct AssertCommon {
-    /// The recording (JSONL written by `walwatch record`).
+    /// A recording (JSONL written by `walwatch record`), fenced through the database.
+    /// Repeatable.
+    #[arg(long, value_name = "PATH", required_unless_present = "proxy_events")]
+    pub input: Vec<PathBuf>,
+
+    /// An events file of `walwatch proxy --events`, fenced by the proxy writing each action
+    /// before it acts (no database needed). Repeatable; checked together with --input.
     #[arg(long, value_name = "PATH")]
-    pub input: PathBuf,
+    pub proxy_events: Vec<PathBuf>,
 
     /// The CEL expression an event must match (variables: type, op, schema, table, data,
     /// old, key, xid, lsn, commit_lsn, ts, unchanged).
@@ -575,6 +595,11 @@ pub struct WatchArgs {
     /// With --until: the report's format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub report: ReportArg,
+
+    /// With --until: also match the events `walwatch proxy --events` appends to this file
+    /// from start-up on (they are matched, not printed). Repeatable.
+    #[arg(long, value_name = "PATH", requires = "until")]
+    pub proxy_events: Vec<PathBuf>,
 
     /// With --slot: how long to keep reconnecting after the connection to the server is lost
     /// (a duration such as 10m, or `forever`).
@@ -817,6 +842,48 @@ mod tests {
         assert!(!config.ops.contains(crate::event::Op::Delete));
         // Replay reads no server: the slot options of watch are refused.
         assert!(parse(&["replay", "r.jsonl", "--slot", "s"]).is_err());
+    }
+
+    #[test]
+    fn assert_reads_recordings_and_proxy_events_files_one_at_least() {
+        let cli = parse(&[
+            "assert",
+            "never",
+            "--input",
+            "a.jsonl",
+            "--input",
+            "b.jsonl",
+            "--proxy-events",
+            "p.jsonl",
+            "--where",
+            "true",
+        ])
+        .unwrap();
+        let Some(Command::Assert(AssertArgs {
+            kind: AssertKind::Never { common, .. },
+        })) = &cli.command
+        else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            common.input,
+            [PathBuf::from("a.jsonl"), PathBuf::from("b.jsonl")]
+        );
+        assert_eq!(common.proxy_events, [PathBuf::from("p.jsonl")]);
+        let only_proxy = [
+            "assert",
+            "count",
+            "--proxy-events",
+            "p.jsonl",
+            "--where",
+            "true",
+        ];
+        assert!(parse(&[&only_proxy[..], &["--equals", "1"]].concat()).is_ok());
+        let err = parse(&["assert", "never", "--where", "true"]).unwrap_err();
+        assert!(err.to_string().contains("--input"), "{err}");
+        // `watch --proxy-events` only with --until.
+        assert!(parse(&["watch", "--proxy-events", "p.jsonl"]).is_err());
+        assert!(parse(&["watch", "--proxy-events", "p.jsonl", "--until", "true"]).is_ok());
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::NoTls;
 
-use walwatch::assert::file::{Expect, FileCheck};
+use walwatch::assert::file::{Expect, FileCheck, Input, Kind};
 use walwatch::cli::{
     AssertArgs, AssertCommon, AssertKind, MarkArgs, ReportArg, conn_params, duration_arg,
 };
 use walwatch::config::compile_expr;
 use walwatch::marker;
+use walwatch::proxy::control::{self, Command};
 
 /// How a command ended, for the exit code.
 pub enum Verdict {
@@ -63,7 +64,8 @@ pub fn conclude(report: &walwatch::Report, format: ReportArg, json_on_stdout: bo
     }
 }
 
-/// `walwatch mark NAME`: emits the marker; with --input, waits for it in the recording.
+/// `walwatch mark NAME`: emits the marker through the database, and with --proxy into each
+/// fault proxy's events; with --input, waits for it in the recording.
 pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
     let within = duration_arg("--within", &args.within)?;
     let before = match &args.input {
@@ -73,6 +75,14 @@ pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
     let client = connect(args.dsn.as_deref()).await?;
     let lsn = marker::emit(&client, marker::MARK_PREFIX, &args.name).await?;
     println!("{lsn}");
+    // After the database's mark: an event the proxy records after the mark in the WAL.
+    for proxy in &args.proxy {
+        let command = Command::Mark(args.name.clone());
+        control::request(proxy, args.token.as_deref(), &command)
+            .await
+            .map_err(walwatch::proxy::ProxyError::from)
+            .with_context(|| format!("recording the mark in the proxy at {proxy}"))?;
+    }
     if let (Some(input), Some(before)) = (&args.input, before)
         && !FileCheck::await_mark(input, &args.name, before, within).await?
     {
@@ -90,7 +100,17 @@ pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
 async fn check(common: &AssertCommon) -> anyhow::Result<FileCheck> {
     let pred = compile_expr("--where", &common.where_)?;
     let fence_timeout = duration_arg("--fence-timeout", &common.fence_timeout)?;
-    let db = if common.no_fence {
+    let recordings = common.input.iter().map(|path| Input {
+        path: path.clone(),
+        kind: Kind::Recording,
+    });
+    let proxy_events = common.proxy_events.iter().map(|path| Input {
+        path: path.clone(),
+        kind: Kind::ProxyEvents,
+    });
+    let inputs: Vec<Input> = recordings.chain(proxy_events).collect();
+    // Proxy events need no fence; a recording is fenced through the database.
+    let db = if common.no_fence || common.input.is_empty() {
         None
     } else {
         Some(connect(common.dsn.as_deref()).await.context(
@@ -98,7 +118,7 @@ async fn check(common: &AssertCommon) -> anyhow::Result<FileCheck> {
         )?)
     };
     Ok(FileCheck {
-        input: common.input.clone(),
+        inputs,
         pred,
         since: common.since.clone(),
         db,

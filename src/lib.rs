@@ -36,4 +36,4 @@ mod watch;
 pub use assert::{Predicate, Report, named};
 pub use error::{Error, Result};
 pub use expr::Expr;
-pub use watch::{Mark, Watch, WatchBuilder, report_of, run_until};
+pub use watch::{Mark, Until, Watch, WatchBuilder, report_of, run_until};

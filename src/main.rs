@@ -25,7 +25,12 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<Verdict> {
             Ok(Verdict::Done)
         }
         Some((expr, within)) => {
-            let report = walwatch::run_until(config, expr, within, shutdown_signal()).await?;
+            let until = walwatch::Until {
+                expr,
+                within,
+                proxy_events: args.proxy_events.clone(),
+            };
+            let report = walwatch::run_until(config, until, shutdown_signal()).await?;
             Ok(harness::conclude(&report, args.report, false))
         }
     }

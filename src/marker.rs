@@ -16,8 +16,12 @@ pub const MARK_PREFIX: &str = "walwatch.mark";
 /// The prefix of a fence; the content is a unique id.
 pub const FENCE_PREFIX: &str = "walwatch.fence";
 
-/// Whether the event is one of walwatch's markers (assertions never match these).
+/// Whether the event is one of walwatch's markers (assertions never match these): fences and
+/// marks, through the database or the fault proxy.
 pub fn is_marker(e: &Event) -> bool {
+    if e.op == Op::Proxy {
+        return mark_name(e).is_some();
+    }
     e.op == Op::Message
         && e.message
             .as_ref()
@@ -33,8 +37,16 @@ fn content_with_prefix<'e>(e: &'e Event, prefix: &str) -> Option<&'e str> {
     }
 }
 
-/// The name of a mark event.
+/// The name of a mark event: a mark through the database (a logical message), or one the
+/// fault proxy recorded in its events (`{"type":"proxy","data":{"action":"mark","message":
+/// NAME}}`, `walwatch mark NAME --proxy ADDR`).
 pub fn mark_name(e: &Event) -> Option<&str> {
+    if let Some(p) = e.proxy() {
+        return match p.data.get("action").and_then(|a| a.as_str()) {
+            Some("mark") => p.data.get("message").and_then(|m| m.as_str()),
+            _ => None,
+        };
+    }
     content_with_prefix(e, MARK_PREFIX)
 }
 

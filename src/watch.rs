@@ -34,8 +34,12 @@ use crate::event::{Event, Lsn, Op};
 use crate::expr::Expr;
 use crate::marker::{self, FENCE_PREFIX, MARK_PREFIX};
 use crate::pg::params::ConnParams;
+use crate::proxy::EventLog as ProxyLog;
 use crate::session::{self, Hooks, Started};
 use crate::sink::{AssertSink, EventLog};
+
+/// How often `run_until` reads the proxy events files it follows.
+const FILE_POLL: Duration = Duration::from_millis(20);
 
 /// Configures a [`Watch`]; see [`Watch::builder`].
 #[derive(Clone, Debug)]
@@ -47,6 +51,17 @@ pub struct WatchBuilder {
     partitions: crate::config::Partitions,
     retain: usize,
     fence_timeout: Duration,
+    proxies: Vec<ProxyEvents>,
+}
+
+/// A fault proxy's event log, as a builder holds it.
+#[derive(Clone)]
+struct ProxyEvents(Arc<ProxyLog>);
+
+impl std::fmt::Debug for ProxyEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProxyEvents(last seq {})", self.0.last_seq())
+    }
 }
 
 /// A named point in the stream, made by [`Watch::mark`].
@@ -56,11 +71,14 @@ pub struct Mark {
     /// The WAL position of the mark's message.
     pub lsn: Lsn,
     seq: u64,
+    /// Where the proxies' events after the mark start in the log.
+    proxy_from: u64,
 }
 
 /// A live watch on a database; see the module docs.
 pub struct Watch {
     log: Arc<EventLog>,
+    merged: Merged,
     meta: tokio_postgres::Client,
     started: Started,
     fence_timeout: Duration,
@@ -112,6 +130,17 @@ impl WatchBuilder {
         self
     }
 
+    /// Merges the events of a fault proxy (`proxy::Proxy`) into the watch's: every assertion
+    /// sees them beside the WAL's (`type == "proxy"`), from those recorded after
+    /// [`WatchBuilder::start`] returns. A proxy event is in an assertion's window when the
+    /// proxy recorded it between the window's opening and its close, and the proxy records
+    /// an action before it acts, so `never` over proxy events is exact without a fence.
+    /// Repeatable, for several proxies.
+    pub fn proxy(mut self, proxy: &crate::proxy::Proxy) -> Self {
+        self.proxies.push(ProxyEvents(proxy.events().clone()));
+        self
+    }
+
     /// How long a fence may take to come back through the stream (default 30 s).
     pub fn fence_timeout(mut self, timeout: Duration) -> Self {
         self.fence_timeout = timeout;
@@ -142,8 +171,10 @@ impl WatchBuilder {
 
         let log = EventLog::new(self.retain);
         let (started, stop_tx, task) = spawn_session(config, log.clone()).await?;
+        let merged = Merged::new(self.proxies.into_iter().map(|p| p.0).collect());
         Ok(Watch {
             log,
+            merged,
             meta,
             started,
             fence_timeout: self.fence_timeout,
@@ -173,6 +204,7 @@ impl Watch {
             partitions: crate::config::Partitions::Root,
             retain: 1_000_000,
             fence_timeout: Duration::from_secs(30),
+            proxies: Vec::new(),
         }
     }
 
@@ -197,6 +229,7 @@ impl Watch {
     ) -> Result<Scanned> {
         let mut next = from;
         loop {
+            self.merged.pull(&self.log)?;
             let slice = self.log.since(next);
             if slice.dropped > 0 {
                 return Err(Error::Config(format!(
@@ -226,7 +259,10 @@ impl Watch {
                     next,
                 });
             }
-            self.log.wait_past(next, deadline).await;
+            tokio::select! {
+                () = self.log.wait_past(next, deadline) => {}
+                () = self.merged.changed(deadline) => {}
+            }
         }
     }
 
@@ -244,15 +280,15 @@ impl Watch {
         &self,
         id: &str,
         from: u64,
-        mut f: impl FnMut(&Arc<Event>) -> Result<()>,
+        mut f: impl FnMut(u64, &Arc<Event>) -> Result<()>,
     ) -> Result<u64> {
         let deadline = Instant::now() + self.fence_timeout;
         let scanned = self
-            .scan(from, deadline, |_, e| {
+            .scan(from, deadline, |pos, e| {
                 if marker::fence_id(e) == Some(id) {
                     return Ok(true);
                 }
-                f(e)?;
+                f(pos, e)?;
                 Ok(false)
             })
             .await?;
@@ -277,24 +313,22 @@ impl Watch {
 
     /// Returns once every change committed before this call has been seen by the watch.
     pub async fn sync(&self) -> Result<()> {
-        let from = self.log.next_seq();
+        let from = self.merged.pull(&self.log)?;
         let id = self.emit_fence().await?;
-        self.await_fence(&id, from, |_| Ok(())).await.map(|_| ())
+        self.await_fence(&id, from, |_, _| Ok(())).await.map(|_| ())
     }
 
     /// Puts a named marker into the stream and returns once it has been seen: events after it
     /// in [`Watch::events_since`] committed after this call.
     pub async fn mark(&self, name: &str) -> Result<Mark> {
-        let from = self.log.next_seq();
+        let from = self.merged.pull(&self.log)?;
         let lsn = marker::emit(&self.meta, MARK_PREFIX, name).await?;
         let id = self.emit_fence().await?;
         let mut found = None;
-        let mut seq = from;
-        self.await_fence(&id, from, |e| {
+        self.await_fence(&id, from, |pos, e| {
             if marker::mark_name(e) == Some(name) {
-                found = Some(seq);
+                found = Some(pos);
             }
-            seq += 1;
             Ok(())
         })
         .await?;
@@ -307,23 +341,30 @@ impl Watch {
             name: name.to_string(),
             lsn,
             seq,
+            proxy_from: from,
         })
     }
 
     /// The events seen after `mark` so far (walwatch's markers left out). Call
     /// [`Watch::sync`] first to be sure everything committed until now is included.
     pub fn events_since(&self, mark: &Mark) -> Vec<Event> {
-        self.log
-            .since(mark.seq + 1)
+        // A proxy's memory overflowing is reported by the assertions; here what is left is shown.
+        let _ = self.merged.pull(&self.log);
+        let window = Window::after(mark, None);
+        let slice = self.log.since(window.first());
+        let base = slice.next - slice.events.len() as u64;
+        slice
             .events
             .iter()
-            .filter(|e| !marker::is_marker(e))
-            .map(|e| (**e).clone())
+            .enumerate()
+            .filter(|(i, e)| window.admits(base + *i as u64, e) && !marker::is_marker(e))
+            .map(|(_, e)| (**e).clone())
             .collect()
     }
 
     /// Every event seen so far (walwatch's markers left out).
     pub fn events(&self) -> Vec<Event> {
+        let _ = self.merged.pull(&self.log);
         self.log
             .since(0)
             .events
@@ -373,25 +414,32 @@ impl Watch {
     /// the stream, so "never" means no matching change committed in between, not "none seen
     /// yet". Fails as soon as a violation is seen.
     pub async fn never<P: Predicate>(&self, pred: P, during: Duration) -> Result<()> {
-        let from = self.log.next_seq();
+        let from = self.merged.pull(&self.log)?;
         let start_id = self.emit_fence().await?;
         let window_end = Instant::now() + during;
+        // A proxy event is in the window when it was merged after `from` and before the close.
+        let proxy_end = std::cell::Cell::new(None::<u64>);
         let mut obs = Observer::new(&pred);
         let mut inside = false;
-        let mut check = |e: &Arc<Event>| -> Result<bool> {
+        let mut check = |pos: u64, e: &Arc<Event>| -> Result<bool> {
+            if e.proxy().is_some() {
+                let open = pos >= from && proxy_end.get().is_none_or(|end| pos < end);
+                return Ok(open && obs.observe(e)?);
+            }
             if !inside {
                 inside = marker::fence_id(e) == Some(start_id.as_str());
                 return Ok(false);
             }
             Ok(obs.observe(e)?)
         };
-        let scanned = self.scan(from, window_end, |_, e| check(e)).await?;
+        let scanned = self.scan(from, window_end, &mut check).await?;
         let mut violated = scanned.stopped_at.is_some();
         if !violated {
+            proxy_end.set(Some(self.merged.pull(&self.log)?));
             let end_id = self.emit_fence().await?;
             let mut first = false;
-            self.await_fence(&end_id, scanned.next, |e| {
-                if check(e)? {
+            self.await_fence(&end_id, scanned.next, |pos, e| {
+                if check(pos, e)? {
                     first = true;
                 }
                 Ok(())
@@ -424,10 +472,12 @@ impl Watch {
     /// watch.never_since(&m, pred).await?`.
     pub async fn never_since<P: Predicate>(&self, mark: &Mark, pred: P) -> Result<()> {
         let mut obs = Observer::new(&pred);
+        let window = Window::after(mark, Some(self.merged.pull(&self.log)?));
         let id = self.emit_fence().await?;
         let mut err = None;
-        self.await_fence(&id, mark.seq + 1, |e| {
+        self.await_fence(&id, window.first(), |pos, e| {
             if err.is_none()
+                && window.admits(pos, e)
                 && let Err(e) = obs.observe(e)
             {
                 err = Some(e);
@@ -457,7 +507,12 @@ impl Watch {
     /// that every change committed before the call is included. `within` bounds the wait for
     /// the fence.
     pub async fn count<P: Predicate>(&self, pred: P, within: Duration) -> Result<usize> {
-        self.count_from(0, pred, within).await
+        let window = Window {
+            wal_after: None,
+            proxy_from: 0,
+            proxy_end: Some(self.merged.pull(&self.log)?),
+        };
+        self.count_in(window, pred, within).await
     }
 
     /// [`Watch::count`] with a CEL expression.
@@ -467,13 +522,13 @@ impl Watch {
 
     /// [`Watch::count`] over the changes committed after `mark`.
     pub async fn count_since<P: Predicate>(&self, mark: &Mark, pred: P) -> Result<usize> {
-        self.count_from(mark.seq + 1, pred, self.fence_timeout)
-            .await
+        let window = Window::after(mark, Some(self.merged.pull(&self.log)?));
+        self.count_in(window, pred, self.fence_timeout).await
     }
 
-    async fn count_from<P: Predicate>(
+    async fn count_in<P: Predicate>(
         &self,
-        from: u64,
+        window: Window,
         pred: P,
         within: Duration,
     ) -> Result<usize> {
@@ -481,11 +536,13 @@ impl Watch {
         let id = self.emit_fence().await?;
         let deadline = Instant::now() + within;
         let scanned = self
-            .scan(from, deadline, |_, e| {
+            .scan(window.first(), deadline, |pos, e| {
                 if marker::fence_id(e) == Some(id.as_str()) {
                     return Ok(true);
                 }
-                obs.observe(e)?;
+                if window.admits(pos, e) {
+                    obs.observe(e)?;
+                }
                 Ok(false)
             })
             .await?;
@@ -515,6 +572,102 @@ impl Drop for Watch {
     /// Dropping a watch stops its stream (in the background; [`Watch::stop`] waits for it).
     fn drop(&mut self) {
         self.stop.take();
+    }
+}
+
+/// Which events of the log an assertion over a closed window examines, by their position: a
+/// WAL event after the mark (`wal_after`; the fence that ends the scan ends it), a proxy event
+/// merged between the window's opening (`proxy_from`) and its close (`proxy_end`).
+struct Window {
+    wal_after: Option<u64>,
+    proxy_from: u64,
+    proxy_end: Option<u64>,
+}
+
+impl Window {
+    /// From `mark` on.
+    fn after(mark: &Mark, proxy_end: Option<u64>) -> Window {
+        Window {
+            wal_after: Some(mark.seq),
+            proxy_from: mark.proxy_from,
+            proxy_end,
+        }
+    }
+
+    /// Where a scan of the window starts.
+    fn first(&self) -> u64 {
+        self.proxy_from.min(self.wal_after.map_or(0, |seq| seq + 1))
+    }
+
+    fn admits(&self, pos: u64, e: &Event) -> bool {
+        if e.proxy().is_some() {
+            pos >= self.proxy_from && self.proxy_end.is_none_or(|end| pos < end)
+        } else {
+            self.wal_after.is_none_or(|seq| pos > seq)
+        }
+    }
+}
+
+/// The fault proxies' events merged into a watch's log ([`WatchBuilder::proxy`]).
+///
+/// Copying happens only in [`Merged::pull`], under one lock, which returns the log's next
+/// position: every proxy event recorded before the call is then below it, and every event
+/// recorded after it lands at or above it. That position is how a window's opening and close
+/// are marked for proxy events.
+struct Merged {
+    sources: Vec<Arc<ProxyLog>>,
+    /// Per source, the sequence number of the last event copied.
+    copied: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Merged {
+    /// Events the proxies recorded before this are not the watch's.
+    fn new(sources: Vec<Arc<ProxyLog>>) -> Merged {
+        let copied = sources.iter().map(|s| s.last_seq()).collect();
+        Merged {
+            sources,
+            copied: std::sync::Mutex::new(copied),
+        }
+    }
+
+    /// Copies what the proxies recorded since the last call into `log`; returns the log's
+    /// next position.
+    fn pull(&self, log: &EventLog) -> Result<u64> {
+        let mut copied = self.copied.lock().unwrap_or_else(|p| p.into_inner());
+        for (source, last) in self.sources.iter().zip(copied.iter_mut()) {
+            let (events, missing) = source.since(*last);
+            if missing > 0 {
+                return Err(Error::Config(format!(
+                    "{missing} proxy event(s) were dropped from the proxy's memory before the \
+                     watch read them: raise ProxyBuilder::retain"
+                )));
+            }
+            for e in events {
+                *last = e.seq;
+                log.push(e.to_event());
+            }
+        }
+        Ok(log.next_seq())
+    }
+
+    /// Waits until a proxy records an event not yet copied, or `deadline` (at once when there
+    /// is nothing to wait for, never: with no proxy it waits for the deadline).
+    async fn changed(&self, deadline: Instant) {
+        let last: Vec<u64> = self
+            .copied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if self.sources.is_empty() {
+            tokio::time::sleep_until(deadline).await;
+            return;
+        }
+        let waits = self
+            .sources
+            .iter()
+            .zip(last)
+            .map(|(s, after)| Box::pin(s.changed_past(after, deadline)));
+        futures_util::future::select_all(waits).await;
     }
 }
 
@@ -554,20 +707,36 @@ async fn spawn_session(
     }
 }
 
+/// What `walwatch watch --until` waits for.
+pub struct Until {
+    /// The event to wait for.
+    pub expr: Arc<Expr>,
+    pub within: Duration,
+    /// `walwatch proxy --events` files whose events appended from start-up on are matched too.
+    pub proxy_events: Vec<std::path::PathBuf>,
+}
+
 /// `walwatch watch --until EXPR --within D`: runs `config` like a plain watch (its sinks get
 /// every event) until an event matches `expr` (the report passes), `within` passes (it fails,
 /// with diagnostics) or `shutdown` resolves (an error: the question was not answered).
 pub async fn run_until(
     config: Config,
-    expr: Arc<Expr>,
-    within: Duration,
+    until: Until,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Report> {
     let meta = session::connect_meta(&config).await?;
+    // What the files hold already happened before start-up.
+    let mut files = Vec::new();
+    for path in &until.proxy_events {
+        let mut file = crate::assert::file::Recording::open(path)?;
+        file.read_events()?;
+        files.push(file);
+    }
     let log = EventLog::new(100_000);
     let (started, stop_tx, task) = spawn_session(config, log.clone()).await?;
+    let within = until.within;
     let deadline = Instant::now() + within;
-    let pred: &dyn Predicate = &*expr;
+    let pred: &dyn Predicate = &*until.expr;
     let mut obs = Observer::new(pred);
     let mut next = 0;
     let mut interrupted = false;
@@ -576,7 +745,17 @@ pub async fn run_until(
     tokio::pin!(shutdown);
     'outer: loop {
         let slice = log.since(next);
-        for e in &slice.events {
+        let mut events = slice.events;
+        for file in &mut files {
+            match file.read_events() {
+                Ok(more) => events.extend(more),
+                Err(e) => {
+                    failure = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+        for e in &events {
             match obs.observe(e) {
                 Ok(true) => {
                     matched = true;
@@ -593,8 +772,14 @@ pub async fn run_until(
         if slice.ended.is_some() || Instant::now() >= deadline {
             break;
         }
+        // Files are polled; the watch's own events wake this at once.
+        let wake = if files.is_empty() {
+            deadline
+        } else {
+            deadline.min(Instant::now() + FILE_POLL)
+        };
         tokio::select! {
-            _ = log.wait_past(next, deadline) => {}
+            _ = log.wait_past(next, wake) => {}
             _ = &mut shutdown => { interrupted = true; break; }
         }
     }

@@ -329,9 +329,9 @@ async fn expression_errors_are_errors_not_assertion_failures() {
     w.stop().await.unwrap();
 }
 
-/// The README's worked example: an order service whose INSERTs fail during an injected fault.
+/// An order service whose INSERTs a trigger rejects: `never_since` holds through the fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_example_an_order_survives_an_insert_outage() {
+async fn never_since_holds_while_a_trigger_rejects_inserts() {
     let orders = support::unique_name("orders");
     sql(&format!(
         "CREATE TABLE {orders} (id serial PRIMARY KEY, item text NOT NULL);

@@ -1,9 +1,19 @@
-//! `walwatch assert` on a recording: a JSONL file that `walwatch record` (another process,
-//! maybe another language's harness) keeps appending to.
+//! `walwatch assert` on files other processes keep appending to: WAL recordings that
+//! `walwatch record` writes, and the events files of `walwatch proxy --events`.
 //!
-//! The recording is followed as it grows. `never` and `count` fence through the database: they
-//! emit a fence marker, and the recorder writes it into the file when it arrives, after every
-//! change committed before it. So a check on the file up to the fence is exact.
+//! Files are followed as they grow. `never` and `count` are exact up to the end of their
+//! window, and each kind of file is fenced its own way:
+//! - **A WAL recording**: they emit a fence marker through the database, and the recorder
+//!   writes it into the file when it arrives, after every change committed before it. The
+//!   window ends at the fence.
+//! - **A proxy events file**: the proxy writes (and fsyncs) an action's event *before* it acts
+//!   on the statement (`crate::proxy::events`). So every action taken before the window
+//!   closes is in the file when it closes: the window ends at the file's length then, and a
+//!   `--during` window starts at its length when it opens. No database is needed.
+//!
+//! `--since NAME` starts a file's window after its latest mark of that name: a mark through
+//! the database in a recording, a mark the proxy recorded (`walwatch mark NAME --proxy ADDR`)
+//! in an events file.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -30,7 +40,20 @@ pub struct Recording {
     reader: BufReader<File>,
     /// A line read before its newline was written.
     partial: String,
+    /// Where `partial` starts in the file.
+    partial_at: u64,
     line_no: u64,
+    /// Bytes read so far.
+    consumed: u64,
+}
+
+/// A complete line of a followed file, as an event.
+struct Line {
+    /// Its number, from 1.
+    no: u64,
+    /// Where it starts in the file.
+    offset: u64,
+    event: Arc<Event>,
 }
 
 impl Recording {
@@ -54,14 +77,19 @@ impl Recording {
             path: path.to_path_buf(),
             reader: BufReader::new(file),
             partial: String::new(),
+            partial_at: 0,
             line_no: 0,
+            consumed: 0,
         })
     }
 
     /// The complete lines written since the last call, as events.
-    fn read_available(&mut self) -> Result<Vec<Arc<Event>>> {
+    fn read_available(&mut self) -> Result<Vec<Line>> {
         let mut out = Vec::new();
         loop {
+            if self.partial.is_empty() {
+                self.partial_at = self.consumed;
+            }
             let n = self
                 .reader
                 .read_line(&mut self.partial)
@@ -69,6 +97,7 @@ impl Recording {
                     path: self.path.clone(),
                     source,
                 })?;
+            self.consumed += n as u64;
             if n == 0 || !self.partial.ends_with('\n') {
                 return Ok(out);
             }
@@ -80,8 +109,21 @@ impl Recording {
             let e = event_read::parse_line(line.trim_end()).map_err(|e| {
                 Error::Config(format!("{}:{}: {e}", self.path.display(), self.line_no))
             })?;
-            out.push(Arc::new(e));
+            out.push(Line {
+                no: self.line_no,
+                offset: self.partial_at,
+                event: Arc::new(e),
+            });
         }
+    }
+
+    /// The events of the complete lines written since the last call.
+    pub fn read_events(&mut self) -> Result<Vec<Arc<Event>>> {
+        Ok(self
+            .read_available()?
+            .into_iter()
+            .map(|l| l.event)
+            .collect())
     }
 
     /// Feeds events to `f` until it returns true (Ok(true)), or, at the end of what is
@@ -92,8 +134,8 @@ impl Recording {
         mut f: impl FnMut(&Arc<Event>) -> Result<bool>,
     ) -> Result<bool> {
         loop {
-            for e in self.read_available()? {
-                if f(&e)? {
+            for line in self.read_available()? {
+                if f(&line.event)? {
                     return Ok(true);
                 }
             }
@@ -107,13 +149,30 @@ impl Recording {
     }
 }
 
+/// What kind of file an input is: it decides how the window is fenced (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Written by `walwatch record` (`--input`).
+    Recording,
+    /// Written by `walwatch proxy --events` (`--proxy-events`).
+    ProxyEvents,
+}
+
+/// One file an assertion reads.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub path: PathBuf,
+    pub kind: Kind,
+}
+
 /// What `walwatch assert` checks and where.
 pub struct FileCheck {
-    pub input: PathBuf,
+    pub inputs: Vec<Input>,
     pub pred: Arc<Expr>,
     /// Only events after the latest mark of this name count.
     pub since: Option<String>,
-    /// The metadata connection, for fences and diagnostics (`None`: `--no-fence`).
+    /// The metadata connection, for fences and diagnostics (`None`: `--no-fence`, or no
+    /// recording to fence).
     pub db: Option<tokio_postgres::Client>,
     /// How long a fence may take to appear in the recording.
     pub fence_timeout: Duration,
@@ -147,69 +206,163 @@ impl std::fmt::Display for Expect {
     }
 }
 
-/// Tracks `--since`: whether the window has begun, restarting at each new mark of the name.
-struct Since<'a> {
-    name: Option<&'a str>,
-    inside: bool,
-    seen_mark: bool,
-    /// A fence that opens the window instead (`never --during`).
-    start_fence: Option<String>,
+/// Where a file's window starts.
+enum Start {
+    Beginning,
+    /// After each mark of this name, the latest so far (`eventually --since`).
+    AfterMarks(String),
+    /// After this line (the latest mark of `--since`, found by a first pass).
+    AfterLine(u64),
+    /// After this fence (`never --during`, a recording).
+    AfterFence(String),
+    /// At this byte (`never --during`, a proxy events file: its length when the window opened).
+    AtOffset(u64),
 }
 
-impl<'a> Since<'a> {
-    fn new(name: Option<&'a str>) -> Since<'a> {
-        Since {
-            name,
-            inside: name.is_none(),
-            seen_mark: false,
-            start_fence: None,
-        }
-    }
+/// Where a file's window ends.
+enum End {
+    /// Not yet known: read what there is (to a deadline, or as it is with `--no-fence`).
+    Open,
+    /// At this fence (a recording).
+    Fence(String),
+    /// Before this byte (a proxy events file: its length when the window closed).
+    Offset(u64),
+}
 
-    fn after_fence(id: String) -> Since<'a> {
-        Since {
-            name: None,
+/// One input being read through its window.
+struct Source<'i> {
+    input: &'i Input,
+    rec: Recording,
+    start: Start,
+    end: End,
+    inside: bool,
+    ended: bool,
+    /// Whether a mark of `Start::AfterMarks` was seen.
+    seen_mark: bool,
+}
+
+/// How [`drive`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Driven {
+    /// The callback said to.
+    Stopped,
+    /// Every source reached its end.
+    Ended,
+    /// The deadline passed (or, without one, the files were read as they are).
+    OutOfTime,
+}
+
+impl<'i> Source<'i> {
+    fn open(input: &'i Input) -> Result<Source<'i>> {
+        let rec = match (Recording::open(&input.path), input.kind) {
+            (Err(Error::Config(_)), Kind::ProxyEvents) => {
+                return Err(Error::Config(format!(
+                    "{}: no such proxy events file: start `walwatch proxy --events {}` first",
+                    input.path.display(),
+                    input.path.display()
+                )));
+            }
+            (rec, _) => rec?,
+        };
+        Ok(Source {
+            input,
+            rec,
+            start: Start::Beginning,
+            end: End::Open,
             inside: false,
+            ended: false,
             seen_mark: false,
-            start_fence: Some(id),
+        })
+    }
+
+    /// Feeds the window's lines written so far to `f`; true when `f` said to stop.
+    fn step(&mut self, f: &mut impl FnMut(&Line) -> Result<bool>) -> Result<bool> {
+        for line in self.rec.read_available()? {
+            if self.at_end(&line) {
+                self.ended = true;
+                return Ok(false);
+            }
+            if self.starts(&line) {
+                continue;
+            }
+            if self.inside && f(&line)? {
+                return Ok(true);
+            }
+        }
+        if let End::Offset(n) = self.end
+            && self.rec.consumed >= n
+        {
+            self.ended = true;
+        }
+        Ok(false)
+    }
+
+    fn at_end(&self, line: &Line) -> bool {
+        match &self.end {
+            End::Open => false,
+            End::Fence(id) => marker::fence_id(&line.event) == Some(id.as_str()),
+            End::Offset(n) => line.offset >= *n,
         }
     }
 
-    /// True when `e` is the mark (or start fence) that (re)starts the window.
-    fn restarts(&mut self, e: &Event) -> bool {
-        if let Some(id) = &self.start_fence
-            && !self.inside
-            && marker::fence_id(e) == Some(id.as_str())
-        {
-            self.inside = true;
-            return true;
-        }
-        if let Some(n) = self.name
-            && marker::mark_name(e) == Some(n)
-        {
-            self.inside = true;
-            self.seen_mark = true;
-            return true;
+    /// Updates `inside` for `line`; true when the line is the one that opens the window.
+    fn starts(&mut self, line: &Line) -> bool {
+        match &self.start {
+            Start::Beginning => self.inside = true,
+            Start::AfterLine(n) => self.inside = line.no > *n,
+            Start::AtOffset(n) => self.inside = line.offset >= *n,
+            Start::AfterMarks(name) => {
+                if marker::mark_name(&line.event) == Some(name.as_str()) {
+                    (self.inside, self.seen_mark) = (true, true);
+                    return true;
+                }
+            }
+            Start::AfterFence(id) => {
+                if !self.inside && marker::fence_id(&line.event) == Some(id.as_str()) {
+                    self.inside = true;
+                    return true;
+                }
+            }
         }
         false
     }
 
-    fn window(&self, what: &str) -> String {
-        match self.name {
-            Some(n) => format!("{what} after the latest mark `{n}`"),
-            None => format!("{what} since the recording began"),
-        }
+    fn name(&self) -> String {
+        self.input.path.display().to_string()
     }
+}
 
-    fn check_found(&self, input: &Path) -> Result<()> {
-        match self.name {
-            Some(n) if !self.seen_mark => Err(Error::Config(format!(
-                "there is no mark `{n}` in {}: run `walwatch mark {n}` while the recorder runs",
-                input.display()
-            ))),
-            _ => Ok(()),
+/// Steps every source not yet ended until `f` says to stop, all have ended, or `deadline`
+/// passes (without one: after one pass over what is written).
+async fn drive(
+    sources: &mut [Source<'_>],
+    deadline: Option<Instant>,
+    mut f: impl FnMut(&Line) -> Result<bool>,
+) -> Result<Driven> {
+    loop {
+        for s in sources.iter_mut().filter(|s| !s.ended) {
+            if s.step(&mut f)? {
+                return Ok(Driven::Stopped);
+            }
+        }
+        if sources.iter().all(|s| s.ended) {
+            return Ok(Driven::Ended);
+        }
+        match deadline {
+            Some(d) if Instant::now() < d => tokio::time::sleep(POLL.min(d - Instant::now())).await,
+            _ => return Ok(Driven::OutOfTime),
         }
     }
+}
+
+/// The byte length of a file now.
+fn length(path: &Path) -> Result<u64> {
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 impl FileCheck {
@@ -223,76 +376,129 @@ impl FileCheck {
         }
     }
 
+    fn has_recordings(&self) -> bool {
+        self.inputs.iter().any(|i| i.kind == Kind::Recording)
+    }
+
+    fn open_all(&self) -> Result<Vec<Source<'_>>> {
+        self.inputs.iter().map(Source::open).collect()
+    }
+
+    /// Emits a fence when there is a recording to fence and a database to fence through.
     async fn emit_fence(&self) -> Result<Option<String>> {
         match &self.db {
-            Some(db) => {
+            Some(db) if self.has_recordings() => {
                 let id = marker::new_fence_id();
                 marker::emit(db, marker::FENCE_PREFIX, &id).await?;
                 Ok(Some(id))
             }
-            None => Ok(None),
+            _ => Ok(None),
         }
     }
 
-    fn fence_missing(&self) -> Error {
-        Error::FenceTimeout(format!(
-            "the fence did not appear in {} within {}: is `walwatch record` running on this \
-             database and writing to that file, and is it keeping up?",
-            self.input.display(),
-            human(self.fence_timeout)
-        ))
-    }
-
-    /// Emits a fence and reads the recording up to it, observing the events inside the window.
-    /// Returns whether there was a fence (`--no-fence`: read to the end as it is).
-    async fn observe_to_fence<'p>(
-        &self,
-        rec: &mut Recording,
-        since: &mut Since<'_>,
-        obs: &mut Observer<'p>,
-        pred: &'p dyn super::Predicate,
-    ) -> Result<bool> {
+    /// Closes every source's window now: a recording's at a fence (when there is a database),
+    /// a proxy events file's at its length. Returns whether the recordings were fenced.
+    async fn close_windows(&self, sources: &mut [Source<'_>]) -> Result<bool> {
+        for s in sources.iter_mut() {
+            if s.input.kind == Kind::ProxyEvents {
+                s.end = End::Offset(length(&s.input.path)?);
+            }
+        }
         let fence = self.emit_fence().await?;
-        let deadline = fence.as_ref().map(|_| Instant::now() + self.fence_timeout);
-        let reached = rec
-            .follow(deadline, |e| {
-                if let Some(id) = &fence
-                    && marker::fence_id(e) == Some(id.as_str())
-                {
-                    return Ok(true);
-                }
-                if since.restarts(e) {
-                    *obs = Observer::new(pred);
-                } else if since.inside {
-                    obs.observe(e)?;
-                }
-                Ok(false)
-            })
-            .await?;
-        if fence.is_some() && !reached {
-            return Err(self.fence_missing());
+        for s in sources.iter_mut() {
+            if let (Kind::Recording, Some(id)) = (s.input.kind, &fence) {
+                s.end = End::Fence(id.clone());
+            }
         }
         Ok(fence.is_some())
     }
 
+    fn fence_missing(&self, sources: &[Source<'_>]) -> Error {
+        let late: Vec<String> = sources
+            .iter()
+            .filter(|s| !s.ended)
+            .map(Source::name)
+            .collect();
+        Error::FenceTimeout(format!(
+            "the fence did not appear in {} within {}: is `walwatch record` running on this \
+             database and writing to that file, and is it keeping up?",
+            late.join(", "),
+            human(self.fence_timeout)
+        ))
+    }
+
+    /// Reads every source to the end of its window, feeding `f`. Errors when a fence does not
+    /// arrive in time.
+    async fn read_to_end(
+        &self,
+        sources: &mut [Source<'_>],
+        fenced: bool,
+        f: impl FnMut(&Line) -> Result<bool>,
+    ) -> Result<Driven> {
+        let deadline = fenced.then(|| Instant::now() + self.fence_timeout);
+        let driven = drive(sources, deadline, f).await?;
+        if fenced && driven == Driven::OutOfTime {
+            return Err(self.fence_missing(sources));
+        }
+        Ok(driven)
+    }
+
+    /// `--since`: closes the windows and starts each source after its latest mark of the name
+    /// (a first pass up to the window's end). Returns whether the recordings were fenced.
+    async fn window_since_mark(&self, sources: &mut [Source<'_>]) -> Result<bool> {
+        let fenced = self.close_windows(sources).await?;
+        let Some(name) = self.since.as_deref() else {
+            return Ok(fenced);
+        };
+        let mut first = self.open_all()?;
+        for (a, b) in first.iter_mut().zip(sources.iter()) {
+            a.end = match &b.end {
+                End::Open => End::Open,
+                End::Fence(id) => End::Fence(id.clone()),
+                End::Offset(n) => End::Offset(*n),
+            };
+        }
+        for (i, s) in first.iter_mut().enumerate() {
+            let mut latest = None;
+            self.read_to_end(std::slice::from_mut(s), fenced, |line| {
+                if marker::mark_name(&line.event) == Some(name) {
+                    latest = Some(line.no);
+                }
+                Ok(false)
+            })
+            .await?;
+            let Some(line) = latest else {
+                return Err(no_mark(s.input, name));
+            };
+            sources[i].start = Start::AfterLine(line);
+        }
+        Ok(fenced)
+    }
+
+    fn window(&self, what: &str) -> String {
+        match &self.since {
+            Some(n) => format!("{what} after the latest mark `{n}`"),
+            None => format!("{what} since the recording began"),
+        }
+    }
+
     /// Passes on the first matching event (after `--since`); fails at `within`.
     pub async fn eventually(&self, within: Duration) -> Result<Report> {
-        let mut rec = Recording::open(&self.input)?;
+        let mut sources = self.open_all()?;
+        if let Some(name) = &self.since {
+            for s in &mut sources {
+                s.start = Start::AfterMarks(name.clone());
+            }
+        }
         let deadline = Instant::now() + within;
         let pred: &dyn super::Predicate = &*self.pred;
         let mut obs = Observer::new(pred);
-        let mut since = Since::new(self.since.as_deref());
-        let found = rec
-            .follow(Some(deadline), |e| {
-                if since.restarts(e) {
-                    obs = Observer::new(pred);
-                    return Ok(false);
-                }
-                Ok(since.inside && obs.observe(e)?)
-            })
-            .await?;
-        let window = since.window(&format!("within {}", human(within)));
-        if found {
+        let driven = drive(&mut sources, Some(deadline), |line| {
+            Ok(obs.observe(&line.event)?)
+        })
+        .await?;
+        let window = self.window(&format!("within {}", human(within)));
+        if driven == Driven::Stopped {
             return Ok(obs.report(
                 "eventually",
                 true,
@@ -306,81 +512,110 @@ impl FileCheck {
             window,
             format!("no matching event arrived within {}", human(within)),
         );
+        if let Some(name) = &self.since
+            && let Some(s) = sources.iter().find(|s| !s.seen_mark)
+        {
+            report.diagnostics.push(no_mark(s.input, name).to_string());
+        }
         self.diagnose_into(&mut report).await;
         Ok(report)
     }
 
-    /// Fails if a matching change is in the window: after `--since` (or, with `during`, from
-    /// a start fence on for that long) up to an end fence.
+    /// Fails if a matching event is in the window: after `--since` (or, with `during`, from
+    /// now on for that long) up to the window's close (module docs).
     pub async fn never(&self, during: Option<Duration>) -> Result<Report> {
-        let mut rec = Recording::open(&self.input)?;
         let pred: &dyn super::Predicate = &*self.pred;
         let mut obs = Observer::new(pred);
-        let mut since = Since::new(self.since.as_deref());
-        let mut window = since.window("changes");
-        if let Some(during) = during {
-            let start = self.emit_fence().await?.ok_or_else(|| {
-                Error::Config("--during needs the database to fence: drop --no-fence".into())
-            })?;
-            window = format!(
-                "changes committed during {} (fenced at both ends)",
-                human(during)
-            );
-            since = Since::after_fence(start);
-            let violated = rec
-                .follow(Some(Instant::now() + during), |e| {
-                    if since.restarts(e) {
-                        return Ok(false);
-                    }
-                    Ok(since.inside && obs.observe(e)?)
-                })
-                .await?;
-            if violated {
-                return Ok(obs.report(
-                    "never",
-                    false,
-                    window,
-                    "a matching change was committed inside the window".into(),
-                ));
+        let mut sources = self.open_all()?;
+        let (window, fenced) = match during {
+            Some(during) => {
+                let window = format!("events during {} (fenced at both ends)", human(during));
+                if self.watch_during(&mut sources, &mut obs, during).await? {
+                    return Ok(obs.report(
+                        "never",
+                        false,
+                        window,
+                        "a matching event was in the window".into(),
+                    ));
+                }
+                (window, self.close_windows(&mut sources).await?)
             }
-        }
-        let fenced = self
-            .observe_to_fence(&mut rec, &mut since, &mut obs, pred)
-            .await?;
-        if during.is_none() {
-            since.check_found(&self.input)?;
-        }
-        let n = obs.matched();
-        let fenced = if fenced {
-            " up to a fence"
-        } else {
-            " (not fenced)"
+            None => {
+                let fenced = self.window_since_mark(&mut sources).await?;
+                (self.window("events"), fenced)
+            }
         };
-        let window = format!("{window}{fenced}");
+        self.read_to_end(&mut sources, fenced, |line| {
+            obs.observe(&line.event)?;
+            Ok(false)
+        })
+        .await?;
+        let n = obs.matched();
+        let closed = match (fenced, self.has_recordings()) {
+            (true, _) | (false, false) => " up to the window's close",
+            (false, true) => " (not fenced)",
+        };
+        let window = format!("{window}{closed}");
         Ok(if n == 0 {
-            obs.report("never", true, window, "no matching change".into())
+            obs.report("never", true, window, "no matching event".into())
         } else {
             obs.report(
                 "never",
                 false,
                 window,
-                format!("{n} matching change(s) were committed inside the window"),
+                format!("{n} matching event(s) were in the window"),
             )
         })
     }
 
-    /// Counts matching events after `--since`, up to an end fence.
+    /// `never --during`: opens the window now (a fence in each recording, the length of each
+    /// proxy events file) and watches it for `during`; true at the first matching event.
+    async fn watch_during(
+        &self,
+        sources: &mut [Source<'_>],
+        obs: &mut Observer<'_>,
+        during: Duration,
+    ) -> Result<bool> {
+        for s in sources.iter_mut() {
+            if s.input.kind == Kind::ProxyEvents {
+                s.start = Start::AtOffset(length(&s.input.path)?);
+            }
+        }
+        if self.has_recordings() {
+            let start = self.emit_fence().await?.ok_or_else(|| {
+                Error::Config(
+                    "--during needs the database to fence a recording: drop --no-fence".into(),
+                )
+            })?;
+            for s in sources.iter_mut() {
+                if s.input.kind == Kind::Recording {
+                    s.start = Start::AfterFence(start.clone());
+                }
+            }
+        }
+        // A harness running this in the background waits for this line before it acts.
+        tracing::info!("never: the window is open for {}", human(during));
+        let driven = drive(sources, Some(Instant::now() + during), |line| {
+            Ok(obs.observe(&line.event)?)
+        })
+        .await?;
+        Ok(driven == Driven::Stopped)
+    }
+
+    /// Counts matching events after `--since`, up to the window's close.
     pub async fn count(&self, expect: Expect) -> Result<Report> {
-        let mut rec = Recording::open(&self.input)?;
         let pred: &dyn super::Predicate = &*self.pred;
         let mut obs = Observer::new(pred);
-        let mut since = Since::new(self.since.as_deref());
-        self.observe_to_fence(&mut rec, &mut since, &mut obs, pred)
-            .await?;
-        since.check_found(&self.input)?;
+        let mut sources = self.open_all()?;
+        let fenced = self.window_since_mark(&mut sources).await?;
+        self.read_to_end(&mut sources, fenced, |line| {
+            obs.observe(&line.event)?;
+            Ok(false)
+        })
+        .await?;
         let n = obs.matched();
         let passed = expect.holds(n);
-        let window = since.window("events");
+        let window = self.window("events");
         let mut report = obs.report(
             "count",
             passed,
@@ -424,9 +659,84 @@ impl FileCheck {
     }
 }
 
+/// The error of a `--since NAME` whose mark is not in `input`.
+fn no_mark(input: &Input, name: &str) -> Error {
+    let how = match input.kind {
+        Kind::Recording => format!("run `walwatch mark {name}` while the recorder runs"),
+        Kind::ProxyEvents => format!(
+            "run `walwatch mark {name} --proxy CONTROL-ADDR` (the proxy's --control address) so \
+             the proxy records it"
+        ),
+    };
+    Error::Config(format!(
+        "there is no mark `{name}` in {}: {how}",
+        input.path.display()
+    ))
+}
+
 fn expect_floor(e: Expect) -> u64 {
     match e {
         Expect::Equals(x) | Expect::AtLeast(x) => x,
         Expect::AtMost(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    const PROXY_LINE: &str = r#"{"type":"proxy","seq":1,"ts":"2026-12-02T10:00:00.000000Z","data":{"action":"error","query":"INSERT 1","message":"m"}}"#;
+
+    /// Lines are numbered and placed by where they start, a line cut in the middle of its
+    /// write is read once it is whole.
+    #[test]
+    fn lines_carry_their_number_and_offset_across_partial_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let mut f = File::create(&path).unwrap();
+        writeln!(f, "{PROXY_LINE}").unwrap();
+        let (head, tail) = PROXY_LINE.split_at(20);
+        write!(f, "{head}").unwrap();
+        let mut rec = Recording::open(&path).unwrap();
+        let first = rec.read_available().unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].no, first[0].offset), (1, 0));
+        assert!(
+            rec.read_available().unwrap().is_empty(),
+            "half a line is not an event"
+        );
+        writeln!(f, "{tail}").unwrap();
+        let second = rec.read_available().unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].no, 2);
+        assert_eq!(second[0].offset, PROXY_LINE.len() as u64 + 1);
+        assert_eq!(rec.consumed, 2 * (PROXY_LINE.len() as u64 + 1));
+    }
+
+    /// An events file's window ends before the byte it had at the close: later lines are out.
+    #[tokio::test]
+    async fn an_events_files_window_ends_at_its_length_at_the_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.jsonl");
+        let mut f = File::create(&path).unwrap();
+        writeln!(f, "{PROXY_LINE}").unwrap();
+        let input = Input {
+            path: path.clone(),
+            kind: Kind::ProxyEvents,
+        };
+        let mut source = Source::open(&input).unwrap();
+        source.end = End::Offset(length(&path).unwrap());
+        writeln!(f, "{PROXY_LINE}").unwrap();
+        let mut seen = 0;
+        let driven = drive(std::slice::from_mut(&mut source), None, |_| {
+            seen += 1;
+            Ok(false)
+        })
+        .await
+        .unwrap();
+        assert_eq!(driven, Driven::Ended);
+        assert_eq!(seen, 1, "the line written after the close is outside");
     }
 }

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::events::EventLog;
 use super::rule::{RuleError, RuleSet, RuleSpec};
 
 /// Bodies larger than this are refused (413): a rule is a few hundred bytes.
@@ -119,6 +120,7 @@ pub async fn serve(
     listener: TcpListener,
     token: Option<String>,
     rules: Arc<RuleSet>,
+    events: Arc<EventLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     // Connections watch this sender: its drop is their signal to close.
@@ -142,6 +144,7 @@ pub async fn serve(
             tcp,
             token.clone(),
             rules.clone(),
+            events.clone(),
             stopped.clone(),
         ));
     }
@@ -153,11 +156,12 @@ async fn connection(
     tcp: TcpStream,
     token: Arc<Option<String>>,
     rules: Arc<RuleSet>,
+    events: Arc<EventLog>,
     mut stopped: watch::Receiver<()>,
 ) {
     let service = hyper::service::service_fn(move |req| {
-        let (token, rules) = (token.clone(), rules.clone());
-        async move { Ok::<_, Infallible>(handle(req, token.as_deref(), &rules).await) }
+        let (token, rules, events) = (token.clone(), rules.clone(), events.clone());
+        async move { Ok::<_, Infallible>(handle(req, token.as_deref(), &rules, &events).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -195,6 +199,8 @@ fn fail(status: StatusCode, message: impl Into<String>) -> Reply {
 
 /// What a path names.
 enum Route<'a> {
+    /// `/marks`.
+    Marks,
     All,
     One(u64),
     BadId(&'a str),
@@ -204,6 +210,7 @@ enum Route<'a> {
 fn route(path: &str) -> Route<'_> {
     match path.trim_end_matches('/') {
         "/faults" => Route::All,
+        "/marks" => Route::Marks,
         p => match p.strip_prefix("/faults/") {
             Some(id) => id.parse().map_or(Route::BadId(id), Route::One),
             None => Route::Unknown,
@@ -212,7 +219,12 @@ fn route(path: &str) -> Route<'_> {
 }
 
 /// One request. The body is read first, whatever the answer: see [`MAX_DRAIN`].
-async fn handle(req: Request<Incoming>, token: Option<&str>, rules: &RuleSet) -> Reply {
+async fn handle(
+    req: Request<Incoming>,
+    token: Option<&str>,
+    rules: &RuleSet,
+    events: &Arc<EventLog>,
+) -> Reply {
     let (parts, body) = req.into_parts();
     let body = read_body(&parts.headers, body).await;
     if let Some(token) = token
@@ -263,6 +275,8 @@ async fn handle(req: Request<Incoming>, token: Option<&str>, rules: &RuleSet) ->
                 no_such_rule(id)
             }
         }
+        Route::Marks if method == Method::POST => mark(&body, events).await,
+        Route::Marks => not_allowed("POST", "/marks"),
         Route::All => not_allowed("GET, POST, DELETE", "/faults"),
         Route::One(_) => not_allowed("GET, DELETE", "/faults/ID"),
         Route::BadId(id) => fail(
@@ -272,7 +286,7 @@ async fn handle(req: Request<Incoming>, token: Option<&str>, rules: &RuleSet) ->
         Route::Unknown => fail(
             StatusCode::NOT_FOUND,
             format!(
-                "no such path {}: the control API serves /faults and /faults/ID",
+                "no such path {}: the control API serves /faults, /faults/ID and /marks",
                 parts.uri.path()
             ),
         ),
@@ -346,6 +360,23 @@ fn add(body: &[u8], rules: &RuleSet) -> Reply {
     }
 }
 
+/// `POST /marks` with `{"name": NAME}`: records a mark event (fsync'd before the answer).
+async fn mark(body: &[u8], events: &Arc<EventLog>) -> Reply {
+    let name = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_string));
+    match name {
+        Some(name) if !name.is_empty() => {
+            let seq = events.mark(&name).await.seq;
+            answer(StatusCode::CREATED, json!({"seq": seq, "name": name}))
+        }
+        _ => fail(
+            StatusCode::BAD_REQUEST,
+            "send {\"name\": \"<mark name>\"}: a mark needs a non-empty name",
+        ),
+    }
+}
+
 /// A rule object, or `{"rule": "<string form>"}`.
 fn parse_rule(body: &[u8]) -> Result<RuleSpec, String> {
     const SEND: &str = "send a rule object such as {\"action\": \"error\", \"query\": \
@@ -397,6 +428,8 @@ pub enum Command {
     Remove(u64),
     /// `DELETE /faults`.
     Clear,
+    /// `POST /marks`: a named mark in the proxy's events.
+    Mark(String),
 }
 
 impl Command {
@@ -405,6 +438,10 @@ impl Command {
             Command::List => (Method::GET, "/faults".into(), Bytes::new()),
             Command::Clear => (Method::DELETE, "/faults".into(), Bytes::new()),
             Command::Remove(id) => (Method::DELETE, format!("/faults/{id}"), Bytes::new()),
+            Command::Mark(name) => {
+                let body = json!({ "name": name }).to_string();
+                (Method::POST, "/marks".into(), Bytes::from(body))
+            }
             Command::Add(spec) => {
                 let body = serde_json::to_vec(spec).map_err(|e| {
                     ControlError::Protocol(format!("the rule cannot be sent as JSON: {e}"))
@@ -595,6 +632,13 @@ mod tests {
 
     /// Serves a fresh rule set on a free loopback port.
     async fn start(token: Option<&str>) -> (String, Arc<RuleSet>) {
+        let (addr, rules, _) = start_with_events(token).await;
+        (addr, rules)
+    }
+
+    /// [`start`], also returning the proxy's event log the API records marks in.
+    async fn start_with_events(token: Option<&str>) -> (String, Arc<RuleSet>, Arc<EventLog>) {
+        let events = EventLog::open(None, 100).unwrap();
         let rules = Arc::new(RuleSet::new(0));
         let config = ControlConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -603,8 +647,37 @@ mod tests {
         let listener = bind(&config).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let shutdown = std::future::pending();
-        tokio::spawn(serve(listener, config.token, rules.clone(), shutdown));
-        (addr, rules)
+        let log = events.clone();
+        tokio::spawn(serve(listener, config.token, rules.clone(), log, shutdown));
+        (addr, rules, events)
+    }
+
+    #[tokio::test]
+    async fn a_mark_is_recorded_in_the_events_with_its_name() {
+        let (addr, _, events) = start_with_events(None).await;
+        let answer = request(&addr, None, &Command::Mark("fault-start".into()))
+            .await
+            .unwrap();
+        assert_eq!(answer["name"], "fault-start", "{answer}");
+        let seq = answer["seq"].as_u64().unwrap();
+        let recorded = events.all();
+        assert_eq!(recorded.len(), 1, "{recorded:?}");
+        assert_eq!(recorded[0].seq, seq);
+        assert_eq!(
+            recorded[0].data.action,
+            crate::proxy::events::ProxyAction::Mark
+        );
+        assert_eq!(recorded[0].data.message.as_deref(), Some("fault-start"));
+        let event = recorded[0].to_event();
+        assert_eq!(crate::marker::mark_name(&event), Some("fault-start"));
+        assert!(crate::marker::is_marker(&event));
+        let (status, body) = raw(&addr, "POST", "/marks", "{\"name\": \"\"}").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("non-empty name"),
+            "{body}"
+        );
+        assert_eq!(events.all().len(), 1, "a refused mark is not recorded");
     }
 
     /// One request written by hand (for what [`request`] never sends): the status and the
@@ -751,7 +824,7 @@ mod tests {
             body["error"]
                 .as_str()
                 .unwrap()
-                .contains("/faults and /faults/ID")
+                .contains("/faults, /faults/ID and /marks")
         );
         let (status, body) = raw(&addr, "PUT", "/faults", "{}").await;
         assert_eq!(
@@ -864,7 +937,13 @@ mod tests {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let server = tokio::spawn(serve(listener, None, rules, shutdown));
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            rules,
+            EventLog::open(None, 10).unwrap(),
+            shutdown,
+        ));
         request(&addr, None, &Command::List).await.unwrap();
         stop.send(()).unwrap();
         server.await.unwrap();

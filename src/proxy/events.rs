@@ -37,6 +37,10 @@ pub enum ProxyAction {
     Drop,
     /// Relayed it unchanged (`--log-queries`).
     Pass,
+    /// Not a statement: a named mark (`walwatch mark NAME --proxy ADDR`, [`crate::proxy::Proxy::mark`])
+    /// whose name is in `message`, so that `walwatch assert --since NAME` can find where a
+    /// window starts in a proxy events file as it does in a WAL recording.
+    Mark,
 }
 
 /// One event's `data`.
@@ -94,6 +98,8 @@ pub struct EventLog {
     seq: AtomicU64,
     inner: Mutex<Inner>,
     grew: Condvar,
+    /// The same wake-up for async waiters ([`EventLog::changed_past`]).
+    notify: tokio::sync::Notify,
     path: Option<PathBuf>,
 }
 
@@ -125,6 +131,7 @@ impl EventLog {
                 failed: None,
             }),
             grew: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
             path: path.map(Path::to_path_buf),
         }))
     }
@@ -165,6 +172,7 @@ impl EventLog {
         }
         drop(inner);
         self.grew.notify_all();
+        self.notify.notify_waiters();
         event
     }
 
@@ -184,6 +192,16 @@ impl EventLog {
                 data: ProxyData::placeholder(),
             }),
         }
+    }
+
+    /// Records a mark named `name` (durably: a window starts there) and returns its event.
+    pub async fn mark(self: &Arc<Self>, name: &str) -> Arc<ProxyEvent> {
+        let data = ProxyData {
+            action: ProxyAction::Mark,
+            message: Some(name.to_string()),
+            ..ProxyData::placeholder()
+        };
+        self.record_async(data, true).await
     }
 
     /// The sequence number of the last event recorded (0 before any).
@@ -218,7 +236,21 @@ impl EventLog {
     }
 }
 
+impl EventLog {
+    /// Waits until an event with a sequence number above `after` is recorded, or `deadline`.
+    pub async fn changed_past(&self, after: u64, deadline: tokio::time::Instant) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.last_seq() > after {
+            return;
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}
+
 impl ProxyData {
+    /// An event of the proxy's own, on no connection.
     fn placeholder() -> ProxyData {
         ProxyData {
             action: ProxyAction::Error,

@@ -184,6 +184,7 @@ impl ProxyBuilder {
                     l,
                     config.token.clone(),
                     rules.clone(),
+                    events.clone(),
                     shutdown,
                 ));
                 a
@@ -248,6 +249,13 @@ impl Proxy {
     /// The live rules.
     pub fn rules(&self) -> &Arc<RuleSet> {
         &self.rules
+    }
+
+    /// Records a mark named `name` in the proxy's events (and `--events` file, fsync'd) and
+    /// returns its sequence number: `walwatch assert --since NAME` over the events file starts
+    /// its window there, as it does at a mark of that name in a WAL recording.
+    pub async fn mark(&self, name: &str) -> u64 {
+        self.events.mark(name).await.seq
     }
 
     /// The events recorded so far.
