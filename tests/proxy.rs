@@ -507,6 +507,136 @@ async fn bad_clients_and_a_missing_upstream_harm_nobody_else() {
     assert_eq!(down.events().all()[0].data.action, ProxyAction::Error);
 }
 
+/// A byte relay to the shared cluster whose connections the test can cut at once: an upstream
+/// that goes away mid-query without a word (a crash, a network cut), which a real server will
+/// not do on request (pg_terminate_backend sends a FATAL first).
+async fn cuttable_upstream() -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let server = tokio::task::spawn_blocking(upstream).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (server, mut cut_rx) = (server.clone(), cut_rx.clone());
+            tokio::spawn(async move {
+                let mut up = tokio::net::TcpStream::connect(&server).await.unwrap();
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut up) => {}
+                    _ = cut_rx.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+/// The upstream goes away in the middle of a query: that client gets an 08006 error naming
+/// what happened, and an event; the proxy serves the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_dying_mid_query_fails_only_that_query_clearly() {
+    let (relay, cut) = cuttable_upstream().await;
+    let p = Proxy::builder(relay.to_string()).start().await.unwrap();
+    let c = connect(&through(&p, "walwatch")).await;
+    let app = support::unique_name("midquery");
+    c.batch_execute(&format!("SET application_name = '{app}'"))
+        .await
+        .unwrap();
+    let running = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(60)").await });
+    let probe = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}' AND state = 'active';"
+    );
+    tokio::task::spawn_blocking(move || {
+        support::wait_until("the query to run upstream", Duration::from_secs(30), || {
+            (sql(&probe).trim() == "1").then_some(())
+        })
+    })
+    .await
+    .unwrap();
+    cut.send(true).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the client is told at once, not after the query's 60 s")
+        .unwrap()
+        .expect_err("the query cannot complete");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.contains("the upstream server closed the connection"),
+        "{message}"
+    );
+    let events = p.events().all();
+    assert!(
+        events.iter().any(|e| e.data.action == ProxyAction::Error
+            && e.data.message.as_deref() == Some(message.as_str())),
+        "an event says so: {events:?}"
+    );
+    // New connections through the relay are not cut.
+    cut.send(false).unwrap();
+    let c = connect(&through(&p, "walwatch")).await;
+    assert_eq!(select_one(&c).await, 1, "the proxy still serves");
+}
+
+/// A client that asks for a large result and never reads it fills its own socket buffers
+/// and the proxy's; every other connection is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_holds_up_nobody_else() {
+    let p = start(&[]).await;
+    let addr = p.addr();
+    let stalled = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let mut pkt = vec![0, 0, 0, 0, 0, 3, 0, 0];
+        pkt.extend_from_slice(b"user\0walwatch_trust\0database\0");
+        pkt.extend_from_slice(TEST_DATABASE.as_bytes());
+        pkt.extend_from_slice(b"\0\0");
+        let len = (pkt.len() as u32).to_be_bytes();
+        pkt[..4].copy_from_slice(&len);
+        s.write_all(&pkt).unwrap();
+        // About 200 MB of rows, far more than any socket buffer holds.
+        let q = b"SELECT repeat('x', 1000000) FROM generate_series(1, 200)\0";
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&((q.len() + 4) as u32).to_be_bytes());
+        msg.extend_from_slice(q);
+        s.write_all(&msg).unwrap();
+        s // kept open, never read
+    })
+    .await
+    .unwrap();
+    // The server is blocked writing to the proxy, which holds no more of it (as a superuser:
+    // another role's wait event is hidden from the test role).
+    let admin = support::admin_client(TEST_DATABASE).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let blocked: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'walwatch_trust' \
+                 AND wait_event = 'ClientWrite'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled query never blocked the server in ClientWrite"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    for _ in 0..20 {
+        let c = connect(&through(&p, "walwatch")).await;
+        assert_eq!(select_one(&c).await, 1);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "others were held up: {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
 #[test]
 fn the_cli_proxy_fails_psql_statements_and_writes_events() {
     let cluster = support::cluster();
