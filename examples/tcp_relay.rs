@@ -1,12 +1,13 @@
 //! The floor for `benches/proxy.sh`: a byte relay with no protocol work at all (tokio's
-//! `copy_bidirectional`, one task per connection), so the bench can show what any proxy process
-//! in the path costs on this machine, beside what `walwatch proxy` costs.
+//! `copy_bidirectional`, one task per connection, on one thread as `walwatch proxy` by default),
+//! so the bench can show what any proxy process in the path costs on this machine, beside what
+//! `walwatch proxy` costs.
 //!
 //!     cargo run --release --example tcp_relay -- 127.0.0.1:LISTEN 127.0.0.1:UPSTREAM
 
 use tokio::net::{TcpListener, TcpStream};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {

@@ -172,6 +172,13 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub log_queries: bool,
 
+    /// Threads relaying connections. One (the default) relays with no wake-ups across threads,
+    /// which costs the machine the least where the database and its clients share its cores
+    /// (benches/proxy.sh measures it); more for many busy clients on a larger machine.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
     /// Terminate clients' TLS with this certificate (PEM); without, clients asking for TLS
     /// are answered N.
     #[arg(long, value_name = "FILE", requires = "tls_key")]

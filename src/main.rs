@@ -98,11 +98,20 @@ fn one_line(e: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // Two workers: decoding has a thread of its own, the runtime only moves bytes and events.
+    // The proxy picks its own (`--threads`, default one: see benches/proxy.sh).
+    let workers = match &cli.command {
+        Some(Command::Proxy(args)) => usize::from(args.threads),
+        _ => 2,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("walwatch: error: cannot start the async runtime: {e}");
