@@ -19,7 +19,8 @@ MATRIX=$(bash tests/install-pg-matrix.sh)
 # The Kafka tests start their own broker from this binary; without it they fail, never skip.
 WALWATCH_TANSU=$(bash tests/install-tansu.sh)
 export WALWATCH_TANSU
-# The Arrow interop tests read the output with DuckDB and pyarrow; without them they fail.
+# The Arrow interop tests read the output with DuckDB and pyarrow, and the proxy's driver
+# tests run psycopg (tests/proxy_clients.rs); without them they fail.
 WALWATCH_PYTHON=$(bash tests/install-pytools.sh)
 export WALWATCH_PYTHON
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -35,10 +36,10 @@ if [ "${CI:-}" = "true" ]; then profile=ci; fi
 # the replication protocol, authentication, slots, server messages, initdb and pg_ctl). Not
 # kafka: what it adds to capture is the broker side (its server side is capture's, and its
 # primary-key lookup is tests/catalog.rs's).
-MATRIX_BINARIES=(arrow capture catalog cli demo durable harness_cli insert_rejected large_txn pg_conn privilege proxy real_world
-  scratch tls types watch)
+MATRIX_BINARIES=(arrow capture catalog cli demo durable harness_cli insert_rejected large_txn pg_conn privilege
+  proxy proxy_tls real_world scratch tls types watch)
 # Those that need a server built with SSL: run only where it has it.
-SSL_BINARIES=(tls)
+SSL_BINARIES=(tls proxy_tls)
 
 # The server the whole suite runs on: the one walwatch::scratch::find_bin_dir picks.
 if [ -n "${WALWATCH_PG_BIN:-}" ]; then

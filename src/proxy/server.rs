@@ -1,6 +1,15 @@
 //! The proxy's listener: accepts clients, negotiates (TLS or `N`, cancel requests), connects
 //! each to the upstream server and hands the pair to [`super::relay`]. Each client runs in its
 //! own task, so one slow client never holds up another.
+//!
+//! TLS to the client ends here (`--tls-cert`): the proxy must read the statements to match
+//! rules, so it cannot pass the client's TLS through to the server. It is reached both ways
+//! PostgreSQL 17 serves it: an SSLRequest answered `S`, or "direct SSL" (libpq
+//! `sslnegotiation=direct`), where the client's first bytes are a TLS ClientHello that must
+//! name the ALPN protocol `postgresql`. Without a certificate, an SSLRequest is answered `N`
+//! (the client goes on in plain text or gives up, as its sslmode says) and a direct ClientHello
+//! is refused with a TLS alert, a log line and an event: a client that speaks TLS could not read
+//! a PostgreSQL ErrorResponse.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,6 +35,21 @@ use crate::pg::params::{ConnParams, SslMode};
 /// How long a client may take to send its startup packet (the server's own
 /// `authentication_timeout` default is one minute).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The first byte of a TLS handshake record (RFC 8446 section 5.1, ContentType handshake(22)).
+/// A startup packet never starts with it: its first byte is the top byte of a length of at
+/// most 10,000 (src/backend/tcop/backend_startup.c, ProcessSSLStartup, checks the same byte).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The ALPN protocol a direct-SSL client must offer (PostgreSQL docs, "SSL Session
+/// Encryption" in protocol-flow.html; src/include/libpq/pqcomm.h, PG_ALPN_PROTOCOL).
+const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// A fatal `handshake_failure` alert in a plaintext TLS record (RFC 8446 sections 5.1 and 6:
+/// ContentType alert(21), legacy_record_version 3.3, length 2, AlertLevel fatal(2),
+/// AlertDescription handshake_failure(40)): what a direct-SSL client is told when the proxy
+/// has no certificate, so that it fails at once with a TLS error rather than waiting.
+const TLS_HANDSHAKE_FAILURE: [u8; 7] = [21, 3, 3, 0, 2, 2, 40];
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -149,8 +173,8 @@ enum ClientStream {
 async fn serve_client(shared: &Shared, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed) + 1;
-    let (stream, first) = match tokio::time::timeout(STARTUP_TIMEOUT, negotiate(shared, tcp)).await
-    {
+    let negotiating = negotiate(shared, id, peer, tcp);
+    let (stream, first) = match tokio::time::timeout(STARTUP_TIMEOUT, negotiating).await {
         Ok(Ok(Some(pair))) => pair,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
@@ -255,9 +279,13 @@ type Startup = (BytesMut, Vec<(String, String)>);
 /// `None` when the connection was a cancel request or is refused.
 async fn negotiate(
     shared: &Shared,
+    id: u64,
+    peer: SocketAddr,
     tcp: TcpStream,
 ) -> std::io::Result<Option<(ClientStream, Startup)>> {
-    let mut stream = ClientStream::Plain(tcp);
+    let Some(mut stream) = direct_ssl(shared, id, peer, tcp).await? else {
+        return Ok(None);
+    };
     loop {
         let first = match &mut stream {
             ClientStream::Plain(s) => relay::read_first(s).await?,
@@ -273,6 +301,21 @@ async fn negotiate(
             }
         };
         match first {
+            // Once encrypted, the server takes another SSLRequest or GSSENCRequest for a
+            // startup packet of an unknown protocol version and refuses it (src/backend/tcop/
+            // backend_startup.c, ProcessStartupPacket: "ssl_done" and "gss_done" are both set
+            // by a successful negotiation of either).
+            FirstPacket::Ssl | FirstPacket::GssEnc if matches!(stream, ClientStream::Tls(_)) => {
+                let mut out = BytesMut::new();
+                wire::error_response(
+                    "08P01",
+                    "walwatch proxy: an SSLRequest or GSSENCRequest on a connection that is \
+                     already encrypted; send the startup packet",
+                    &mut out,
+                );
+                write_plain(&mut stream, &out).await?;
+                return Ok(None);
+            }
             FirstPacket::Ssl => match (stream, &shared.tls) {
                 (ClientStream::Plain(mut s), Some(acceptor)) => {
                     s.write_all(b"S").await?;
@@ -291,6 +334,75 @@ async fn negotiate(
             FirstPacket::Startup { raw, params, .. } => return Ok(Some((stream, (raw, params)))),
         }
     }
+}
+
+/// PostgreSQL 17's direct SSL: when the client's first byte opens a TLS handshake, the
+/// handshake comes first and the startup packet follows inside it (src/backend/tcop/
+/// backend_startup.c, ProcessSSLStartup). As there, the client must have negotiated ALPN
+/// `postgresql`, so that a TLS client of another protocol, sent here by mistake, cannot pass
+/// for a PostgreSQL one. `None`: the connection is refused (logged, with an event).
+async fn direct_ssl(
+    shared: &Shared,
+    id: u64,
+    peer: SocketAddr,
+    tcp: TcpStream,
+) -> std::io::Result<Option<ClientStream>> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await? == 0 || first[0] != TLS_HANDSHAKE {
+        return Ok(Some(ClientStream::Plain(tcp)));
+    }
+    let Some(acceptor) = &shared.tls else {
+        let mut tcp = tcp;
+        let _ = tcp.write_all(&TLS_HANDSHAKE_FAILURE).await;
+        let _ = tcp.shutdown().await;
+        refuse_negotiation(
+            shared,
+            id,
+            peer,
+            "walwatch proxy: a client opened with a TLS handshake (direct SSL, libpq \
+             sslnegotiation=direct), but the proxy has no TLS certificate: start it with \
+             --tls-cert and --tls-key, or connect with sslnegotiation=postgres",
+        )
+        .await;
+        return Ok(None);
+    };
+    let mut tls = acceptor.accept(tcp).await?;
+    if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+        let message = "walwatch proxy: received a direct SSL connection without ALPN protocol \
+                       negotiation: a PostgreSQL client must offer the ALPN protocol \
+                       \"postgresql\" (libpq 17 and later do)";
+        // The channel is up, so the client can read why (PostgreSQL only logs it).
+        let mut out = BytesMut::new();
+        wire::error_response("08P01", message, &mut out);
+        let _ = tls.write_all(&out).await;
+        let _ = tls.shutdown().await;
+        refuse_negotiation(shared, id, peer, message).await;
+        return Ok(None);
+    }
+    Ok(Some(ClientStream::Tls(Box::new(tls))))
+}
+
+/// Logs and records a connection refused before its startup packet (no user or database yet).
+async fn refuse_negotiation(shared: &Shared, id: u64, peer: SocketAddr, message: &str) {
+    tracing::warn!("proxy: connection {id} from {peer} refused: {message}");
+    shared
+        .events
+        .record_async(
+            ProxyData {
+                action: ProxyAction::Error,
+                query: None,
+                rule: None,
+                message: Some(message.to_string()),
+                sqlstate: Some("08P01".into()),
+                connection: id,
+                database: Arc::from(""),
+                user: Arc::from(""),
+                application_name: Arc::from(""),
+                duration_ms: None,
+            },
+            true,
+        )
+        .await;
 }
 
 async fn write_plain(stream: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
@@ -340,7 +452,9 @@ async fn connect_upstream(params: &ConnParams) -> Result<(Socket, bool), PgError
 }
 
 /// A TLS acceptor for `--tls-cert`/`--tls-key` (PEM), offering ALPN `postgresql` as the
-/// server does since PostgreSQL 17.
+/// server does since PostgreSQL 17: a client offering only other protocols fails the handshake
+/// (rustls answers `no_application_protocol`, as the server's OpenSSL callback does); one
+/// offering none passes it, and [`direct_ssl`] refuses it on the direct path.
 pub(crate) fn acceptor(
     cert: &PathBuf,
     key: &PathBuf,
@@ -375,6 +489,6 @@ pub(crate) fn acceptor(
             e.to_string(),
         )
     })?;
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
