@@ -567,7 +567,8 @@ async fn an_upstream_dying_mid_query_fails_only_that_query_clearly() {
     let events = p.events().all();
     assert!(
         events.iter().any(|e| e.data.action == ProxyAction::Error
-            && e.data.message.as_deref() == Some(message.as_str())),
+            && e.data.message.as_deref() == Some(message.as_str())
+            && e.data.sqlstate.as_deref() == Some("08006")),
         "an event says so: {events:?}"
     );
     // New connections through the relay are not cut.

@@ -153,16 +153,14 @@ impl<'a> Relay<'a> {
         };
         match &end {
             End::Refuse { sqlstate, message } => {
-                self.event(ProxyAction::Error, None, None, Some(message.clone()), None)
-                    .await;
+                self.error_event(sqlstate, message).await;
                 let mut out = BytesMut::new();
                 wire::error_response(sqlstate, message, &mut out);
                 let _ = client_wr.write_all(&out).await;
             }
             End::UpstreamGone(why) if !self.state().server_fatal => {
                 let message = format!("walwatch proxy: the upstream server {why}");
-                self.event(ProxyAction::Error, None, None, Some(message.clone()), None)
-                    .await;
+                self.error_event("08006", &message).await;
                 let mut out = BytesMut::new();
                 wire::error_response("08006", &message, &mut out);
                 let _ = client_wr.write_all(&out).await;
@@ -557,6 +555,15 @@ impl<'a> Relay<'a> {
         };
         let durable = action != ProxyAction::Pass;
         self.shared.events.record_async(data, durable).await;
+    }
+
+    /// The event of an error of the proxy's own, sent to the client with `sqlstate`.
+    async fn error_event(&self, sqlstate: &str, message: &str) {
+        let data = ProxyData {
+            sqlstate: Some(sqlstate.to_string()),
+            ..self.data(ProxyAction::Error, None, None, Some(message.to_string()))
+        };
+        self.shared.events.record_async(data, true).await;
     }
 
     fn data(
