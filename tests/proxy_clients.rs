@@ -12,10 +12,9 @@
 mod harness;
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{TEST_DATABASE, TEST_PASSWORD};
@@ -44,46 +43,6 @@ fn python() -> PathBuf {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     python
-}
-
-/// Runs `cmd` to its end, or kills it at `deadline` and fails with what it printed so far.
-fn run_with_deadline(mut cmd: Command, deadline: Duration, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish within {deadline:?}; it printed:\n{}\n{}",
-                String::from_utf8_lossy(&out.join().unwrap()),
-                String::from_utf8_lossy(&err.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -204,7 +163,7 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/proxy_client.py");
     let mut cmd = Command::new(&python);
     cmd.arg(&script).arg(config.to_string());
-    let out = run_with_deadline(
+    let out = support::run_with_deadline(
         cmd,
         Duration::from_secs(120),
         "tests/python/proxy_client.py",
@@ -501,7 +460,7 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
             ))
             .env("PGPASSWORD", password)
             .env("LC_MESSAGES", "C");
-        run_with_deadline(cmd, Duration::from_secs(30), "psql through the proxy")
+        support::run_with_deadline(cmd, Duration::from_secs(30), "psql through the proxy")
     };
     let ok = |out: Output| {
         assert!(

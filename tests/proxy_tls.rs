@@ -12,7 +12,6 @@
 mod harness;
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -109,48 +108,6 @@ fn table(prefix: &str) -> String {
     t
 }
 
-/// Runs `cmd` to its end, or kills it at `deadline` and fails with what it printed so far.
-fn run_with_deadline(mut cmd: Command, deadline: Duration, what: &str) -> (Output, Duration) {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().unwrap()));
-    let err = reader(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{what} did not finish within {deadline:?} (a hang); it printed:\n{}\n{}",
-                String::from_utf8_lossy(&out.join().unwrap()),
-                String::from_utf8_lossy(&err.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let took = started.elapsed();
-    let output = Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    };
-    (output, took)
-}
-
 /// psql (the server's, so libpq of that version) with a libpq connection string; statements
 /// as `-c` arguments, stopping at the first error.
 fn psql(bin: &Path, conninfo: &str, password: &str, statements: &[&str]) -> Output {
@@ -167,7 +124,7 @@ fn psql(bin: &Path, conninfo: &str, password: &str, statements: &[&str]) -> Outp
         .env("PGSSLROOTCERT", "/nonexistent/walwatch-test-root.crt")
         .env_remove("PGSSLMODE")
         .env_remove("PGCHANNELBINDING");
-    run_with_deadline(cmd, DEADLINE, &format!("psql {conninfo}")).0
+    support::run_with_deadline(cmd, DEADLINE, &format!("psql {conninfo}"))
 }
 
 fn stdout(out: &Output) -> String {
