@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use harness::{dsn, parse_jsonl, run_expecting, sql, walwatch};
+use harness::{dsn, parse_jsonl, record, run_expecting, sql, walwatch};
 use serde_json::Value;
 
 fn stderr(out: &Output) -> String {
@@ -18,23 +18,6 @@ fn stderr(out: &Output) -> String {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Starts `walwatch record` into `file` and waits for its ready file.
-fn record(table: &str, file: &Path, ready: &Path) -> Child {
-    let child = walwatch()
-        .args(["record", "--dsn", &dsn(), "--tables", table, "--output"])
-        .arg(file)
-        .arg("--ready-file")
-        .arg(ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn walwatch record");
-    support::wait_until("the recorder's ready file", Duration::from_secs(30), || {
-        ready.exists().then_some(())
-    });
-    child
 }
 
 fn stop(mut child: Child) {

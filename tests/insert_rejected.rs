@@ -10,11 +10,11 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{dsn, sql, walwatch};
+use harness::{KillOnDrop, dsn, record, sql, walwatch};
 use support::{TEST_DATABASE, TEST_PASSWORD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -262,18 +262,8 @@ async fn a_watch_fences_proxy_events_by_when_the_proxy_recorded_them() {
     watch.stop().await.unwrap();
 }
 
-/// Kills the child however the test ends.
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `walwatch proxy` with an events file and a control API; returns once it listens.
-fn cli_proxy(events: &Path) -> (Background, String, String) {
+fn cli_proxy(events: &Path) -> (KillOnDrop, String, String) {
     let (port, control) = (support::free_port(), support::free_port());
     let mut child = walwatch()
         .args([
@@ -297,27 +287,10 @@ fn cli_proxy(events: &Path) -> (Background, String, String) {
     // Drained to the end: a closed pipe would end the proxy at its next log line.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (
-        Background(child),
+        KillOnDrop(child),
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{control}"),
     )
-}
-
-/// `walwatch record` into `file`; returns once it captures.
-fn cli_record(table: &str, file: &Path, ready: &Path) -> Background {
-    let child = walwatch()
-        .args(["record", "--dsn", &dsn(), "--tables", table, "--output"])
-        .arg(file)
-        .arg("--ready-file")
-        .arg(ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    support::wait_until("the recorder's ready file", Duration::from_secs(30), || {
-        ready.exists().then_some(())
-    });
-    Background(child)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -346,7 +319,7 @@ async fn insert_rejected_from_the_cli() {
     let ready = dir.path().join("ready");
     let d = tokio::task::spawn_blocking(dsn).await.unwrap();
     let (_proxy, listen, control) = cli_proxy(&events);
-    let _recorder = cli_record(&orders, &wal, &ready);
+    let _recorder = KillOnDrop(record(&orders, &wal, &ready));
     let service = OrderService::start(&through(&listen), &orders).await;
 
     expect(

@@ -72,6 +72,26 @@ async fn select_one(c: &Client) -> i32 {
     c.query_one("SELECT 1", &[]).await.expect("SELECT 1").get(0)
 }
 
+/// Polls `count_sql` (a `SELECT count(*)`) on `client` until `ready` accepts the count; fails
+/// saying `what` after `within`.
+async fn wait_for_count(
+    client: &Client,
+    count_sql: &str,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(i64) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n: i64 = client.query_one(count_sql, &[]).await.unwrap().get(0);
+        if ready(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn actions(events: &[Arc<ProxyEvent>]) -> Vec<(ProxyAction, Option<String>)> {
     events
         .iter()
@@ -358,23 +378,13 @@ async fn a_cancel_request_reaches_the_right_backend() {
     let started = Instant::now();
     let sleeping = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(30)").await });
     // Wait until the server runs it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = other
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' \
-                 AND state = 'active'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the sleep never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' \
+                   AND state = 'active'";
+    let within = Duration::from_secs(10);
+    wait_for_count(&other, running, within, "the sleep never started", |n| {
+        n == 1
+    })
+    .await;
     token
         .cancel_query(NoTls)
         .await
@@ -605,26 +615,10 @@ async fn a_client_that_never_reads_holds_up_nobody_else() {
     // The server is blocked writing to the proxy, which holds no more of it (as a superuser:
     // another role's wait event is hidden from the test role).
     let admin = support::admin_client(TEST_DATABASE).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let blocked: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'walwatch_trust' \
-                 AND wait_event = 'ClientWrite'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the stalled query never blocked the server in ClientWrite"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let blocked = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'walwatch_trust' \
+                   AND wait_event = 'ClientWrite'";
+    let what = "the stalled query never blocked the server in ClientWrite";
+    wait_for_count(&admin, blocked, Duration::from_secs(60), what, |n| n >= 1).await;
     let started = Instant::now();
     for _ in 0..20 {
         let c = connect(&through(&p, "walwatch")).await;
@@ -661,15 +655,7 @@ fn the_cli_proxy_fails_psql_statements_and_writes_events() {
         .spawn()
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
-    // Killed however the test ends.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let _child = harness::KillOnDrop(child);
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while stderr.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {

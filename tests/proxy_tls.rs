@@ -165,18 +165,27 @@ fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     (db.code().code().to_string(), db.message().to_string())
 }
 
+/// A proxy terminating TLS with `certs` in front of the shared cluster; with `failing`, the
+/// INSERTs into that table fail with `disk full` (53100).
+async fn tls_proxy(certs: &Certs, failing: Option<&str>) -> Proxy {
+    let upstream = tokio::task::spawn_blocking(shared_upstream).await.unwrap();
+    let mut b = Proxy::builder(upstream).tls(&certs.cert, &certs.key);
+    if let Some(t) = failing {
+        let fault = proxy::error(&format!("INSERT INTO {t}*"), "disk full").sqlstate("53100");
+        b = b.fault(fault);
+    }
+    b.start()
+        .await
+        .expect("the proxy starts with a certificate")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_terminates_client_tls_and_still_injects_errors() {
     let certs = certs();
     let t = tokio::task::spawn_blocking(|| table("pxtls_term"))
         .await
         .unwrap();
-    let p = Proxy::builder(tokio::task::spawn_blocking(shared_upstream).await.unwrap())
-        .tls(&certs.cert, &certs.key)
-        .fault(proxy::error(&format!("INSERT INTO {t}*"), "disk full").sqlstate("53100"))
-        .start()
-        .await
-        .expect("the proxy starts with a certificate");
+    let p = tls_proxy(&certs, Some(&t)).await;
     let port = p.addr().port();
     let bin = support::cluster().bin_dir().to_path_buf();
 
@@ -457,11 +466,7 @@ async fn scram_channel_binding_through_a_tls_terminating_proxy_fails_clearly() {
     .await
     .unwrap();
     // TLS at the client's end only: the server offers no SCRAM-SHA-256-PLUS.
-    let client_only = Proxy::builder(tokio::task::spawn_blocking(shared_upstream).await.unwrap())
-        .tls(&certs.cert, &certs.key)
-        .start()
-        .await
-        .unwrap();
+    let client_only = tls_proxy(&certs, None).await;
     let (bp, cp) = (both.addr().port(), client_only.addr().port());
     let runs = tokio::task::spawn_blocking(move || {
         let run = |port: u16, extra: &str| {
@@ -557,12 +562,7 @@ async fn direct_ssl_with_alpn_postgresql_reaches_the_server() {
     let t = tokio::task::spawn_blocking(|| table("pxtls_direct"))
         .await
         .unwrap();
-    let p = Proxy::builder(tokio::task::spawn_blocking(shared_upstream).await.unwrap())
-        .tls(&certs.cert, &certs.key)
-        .fault(proxy::error(&format!("INSERT INTO {t}*"), "disk full").sqlstate("53100"))
-        .start()
-        .await
-        .unwrap();
+    let p = tls_proxy(&certs, Some(&t)).await;
     // The ClientHello is the first thing on the wire: no SSLRequest.
     let tls = direct_tls(p.addr(), &certs.ca, &[b"postgresql"])
         .await
@@ -616,11 +616,7 @@ async fn direct_ssl_with_alpn_postgresql_reaches_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_ssl_without_alpn_postgresql_is_refused() {
     let certs = certs();
-    let p = Proxy::builder(tokio::task::spawn_blocking(shared_upstream).await.unwrap())
-        .tls(&certs.cert, &certs.key)
-        .start()
-        .await
-        .unwrap();
+    let p = tls_proxy(&certs, None).await;
     // No ALPN at all: the handshake completes, then the proxy says why and closes.
     let mut tls = direct_tls(p.addr(), &certs.ca, &[])
         .await

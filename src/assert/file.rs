@@ -220,6 +220,7 @@ enum Start {
 }
 
 /// Where a file's window ends.
+#[derive(Clone)]
 enum End {
     /// Not yet known: read what there is (to a deadline, or as it is with `--no-fence`).
     Open,
@@ -452,11 +453,7 @@ impl FileCheck {
         };
         let mut first = self.open_all()?;
         for (a, b) in first.iter_mut().zip(sources.iter()) {
-            a.end = match &b.end {
-                End::Open => End::Open,
-                End::Fence(id) => End::Fence(id.clone()),
-                End::Offset(n) => End::Offset(*n),
-            };
+            a.end = b.end.clone();
         }
         for (i, s) in first.iter_mut().enumerate() {
             let mut latest = None;

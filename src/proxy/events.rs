@@ -250,6 +250,17 @@ impl EventLog {
 }
 
 impl ProxyData {
+    /// An error of the proxy's own (no statement, no rule) on connection `connection`, told
+    /// to the client with `sqlstate`; who the client is, when known, is the caller's to add.
+    pub fn own_error(connection: u64, sqlstate: &str, message: &str) -> ProxyData {
+        ProxyData {
+            message: Some(message.to_string()),
+            sqlstate: Some(sqlstate.to_string()),
+            connection,
+            ..ProxyData::placeholder()
+        }
+    }
+
     /// An event of the proxy's own, on no connection.
     fn placeholder() -> ProxyData {
         ProxyData {

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::ProxyError;
-use super::events::{EventLog, ProxyAction, ProxyData};
+use super::events::{EventLog, ProxyData};
 use super::relay::{self, Client, End, Relay};
 use super::rule::RuleSet;
 use super::wire::{self, FirstPacket};
@@ -251,16 +251,10 @@ async fn refuse_client(
         .events
         .record_async(
             ProxyData {
-                action: ProxyAction::Error,
-                query: None,
-                rule: None,
-                message: Some(message.clone()),
-                sqlstate: Some("08001".into()),
-                connection: client.id,
                 database: client.database.clone(),
                 user: client.user.clone(),
                 application_name: Arc::from(app),
-                duration_ms: None,
+                ..ProxyData::own_error(client.id, "08001", &message)
             },
             true,
         )
@@ -387,21 +381,7 @@ async fn refuse_negotiation(shared: &Shared, id: u64, peer: SocketAddr, message:
     tracing::warn!("proxy: connection {id} from {peer} refused: {message}");
     shared
         .events
-        .record_async(
-            ProxyData {
-                action: ProxyAction::Error,
-                query: None,
-                rule: None,
-                message: Some(message.to_string()),
-                sqlstate: Some("08P01".into()),
-                connection: id,
-                database: Arc::from(""),
-                user: Arc::from(""),
-                application_name: Arc::from(""),
-                duration_ms: None,
-            },
-            true,
-        )
+        .record_async(ProxyData::own_error(id, "08P01", message), true)
         .await;
 }
 

@@ -2,8 +2,10 @@
 //! cluster: create a slot, run a workload, drain the slot to JSON, validate against the schema.
 #![allow(dead_code)]
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -260,4 +262,32 @@ pub fn wait_active(cluster: &support::ClusterHandle, slot: &str) {
 /// `synchronous_commit = off`, so the write position can lag behind a commit that returned).
 pub fn current_lsn() -> walwatch::Lsn {
     sql("SELECT pg_current_wal_insert_lsn()").parse().unwrap()
+}
+
+/// A child process killed (and reaped) however the test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `walwatch record` of `table` into `file` and waits for its ready file: from then on
+/// every commit is in the recording.
+pub fn record(table: &str, file: &Path, ready: &Path) -> Child {
+    let child = walwatch()
+        .args(["record", "--dsn", &dsn(), "--tables", table, "--output"])
+        .arg(file)
+        .arg("--ready-file")
+        .arg(ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch record");
+    support::wait_until("the recorder's ready file", Duration::from_secs(30), || {
+        ready.exists().then_some(())
+    });
+    child
 }
