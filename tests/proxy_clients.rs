@@ -131,26 +131,49 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     let t = table("px_psycopg");
     let rt = runtime();
     let slow_ms = 600u64;
-    let p = rt
-        .block_on(
-            Proxy::builder(upstream())
-                .fault(
-                    proxy::error(&format!("INSERT INTO {t} SELECT*"), "disk full")
-                        .sqlstate("53100"),
-                )
-                .fault(
-                    proxy::error(&format!("UPDATE {t}*"), "disk full")
-                        .sqlstate("53100")
-                        .after(2),
-                )
-                .fault(proxy::delay(
-                    "SELECT 'slow'*",
-                    Duration::from_millis(slow_ms),
-                ))
-                .fault(proxy::drop("SELECT 'drop me'*"))
-                .start(),
-        )
-        .expect("the proxy starts");
+    let p = start_psycopg_proxy(&rt, &t, slow_ms);
+    let r = run_psycopg_script(&python, cluster, &p, &t, slow_ms);
+    assert_every_scenario_ran(&r);
+    check_error_outside_a_block(&r);
+    check_error_inside_a_block(&r);
+    check_prepared_statements(&r, &t);
+    check_pipelines(&r);
+    check_delay(&r, slow_ms);
+    check_drop(&r);
+    check_psycopg_events(&p, &t, slow_ms);
+}
+
+/// The proxy of the psycopg test, in front of the shared cluster: an error for
+/// `INSERT INTO {t} SELECT…` (always) and `UPDATE {t}…` (after 2), a delay of `slow_ms` for
+/// `SELECT 'slow'…`, a drop for `SELECT 'drop me'…`.
+fn start_psycopg_proxy(rt: &tokio::runtime::Runtime, t: &str, slow_ms: u64) -> Proxy {
+    rt.block_on(
+        Proxy::builder(upstream())
+            .fault(proxy::error(&format!("INSERT INTO {t} SELECT*"), "disk full").sqlstate("53100"))
+            .fault(
+                proxy::error(&format!("UPDATE {t}*"), "disk full")
+                    .sqlstate("53100")
+                    .after(2),
+            )
+            .fault(proxy::delay(
+                "SELECT 'slow'*",
+                Duration::from_millis(slow_ms),
+            ))
+            .fault(proxy::drop("SELECT 'drop me'*"))
+            .start(),
+    )
+    .expect("the proxy starts")
+}
+
+/// Runs tests/python/proxy_client.py through the proxy `p` (and directly, for comparison) and
+/// returns its JSON report.
+fn run_psycopg_script(
+    python: &Path,
+    cluster: &support::SharedCluster,
+    p: &Proxy,
+    t: &str,
+    slow_ms: u64,
+) -> Value {
     let config = json!({
         "proxy": format!(
             "postgresql://walwatch:{TEST_PASSWORD}@{}/{TEST_DATABASE}?application_name=psycopg",
@@ -161,7 +184,7 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
         "slow_ms": slow_ms,
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/proxy_client.py");
-    let mut cmd = Command::new(&python);
+    let mut cmd = Command::new(python);
     cmd.arg(&script).arg(config.to_string());
     let out = support::run_with_deadline(
         cmd,
@@ -170,12 +193,16 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the script failed:\n{stderr}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "the script's output is not JSON ({e}):\n{}\n{stderr}",
             String::from_utf8_lossy(&out.stdout)
         )
-    });
+    })
+}
+
+/// No scenario of the script crashed, and psycopg ran on libpq.
+fn assert_every_scenario_ran(r: &Value) {
     for scenario in [
         "error_outside_a_block",
         "error_inside_a_block",
@@ -192,53 +219,55 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     }
     // psycopg's libpq-based implementation, not its pure-Python one without a libpq.
     assert_eq!(r["libpq_impl"], "binary", "{r:#}");
+}
 
-    // Outside a block: the injected error, as psycopg's class for 53100, in both protocols;
-    // the connection idle and usable after each.
+/// Outside a block: the injected error, as psycopg's class for 53100, in both protocols;
+/// the connection idle and usable after each.
+fn check_error_outside_a_block(r: &Value) {
     let o = &["error_outside_a_block"];
     let k = |key: &'static str| [o[0], key];
-    assert_disk_full(&r, &k("extended"));
-    assert_eq!(at(&r, &k("status_after_extended")), "IDLE");
-    assert_ok(&r, &k("select_after_extended"), json!(42));
-    assert_disk_full(&r, &k("simple"));
-    assert_ok(&r, &k("select_after_simple"), json!(42));
-    assert_ok(&r, &k("good_insert"), json!("INSERT 0 1"));
-    assert_eq!(at(&r, &k("rows")), 1, "only the INSERT no rule matched ran");
+    assert_disk_full(r, &k("extended"));
+    assert_eq!(at(r, &k("status_after_extended")), "IDLE");
+    assert_ok(r, &k("select_after_extended"), json!(42));
+    assert_disk_full(r, &k("simple"));
+    assert_ok(r, &k("select_after_simple"), json!(42));
+    assert_ok(r, &k("good_insert"), json!("INSERT 0 1"));
+    assert_eq!(at(r, &k("rows")), 1, "only the INSERT no rule matched ran");
+}
 
-    // Inside a block: aborted as by a real error; ROLLBACK ends it; then all works again.
+/// Inside a block: aborted as by a real error; ROLLBACK ends it; then all works again.
+fn check_error_inside_a_block(r: &Value) {
     let i = |key: &'static str| ["error_inside_a_block", key];
-    assert_ok(&r, &i("first_insert"), json!("INSERT 0 1"));
-    assert_disk_full(&r, &i("failing_insert"));
-    assert_eq!(at(&r, &i("status_after_error")), "INERROR");
-    let aborted = &at(&r, &i("statement_in_aborted_block"))["error"];
+    assert_ok(r, &i("first_insert"), json!("INSERT 0 1"));
+    assert_disk_full(r, &i("failing_insert"));
+    assert_eq!(at(r, &i("status_after_error")), "INERROR");
+    let aborted = &at(r, &i("statement_in_aborted_block"))["error"];
     assert_eq!(aborted["class"], "InFailedSqlTransaction", "{r:#}");
     assert_eq!(aborted["sqlstate"], "25P02", "{r:#}");
-    assert_ok(&r, &i("rollback"), json!("ROLLBACK"));
-    assert_eq!(at(&r, &i("status_after_rollback")), "IDLE");
-    assert_ok(&r, &i("select_after_rollback"), json!(42));
-    assert_ok(&r, &i("insert_after_rollback"), json!("INSERT 0 1"));
+    assert_ok(r, &i("rollback"), json!("ROLLBACK"));
+    assert_eq!(at(r, &i("status_after_rollback")), "IDLE");
+    assert_ok(r, &i("select_after_rollback"), json!(42));
+    assert_ok(r, &i("insert_after_rollback"), json!("INSERT 0 1"));
     assert_eq!(
-        at(&r, &i("rows_10_11")),
+        at(r, &i("rows_10_11")),
         0,
         "the block was rolled back whole"
     );
-    assert_eq!(at(&r, &i("rows_12")), 1);
-    assert_ok(&r, &i("implicit_first_insert"), json!("INSERT 0 1"));
-    assert_disk_full(&r, &i("implicit_failing_insert"));
-    assert_eq!(at(&r, &i("implicit_status_after_error")), "INERROR");
-    assert_ok(&r, &i("implicit_rollback"), Value::Null);
-    assert_eq!(at(&r, &i("implicit_status_after_rollback")), "IDLE");
-    assert_ok(
-        &r,
-        &i("implicit_insert_after_rollback"),
-        json!("INSERT 0 1"),
-    );
-    assert_ok(&r, &i("implicit_commit"), Value::Null);
-    assert_eq!(at(&r, &i("rows_13_14")), 0);
-    assert_eq!(at(&r, &i("rows_15")), 1);
+    assert_eq!(at(r, &i("rows_12")), 1);
+    assert_ok(r, &i("implicit_first_insert"), json!("INSERT 0 1"));
+    assert_disk_full(r, &i("implicit_failing_insert"));
+    assert_eq!(at(r, &i("implicit_status_after_error")), "INERROR");
+    assert_ok(r, &i("implicit_rollback"), Value::Null);
+    assert_eq!(at(r, &i("implicit_status_after_rollback")), "IDLE");
+    assert_ok(r, &i("implicit_insert_after_rollback"), json!("INSERT 0 1"));
+    assert_ok(r, &i("implicit_commit"), Value::Null);
+    assert_eq!(at(r, &i("rows_13_14")), 0);
+    assert_eq!(at(r, &i("rows_15")), 1);
+}
 
-    // Prepared statements: the error on each Execute of the named statement, the other
-    // prepared statement untouched, and the server really holding both.
+/// Prepared statements: the error on each Execute of the named statement, the other
+/// prepared statement untouched, and the server really holding both.
+fn check_prepared_statements(r: &Value, t: &str) {
     let ps = &r["prepared_statements"];
     let failing = at(ps, &["failing"]).as_array().unwrap();
     assert_eq!(failing.len(), 4);
@@ -293,9 +322,11 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     assert_ok(ps, &["select_after"], json!(42));
     assert_eq!(ps["rows_failing"], 0);
     assert_eq!(ps["rows_passing"], 4);
+}
 
-    // Pipeline mode: the injected error hits the second statement only, and the client sees
-    // what it sees with a real error in that place.
+/// Pipeline mode: the injected error hits the second statement only, and the client sees
+/// what it sees with a real error in that place.
+fn check_pipelines(r: &Value) {
     let (pp, direct) = (&r["pipelines"]["proxy"], &r["pipelines"]["direct"]);
     let (fates, errors) = pipeline_fates(pp);
     let (direct_fates, direct_errors) = pipeline_fates(direct);
@@ -324,8 +355,10 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     assert_eq!(pp["status_after"], "IDLE");
     assert_ok(pp, &["select_after"], json!(42));
     assert_eq!(pp["second_pipeline"], json!([1, 2, 3]), "{pp:#}");
+}
 
-    // Delay: held at least the rule's delay, in both protocols; other statements are not.
+/// Delay: held at least the rule's delay, in both protocols; other statements are not.
+fn check_delay(r: &Value, slow_ms: u64) {
     let d = &r["delay"];
     assert_ok(d, &["slow"], json!("slow"));
     assert_ok(d, &["fast"], json!("fast"));
@@ -342,9 +375,11 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
         fast < (slow_ms / 2) as f64,
         "an unmatched statement took {fast} ms: {d}"
     );
+}
 
-    // Drop: psycopg sees the connection closed (OperationalError), not a server error; a new
-    // connection works.
+/// Drop: psycopg sees the connection closed (OperationalError), not a server error; a new
+/// connection works.
+fn check_drop(r: &Value) {
     let dr = &r["drop"];
     assert_ok(dr, &["before"], json!(42));
     let e = &dr["dropped"]["error"];
@@ -354,8 +389,10 @@ fn psycopg_meets_every_rule_kind_through_the_proxy() {
     assert_eq!(dr["closed_after"], true, "{dr:#}");
     assert!(dr["next_on_same"].get("error").is_some(), "{dr:#}");
     assert_ok(dr, &["new_connection"], json!(42));
+}
 
-    // The proxy's side: one event per fired rule, with what psycopg saw.
+/// The proxy's side: one event per fired rule, with what psycopg saw.
+fn check_psycopg_events(p: &Proxy, t: &str, slow_ms: u64) {
     let events = p.events().all();
     let of = |action: ProxyAction| events.iter().filter(|e| e.data.action == action).count();
     // 2 outside a block, 2 inside, 4 + 2 prepared, 1 in the pipeline.
@@ -400,28 +437,81 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.jsonl");
     let log = dir.path().join("proxy.log");
-    let tag = support::unique_name("pw");
-    // Each password is distinct, so a leak names where it came from.
-    let secret = |what: &str| format!("secret-{what}-{tag}");
-    let (admin, created, escaped, dollar, denied) = (
-        format!("{tag}_admin"),
-        format!("{tag}_created"),
-        format!("{tag}_escaped"),
-        format!("{tag}_dollar"),
-        format!("{tag}_denied"),
-    );
-    // A role that logs in with SCRAM (the cluster's default for TCP) and may create roles.
+    let pw = Passwords::new(support::unique_name("pw"));
+    create_admin_role(cluster, &pw);
+    let port = support::free_port();
+    let mut proxy = start_password_proxy(port, &pw, &events, &log);
+    type_passwords_in_psql(cluster, port, &pw);
+    let rt = runtime();
+    type_passwords_in_tokio_postgres(&rt, port, &pw);
+    // Every statement above was relayed and completed: its pass event is written after its
+    // answer, so wait for the last one.
+    let dollar = &pw.dollar;
+    let last = format!("CREATE ROLE {dollar} PASSWORD '[redacted]'");
+    wait_for_line(&events, &last, Duration::from_secs(10));
+    let _ = proxy.0.kill();
+    let _ = proxy.0.wait();
+
+    let text = std::fs::read_to_string(&events).unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    check_no_password_leaked(&pw, &text, &stderr);
+    check_statements_redacted(&pw, &text, last);
+    drop_password_roles(cluster, &pw);
+}
+
+/// The roles of the passwords test, and the passwords it types.
+struct Passwords {
+    tag: String,
+    admin: String,
+    created: String,
+    escaped: String,
+    dollar: String,
+    denied: String,
+}
+
+impl Passwords {
+    fn new(tag: String) -> Self {
+        Passwords {
+            admin: format!("{tag}_admin"),
+            created: format!("{tag}_created"),
+            escaped: format!("{tag}_escaped"),
+            dollar: format!("{tag}_dollar"),
+            denied: format!("{tag}_denied"),
+            tag,
+        }
+    }
+
+    /// Each password is distinct, so a leak names where it came from.
+    fn secret(&self, what: &str) -> String {
+        let tag = &self.tag;
+        format!("secret-{what}-{tag}")
+    }
+}
+
+/// A role that logs in with SCRAM (the cluster's default for TCP) and may create roles.
+fn create_admin_role(cluster: &support::SharedCluster, pw: &Passwords) {
+    let admin = &pw.admin;
     cluster
         .psql(
             "postgres",
             &format!(
                 "SET password_encryption = 'scram-sha-256';
                  CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{}';",
-                secret("login")
+                pw.secret("login")
             ),
         )
         .unwrap();
-    let port = support::free_port();
+}
+
+/// Starts `walwatch -vv proxy` on `port`, logging queries, writing events to `events` and its
+/// stderr to `log`, with an error rule for creating the denied role; returns once it listens.
+fn start_password_proxy(
+    port: u16,
+    pw: &Passwords,
+    events: &Path,
+    log: &Path,
+) -> harness::KillOnDrop {
+    let denied = &pw.denied;
     let child = harness::walwatch()
         .args([
             "-vv",
@@ -435,64 +525,80 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
             &format!("error:CREATE ROLE {denied}*:no more roles"),
             "--events",
         ])
-        .arg(&events)
+        .arg(events)
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
-    // Killed however the test ends.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut proxy = Kill(child);
-    wait_for_line(&log, "listening on", Duration::from_secs(30));
+    let proxy = harness::KillOnDrop(child);
+    wait_for_line(log, "listening on", Duration::from_secs(30));
+    proxy
+}
 
-    // psql: the simple protocol, logged in as `user` with `password`.
+/// psql: the simple protocol, logged in as `user` with `password`.
+fn psql_through_proxy(
+    cluster: &support::SharedCluster,
+    port: u16,
+    user: &str,
+    password: &str,
+    sql: &str,
+) -> Output {
+    let mut cmd = Command::new(cluster.bin_dir().join("psql"));
+    cmd.args(["-X", "-At", "-c", sql])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname={TEST_DATABASE} sslmode=disable"
+        ))
+        .env("PGPASSWORD", password)
+        .env("LC_MESSAGES", "C");
+    support::run_with_deadline(cmd, Duration::from_secs(30), "psql through the proxy")
+}
+
+/// The trimmed stdout of a psql that must have succeeded.
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Passwords in statements sent with psql (CREATE ROLE, ALTER ROLE, an escaped literal, one
+/// refused by the proxy's rule), and at login with md5 and clear text.
+fn type_passwords_in_psql(cluster: &support::SharedCluster, port: u16, pw: &Passwords) {
+    let Passwords {
+        admin,
+        created,
+        escaped,
+        denied,
+        ..
+    } = pw;
     let psql = |user: &str, password: &str, sql: &str| {
-        let mut cmd = Command::new(cluster.bin_dir().join("psql"));
-        cmd.args(["-X", "-At", "-c", sql])
-            .arg(format!(
-                "host=127.0.0.1 port={port} user={user} dbname={TEST_DATABASE} sslmode=disable"
-            ))
-            .env("PGPASSWORD", password)
-            .env("LC_MESSAGES", "C");
-        support::run_with_deadline(cmd, Duration::from_secs(30), "psql through the proxy")
+        psql_through_proxy(cluster, port, user, password, sql)
     };
-    let ok = |out: Output| {
-        assert!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    let login = secret("login");
+    let login = pw.secret("login");
     ok(psql(
-        &admin,
+        admin,
         &login,
-        &format!("CREATE ROLE {created} PASSWORD '{}'", secret("create")),
+        &format!("CREATE ROLE {created} PASSWORD '{}'", pw.secret("create")),
     ));
     ok(psql(
-        &admin,
+        admin,
         &login,
-        &format!("ALTER ROLE {created} PASSWORD '{}'", secret("alter")),
+        &format!("ALTER ROLE {created} PASSWORD '{}'", pw.secret("alter")),
     ));
     ok(psql(
-        &admin,
+        admin,
         &login,
         &format!(
             "CREATE ROLE {escaped} LOGIN ENCRYPTED PASSWORD E'{}\\'s'",
-            secret("escape")
+            pw.secret("escape")
         ),
     ));
     let refused = psql(
-        &admin,
+        admin,
         &login,
-        &format!("CREATE ROLE {denied} PASSWORD '{}'", secret("denied")),
+        &format!("CREATE ROLE {denied} PASSWORD '{}'", pw.secret("denied")),
     );
     assert!(!refused.status.success());
     assert!(
@@ -504,9 +610,17 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
     for user in ["walwatch_md5", "walwatch_clear"] {
         assert_eq!(ok(psql(user, TEST_PASSWORD, "SELECT current_user")), user);
     }
+}
 
-    // tokio-postgres: the extended protocol (the password literal is in the Parse).
-    let rt = runtime();
+/// tokio-postgres: the extended protocol (the password literal is in the Parse).
+fn type_passwords_in_tokio_postgres(rt: &tokio::runtime::Runtime, port: u16, pw: &Passwords) {
+    let Passwords {
+        admin,
+        created,
+        dollar,
+        ..
+    } = pw;
+    let login = pw.secret("login");
     rt.block_on(async {
         let dsn = format!(
             "host=127.0.0.1 port={port} user={admin} password={login} dbname={TEST_DATABASE}"
@@ -519,7 +633,7 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
             .execute(
                 &format!(
                     "ALTER ROLE {created} WITH PASSWORD '{}'",
-                    secret("extended")
+                    pw.secret("extended")
                 ),
                 &[],
             )
@@ -527,40 +641,49 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
             .unwrap();
         client
             .execute(
-                &format!("CREATE ROLE {dollar} PASSWORD $pw${}$pw$", secret("dollar")),
+                &format!(
+                    "CREATE ROLE {dollar} PASSWORD $pw${}$pw$",
+                    pw.secret("dollar")
+                ),
                 &[],
             )
             .await
             .unwrap();
     });
-    // Every statement above was relayed and completed: its pass event is written after its
-    // answer, so wait for the last one.
-    let last = format!("CREATE ROLE {dollar} PASSWORD '[redacted]'");
-    wait_for_line(&events, &last, Duration::from_secs(10));
-    let _ = proxy.0.kill();
-    let _ = proxy.0.wait();
+}
 
-    let text = std::fs::read_to_string(&events).unwrap();
-    let stderr = std::fs::read_to_string(&log).unwrap();
+/// No password typed, at login or in a statement, is in the events file `text` or the proxy's
+/// `stderr`.
+fn check_no_password_leaked(pw: &Passwords, text: &str, stderr: &str) {
     // At -vv (every target at trace) the proxy logs no statement and no startup packet: the
     // log is checked so that it stays so.
     assert!(stderr.contains("INFO proxy listening on"), "{stderr}");
     for what in [
         "login", "create", "alter", "escape", "denied", "extended", "dollar",
     ] {
-        let s = secret(what);
-        for (name, body) in [("the events file", &text), ("the proxy's stderr", &stderr)] {
+        let s = pw.secret(what);
+        for (name, body) in [("the events file", text), ("the proxy's stderr", stderr)] {
             if let Some(line) = body.lines().find(|l| l.contains(&s)) {
                 panic!("the {what} password is in {name}: {line}");
             }
         }
     }
-    for (name, body) in [("the events file", &text), ("the proxy's stderr", &stderr)] {
+    for (name, body) in [("the events file", text), ("the proxy's stderr", stderr)] {
         if let Some(line) = body.lines().find(|l| l.contains(TEST_PASSWORD)) {
             panic!("a login password is in {name}: {line}");
         }
     }
-    // And the statements are there, redacted.
+}
+
+/// And the statements are there, redacted, in the events file `text`; `last` is the last
+/// statement's redacted text.
+fn check_statements_redacted(pw: &Passwords, text: &str, last: String) {
+    let Passwords {
+        created,
+        escaped,
+        denied,
+        ..
+    } = pw;
     let lines: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -594,6 +717,17 @@ fn passwords_through_a_running_proxy_reach_neither_its_events_nor_its_log() {
         "error",
         format!("CREATE ROLE {denied} PASSWORD '[redacted]'"),
     );
+}
+
+/// Drops the roles the passwords test made.
+fn drop_password_roles(cluster: &support::SharedCluster, pw: &Passwords) {
+    let Passwords {
+        admin,
+        created,
+        escaped,
+        dollar,
+        ..
+    } = pw;
     let _ = cluster.psql(
         "postgres",
         &format!(
