@@ -73,9 +73,27 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut cmd = Cli::command();
+        let mut cmd = Cli::command().mut_subcommand("record", |record| {
+            RECORD_IGNORES
+                .iter()
+                .fold(record, |c, id| c.mut_arg(*id, |a| a.hide(true)))
+        });
         let matches = cmd.try_get_matches_from_mut(args)?;
         no_options_with_subcommands(&mut cmd, &matches)?;
+        if let Some(("record", record)) = matches.subcommand()
+            && let Some(id) = RECORD_IGNORES
+                .iter()
+                .find(|id| record.value_source(id) == Some(ValueSource::CommandLine))
+        {
+            return Err(cmd.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!(
+                    "`walwatch record` does not take --{}: it records until stopped; wait for \
+                     an event with `walwatch watch --until`, or assert with `walwatch assert`",
+                    id.replace('_', "-")
+                ),
+            ));
+        }
         if let Some(("demo", demo)) = matches.subcommand()
             && demo.value_source("dsn") == Some(ValueSource::CommandLine)
         {
@@ -87,6 +105,10 @@ impl Cli {
         Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
     }
 }
+
+/// The options of `watch` that `record` shares the struct of but does not take: hidden from
+/// its help and refused.
+const RECORD_IGNORES: &[&str] = &["until", "within", "report", "proxy_events"];
 
 /// At each level of `matches` that has a subcommand: no option of that level's own (a global
 /// one aside) was given on the command line.
@@ -122,7 +144,9 @@ pub enum Command {
     /// --output is given.
     Record(WatchArgs),
     /// Put a named marker into the stream (a transactional logical message), for
-    /// `walwatch assert --since NAME`.
+    /// `walwatch assert --since NAME`, and print its WAL position (LSN) on stdout. With
+    /// --input or --recorder the mark is for that recorder alone: other recorders on the
+    /// database never see it.
     Mark(MarkArgs),
     /// Check a recording: exit 0 when the assertion holds, 1 when it fails (report on stderr).
     Assert(AssertArgs),
@@ -413,9 +437,14 @@ pub struct MarkArgs {
     pub dsn: Option<String>,
 
     /// Wait until the marker appears in this recording (proves the recorder is running and
-    /// has caught up).
+    /// has caught up). The mark is for the recorder writing it alone.
     #[arg(long, value_name = "PATH")]
     pub input: Option<PathBuf>,
+
+    /// The mark is for this recorder alone: its slot (the recording's first line, and the
+    /// --ready-file, name it). Without it or --input, every recorder on the database sees it.
+    #[arg(long, value_name = "SLOT")]
+    pub recorder: Option<String>,
 
     /// How long to wait for it with --input.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
@@ -444,7 +473,8 @@ pub struct AssertArgs {
 
 #[derive(Debug, Subcommand, Clone)]
 pub enum AssertKind {
-    /// Pass on the first matching event; fail when --within passes first.
+    /// Pass on the first matching event committed after the call (after --since MARK, or
+    /// since the recording began with --since start); fail when --within passes first.
     Eventually {
         #[command(flatten)]
         common: AssertCommon,
@@ -465,10 +495,13 @@ pub enum AssertKind {
     Count {
         #[command(flatten)]
         common: AssertCommon,
+        /// Pass when exactly N events match.
         #[arg(long, value_name = "N", group = "expect")]
         equals: Option<u64>,
+        /// Pass when N or more events match.
         #[arg(long, value_name = "N", group = "expect")]
         at_least: Option<u64>,
+        /// Pass when N or fewer events match.
         #[arg(long, value_name = "N", group = "expect")]
         at_most: Option<u64>,
     },
@@ -486,13 +519,16 @@ pub struct AssertCommon {
     #[arg(long, value_name = "PATH")]
     pub proxy_events: Vec<PathBuf>,
 
-    /// The CEL expression an event must match (variables: type, op, schema, table, data,
-    /// old, key, xid, lsn, commit_lsn, ts, unchanged).
+    /// The CEL expression an event must match, read in the recording's envelope (native:
+    /// type, op, schema, table, data, old, key, xid, lsn, commit_lsn, ts, unchanged; nested:
+    /// type and data.op, data.table, data.data.COLUMN...).
     #[arg(long = "where", value_name = "EXPR")]
     pub where_: String,
 
-    /// Only events after the latest marker of this name (`walwatch mark NAME`).
-    #[arg(long, value_name = "NAME")]
+    /// Only events after the latest marker of this name (`walwatch mark NAME`), or `start`:
+    /// every event since the recording began. Without it, `eventually` looks at events
+    /// committed after the call, `never` and `count` at the whole recording.
+    #[arg(long, value_name = "NAME|start")]
     pub since: Option<String>,
 
     /// Connection string for the fence and the diagnostics (else the libpq variables).
@@ -607,6 +643,11 @@ pub struct WatchArgs {
     /// from start-up on (they are matched, not printed). Repeatable.
     #[arg(long, value_name = "PATH", requires = "until")]
     pub proxy_events: Vec<PathBuf>,
+
+    /// Stop (cleanly: the temporary slot is dropped) when the process that started walwatch
+    /// exits, even when it is killed: for test harnesses, so no recorder outlives its test run.
+    #[arg(long)]
+    pub exit_with_parent: bool,
 
     /// With --slot: how long to keep reconnecting after the connection to the server is lost
     /// (a duration such as 10m, or `forever`).
@@ -733,6 +774,7 @@ impl WatchArgs {
             filter,
             keep_markers: false,
             envelope: self.out.envelope(),
+            recorder_line: false,
             ready_file: self.ready_file.clone(),
             retry_for: match self.retry_for.as_str() {
                 "forever" => None,
@@ -769,6 +811,7 @@ impl WatchArgs {
         }
         let mut config = args.to_config()?;
         config.keep_markers = true;
+        config.recorder_line = true;
         Ok(config)
     }
 }

@@ -122,6 +122,9 @@ pub struct Config {
     pub keep_markers: bool,
     /// How JSON lines are wrapped.
     pub envelope: Envelope,
+    /// Write who is recording ([`crate::marker::RecorderInfo`]) as the sinks' first event
+    /// (`walwatch record` on a temporary slot).
+    pub recorder_line: bool,
     /// Written (with the slot name) once streaming has started, for harnesses to wait on.
     pub ready_file: Option<PathBuf>,
     /// With a permanent slot: how long to keep reconnecting after the connection is lost
@@ -162,6 +165,7 @@ impl Config {
             filter: None,
             keep_markers: false,
             envelope: Envelope::Native,
+            recorder_line: false,
             ready_file: None,
             retry_for: None,
             spill_threshold: DEFAULT_SPILL_THRESHOLD,
@@ -222,7 +226,12 @@ pub fn parse_size(option: &str, value: &str) -> Result<u64> {
 
 /// Compiles a `--where`-style option, naming the option in the error.
 pub fn compile_expr(option: &str, source: &str) -> Result<Arc<Expr>> {
-    Expr::compile(source)
+    compile_expr_in(option, source, Envelope::Native)
+}
+
+/// [`compile_expr`] for events in `envelope` (`crate::expr`).
+pub fn compile_expr_in(option: &str, source: &str, envelope: Envelope) -> Result<Arc<Expr>> {
+    Expr::compile_in(source, envelope)
         .map(Arc::new)
         .map_err(|e| Error::Config(format!("{option} {e}")))
 }

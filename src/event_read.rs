@@ -25,6 +25,16 @@ pub enum Envelope {
     Nested,
 }
 
+impl Envelope {
+    /// `native` or `nested`, as `--envelope` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Envelope::Native => "native",
+            Envelope::Nested => "nested",
+        }
+    }
+}
+
 /// The start every native line has; the nested form moves the rest under `data`.
 const NATIVE_HEAD: &[u8] = b"{\"type\":\"wal\",";
 

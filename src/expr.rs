@@ -17,6 +17,10 @@
 //!   "Event"): numbers as numbers, numeric/temporal/uuid as strings, json/jsonb as maps and
 //!   lists, NaN/Infinity as strings. An expression means the same on a live stream and on a
 //!   recorded JSONL file.
+//! * **In the envelope the user sees.** Events written with `--envelope nested` read
+//!   `{"type": ..., "data": {"op": ..., "table": ..., "data": {row}}}`, and Python harnesses see
+//!   that shape too; an expression compiled for [`Envelope::Nested`] reads the same paths
+//!   (`data.table`, `data.data.status`), so what the user reads in the file is what they write.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -28,6 +32,7 @@ use cel::objects::Key;
 use cel::{Context, ExecutionError, Program, Value as Cel};
 
 use crate::event::{Event, Value, bytea_hex};
+pub use crate::event_read::Envelope;
 
 /// The variables an expression may use, one per field of the event's JSON form.
 pub const VARIABLES: &[&str] = &[
@@ -45,6 +50,27 @@ pub const VARIABLES: &[&str] = &[
     "key",
     "unchanged",
     "seq",
+];
+
+/// The variables of the nested envelope: `data` holds every other field of a WAL event (its
+/// native variables but `type`); a proxy event's `seq`, `ts` and `data` are where they are in
+/// the native form too.
+pub const NESTED_VARIABLES: &[&str] = &["type", "data", "seq", "ts"];
+
+/// The native variables a nested `data` holds for a WAL event.
+const NESTED_DATA_FIELDS: &[&str] = &[
+    "op",
+    "schema",
+    "table",
+    "partition_of",
+    "lsn",
+    "commit_lsn",
+    "xid",
+    "ts",
+    "data",
+    "old",
+    "key",
+    "unchanged",
 ];
 
 /// Why an expression could not be compiled.
@@ -87,6 +113,10 @@ pub struct Expr {
     conjuncts: Vec<IdedExpr>,
     /// Which event variables the expression reads: only those are built per event.
     vars: BTreeSet<&'static str>,
+    envelope: Envelope,
+    /// Nested: the fields of a WAL event's `data` the expression reads, when it only ever
+    /// selects fields of `data` (`data.op`); `None` builds them all.
+    nested_fields: Option<Vec<&'static str>>,
 }
 
 impl fmt::Debug for Expr {
@@ -121,8 +151,18 @@ const STRICT_NE: &str = "__walwatch_ne";
 const STRICT_IN: &str = "__walwatch_in";
 
 impl Expr {
-    /// Compiles `source`; checks its syntax and that it uses only the event's variables.
+    /// Compiles `source` for native events; checks its syntax and that it uses only the
+    /// event's variables.
     pub fn compile(source: &str) -> Result<Expr, CompileError> {
+        Expr::compile_in(source, Envelope::Native)
+    }
+
+    /// Compiles `source` for events in `envelope` (module docs).
+    pub fn compile_in(source: &str, envelope: Envelope) -> Result<Expr, CompileError> {
+        let known = match envelope {
+            Envelope::Native => VARIABLES,
+            Envelope::Nested => NESTED_VARIABLES,
+        };
         let program = Program::compile(source).map_err(|errs| {
             let first = errs.errors.first();
             let (line, column) = first
@@ -143,7 +183,7 @@ impl Expr {
         free_variables(
             program.expression(),
             &mut Vec::new(),
-            &mut |name, id| match VARIABLES.iter().find(|v| **v == name) {
+            &mut |name, id| match known.iter().find(|v| **v == name) {
                 Some(v) => {
                     vars.insert(*v);
                 }
@@ -158,8 +198,13 @@ impl Expr {
                 line,
                 column,
                 message: format!(
-                    "unknown variable `{name}`: the variables are {}",
-                    VARIABLES.join(", ")
+                    "unknown variable `{name}`: the variables are {}{}",
+                    known.join(", "),
+                    match envelope {
+                        Envelope::Nested if VARIABLES.contains(&name.as_str()) =>
+                            format!(" (these events are nested: write `data.{name}`)"),
+                        _ => String::new(),
+                    }
                 ),
             });
         }
@@ -167,12 +212,31 @@ impl Expr {
         make_strict(&mut root);
         let mut conjuncts = Vec::new();
         split_and(&root, &mut conjuncts);
+        let nested_fields = match envelope {
+            Envelope::Nested => fields_selected_from_data(&root),
+            Envelope::Native => None,
+        };
         Ok(Expr {
             source: source.to_string(),
             root,
             conjuncts,
             vars,
+            envelope,
+            nested_fields,
         })
+    }
+
+    /// The envelope the expression reads events in.
+    pub fn envelope(&self) -> Envelope {
+        self.envelope
+    }
+
+    /// Where a native field sits in this expression's envelope: `table` or `data.table`.
+    fn path_of(&self, field: &str) -> String {
+        match self.envelope {
+            Envelope::Native => field.to_string(),
+            Envelope::Nested => format!("data.{field}"),
+        }
     }
 
     /// The expression as written.
@@ -202,6 +266,8 @@ impl Expr {
     /// The literal a top-level `&&` operand compares `field` with (`table == "orders"` gives
     /// `orders` for `table`): what the expression is looking for, for reports and diagnostics.
     pub fn wanted(&self, field: &str) -> Option<String> {
+        let field = self.path_of(field);
+        let field = field.as_str();
         self.conjuncts.iter().find_map(|c| {
             let Node::Call(call) = &c.expr else {
                 return None;
@@ -224,13 +290,24 @@ impl Expr {
     /// Every `data.X`, `old.X`, `key.X` path the expression reads, as `(variable, column)`.
     pub fn columns_read(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        let nested = self.envelope == Envelope::Nested;
         walk(&self.root, &mut |node| {
-            if let Node::Select(sel) = &node.expr
-                && let Node::Ident(var) = &sel.operand.expr
-                && matches!(var.as_str(), "data" | "old" | "key")
+            let Node::Select(sel) = &node.expr else {
+                return;
+            };
+            // Native `data.X`; nested `data.data.X`.
+            let var = match &sel.operand.expr {
+                Node::Ident(var) if !nested => var.as_str(),
+                Node::Select(inner) if nested => match &inner.operand.expr {
+                    Node::Ident(top) if top == "data" => inner.field.as_str(),
+                    _ => return,
+                },
+                _ => return,
+            };
+            if matches!(var, "data" | "old" | "key")
                 && !out.iter().any(|(v, c)| v == var && *c == sel.field)
             {
-                out.push((var.clone(), sel.field.clone()));
+                out.push((var.to_string(), sel.field.clone()));
             }
         });
         out
@@ -312,7 +389,11 @@ fn with_scope<T>(
         let root = root.get_or_insert_with(root_context);
         let mut scope = root.new_inner_scope();
         for var in &expr.vars {
-            scope.add_variable_from_value(*var, variable(event, var));
+            let value = match expr.envelope {
+                Envelope::Native => variable(event, var),
+                Envelope::Nested => nested_variable(event, var, expr.nested_fields.as_deref()),
+            };
+            scope.add_variable_from_value(*var, value);
         }
         f(&scope)
     })
@@ -798,6 +879,59 @@ fn variable(e: &Event, name: &str) -> Cel {
     }
 }
 
+/// A variable of the nested envelope: `data` of a WAL event holds its native fields (only
+/// `fields` of them, when given); a proxy event reads as in the native form.
+fn nested_variable(e: &Event, name: &str, fields: Option<&[&'static str]>) -> Cel {
+    if e.proxy.is_some() {
+        return variable(e, name);
+    }
+    match name {
+        "type" => string("wal"),
+        "data" => {
+            let fields = fields.unwrap_or(NESTED_DATA_FIELDS);
+            let map: HashMap<Key, Cel> = fields
+                .iter()
+                // The JSON form has `partition_of` only when it is set.
+                .filter(|f| **f != "partition_of" || e.partition_of.is_some())
+                .map(|f| (key(f), variable(e, f)))
+                .collect();
+            map.into()
+        }
+        // A WAL event's `seq` and `ts` are not at the top of the nested form.
+        _ => Cel::Null,
+    }
+}
+
+/// The fields of `data` an expression reads, when it uses `data` only as `data.FIELD` (with
+/// FIELD a field of the nested `data`); `None` when it uses `data` otherwise (`"op" in data`,
+/// `data` passed whole), so every field must be there.
+fn fields_selected_from_data(root: &IdedExpr) -> Option<Vec<&'static str>> {
+    let (mut uses, mut selects) = (0usize, Vec::new());
+    walk(root, &mut |node| match &node.expr {
+        Node::Ident(name) if name == "data" => uses += 1,
+        Node::Select(sel) => {
+            if let Node::Ident(name) = &sel.operand.expr
+                && name == "data"
+            {
+                selects.push(sel.field.clone());
+            }
+        }
+        _ => {}
+    });
+    if selects.len() != uses {
+        return None;
+    }
+    let mut fields: Vec<&'static str> = Vec::new();
+    for field in selects {
+        // An unknown field must still be absent (a missing field, not a wrong answer).
+        let known = NESTED_DATA_FIELDS.iter().find(|f| **f == field)?;
+        if !fields.contains(known) {
+            fields.push(known);
+        }
+    }
+    Some(fields)
+}
+
 fn key(s: &str) -> Key {
     Key::String(Arc::new(s.to_string()))
 }
@@ -937,6 +1071,58 @@ mod tests {
         ] {
             assert!(crate::event_read::parse_line(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A nested expression reads what a nested line shows, agrees with the native one on every
+    /// event, and explains itself with the paths the user wrote.
+    #[test]
+    fn nested_expressions_read_the_nested_shape() {
+        let n = |src: &str| Expr::compile_in(src, Envelope::Nested).unwrap();
+        let e = order(Op::Update, "shipped");
+        for (nested, native) in [
+            (
+                r#"type == "wal" && data.op == "UPDATE" && data.table == "orders""#,
+                r#"type == "wal" && op == "UPDATE" && table == "orders""#,
+            ),
+            (
+                r#"data.data.status == "shipped" && data.xid == 751"#,
+                r#"data.status == "shipped" && xid == 751"#,
+            ),
+            (r#""op" in data && data.old == null"#, "old == null"),
+            (r#"data.data.status == "new""#, r#"data.status == "new""#),
+        ] {
+            let want = Expr::compile(native).unwrap().matches(&e);
+            assert_eq!(n(nested).matches(&e), want, "{nested} vs {native}");
+        }
+        // A field the nested `data` lacks is absent, not null; a proxy event reads as natively.
+        assert!(matches!(
+            n("data.nope == 1").eval(&e),
+            Ok(Verdict::Missing(f)) if f == "nope"
+        ));
+        let p = crate::event_read::parse_line(
+            r#"{"type":"proxy","seq":7,"ts":"2026-12-02T10:00:00.000000Z","data":{"action":"error"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            n(r#"type == "proxy" && data.action == "error""#).matches(&p),
+            Ok(true)
+        );
+        assert_eq!(n(r#"data.op == "UPDATE""#).matches(&p), Ok(false));
+        // Reports and diagnostics find what it looks for under the nested paths.
+        let x = n(r#"data.table == "orders" && data.op == "UPDATE" && data.data.status == "paid""#);
+        assert_eq!(x.wanted("table").as_deref(), Some("orders"));
+        assert_eq!(x.wanted("op").as_deref(), Some("UPDATE"));
+        assert_eq!(
+            x.columns_read(),
+            [("data".to_string(), "status".to_string())]
+        );
+        assert_eq!(
+            x.explain(&e).1,
+            [r#"data.data.status == "paid"  (data.data.status is "shipped")"#]
+        );
+        // The native names are refused with the nested path to write instead.
+        let err = Expr::compile_in(r#"table == "orders""#, Envelope::Nested).unwrap_err();
+        assert!(err.to_string().contains("write `data.table`"), "{err}");
     }
 
     #[test]

@@ -203,6 +203,8 @@ pub struct Filter {
     server_scoped: bool,
     /// Let walwatch's markers through whatever the ops and the expression say.
     keep_markers: bool,
+    /// Whose markers are let through: this scope's and everyone's (`crate::marker`).
+    marker_scope: Option<String>,
 }
 
 impl Filter {
@@ -220,6 +222,7 @@ impl Filter {
             expr: None,
             server_scoped: false,
             keep_markers: false,
+            marker_scope: None,
         }
     }
 
@@ -236,6 +239,18 @@ impl Filter {
         self
     }
 
+    /// Markers scoped to another recorder or watch than `scope` are dropped, not kept.
+    pub fn marker_scope(mut self, scope: Option<String>) -> Filter {
+        self.marker_scope = scope;
+        self
+    }
+
+    /// Whether `e` (one of walwatch's markers) goes to the sinks: markers are kept for
+    /// recorders and watches (never for people watching), and only those for them.
+    pub fn keeps_marker(&self, e: &Event) -> bool {
+        self.keep_markers && marker::is_for(e, self.marker_scope.as_deref())
+    }
+
     /// Whether `schema.table` is among the watched tables (every table is, without a list).
     pub fn watches(&self, schema: &str, table: &str) -> bool {
         match &self.tables {
@@ -248,8 +263,8 @@ impl Filter {
     /// check; the op set and the expression apply to every op. An expression that fails on the
     /// event (a type error) is an error, never a silent no.
     pub fn accepts(&self, e: &Event) -> Result<bool, EvalError> {
-        if self.keep_markers && marker::is_marker(e) {
-            return Ok(true);
+        if marker::is_marker(e) {
+            return Ok(self.keeps_marker(e));
         }
         if !self.ops.contains(e.op) {
             return Ok(false);

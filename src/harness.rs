@@ -6,11 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_postgres::NoTls;
 
-use walwatch::assert::file::{Expect, FileCheck, Input, Kind};
+use walwatch::assert::file::{self, Expect, FileCheck, Input, Kind, Since};
 use walwatch::cli::{
     AssertArgs, AssertCommon, AssertKind, MarkArgs, ReportArg, conn_params, duration_arg,
 };
-use walwatch::config::compile_expr;
 use walwatch::marker;
 use walwatch::proxy::control::{self, Command};
 
@@ -64,16 +63,40 @@ pub fn conclude(report: &walwatch::Report, format: ReportArg, json_on_stdout: bo
     }
 }
 
-/// `walwatch mark NAME`: emits the marker through the database, and with --proxy into each
-/// fault proxy's events; with --input, waits for it in the recording.
+/// Whom a mark is for: the recorder named with --recorder, the one writing --input, or every
+/// recorder on the database.
+fn mark_scope(args: &MarkArgs) -> anyhow::Result<Option<String>> {
+    if let Some(slot) = &args.recorder {
+        return Ok(Some(slot.clone()));
+    }
+    let Some(input) = &args.input else {
+        return Ok(None);
+    };
+    let head = file::sniff(input)?;
+    Ok(head.recorder.map(|r| r.slot))
+}
+
+/// `walwatch mark NAME`: emits the marker through the database (for the recorder of --input or
+/// --recorder alone, else for every recorder), prints its LSN, and with --proxy records it in
+/// each fault proxy's events; with --input, waits for it in the recording.
 pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
     let within = duration_arg("--within", &args.within)?;
+    if args.name == Since::START {
+        anyhow::bail!(
+            "a mark cannot be named `{}`: `--since {}` means the beginning of the recording; \
+             choose another name",
+            Since::START,
+            Since::START
+        );
+    }
+    let scope = mark_scope(args)?;
     let before = match &args.input {
         Some(input) => Some(FileCheck::count_marks(input, &args.name).await?),
         None => None,
     };
     let client = connect(args.dsn.as_deref()).await?;
-    let lsn = marker::emit(&client, marker::MARK_PREFIX, &args.name).await?;
+    let prefix = marker::scoped(marker::MARK_PREFIX, scope.as_deref());
+    let lsn = marker::emit(&client, &prefix, &args.name).await?;
     println!("{lsn}");
     // After the database's mark: an event the proxy records after the mark in the WAL.
     for proxy in &args.proxy {
@@ -97,8 +120,8 @@ pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
     Ok(Verdict::Done)
 }
 
-async fn check(common: &AssertCommon) -> anyhow::Result<FileCheck> {
-    let pred = compile_expr("--where", &common.where_)?;
+/// The check `common` describes; `default` is where its window opens without --since.
+async fn check(common: &AssertCommon, default: Since) -> anyhow::Result<FileCheck> {
     let fence_timeout = duration_arg("--fence-timeout", &common.fence_timeout)?;
     let recordings = common.input.iter().map(|path| Input {
         path: path.clone(),
@@ -117,13 +140,8 @@ async fn check(common: &AssertCommon) -> anyhow::Result<FileCheck> {
             "the assertion fences through the database (pass --dsn, or --no-fence for a recording that has ended)",
         )?)
     };
-    Ok(FileCheck {
-        inputs,
-        pred,
-        since: common.since.clone(),
-        db,
-        fence_timeout,
-    })
+    let since = Since::from_arg(common.since.as_deref(), default);
+    Ok(FileCheck::prepare(inputs, &common.where_, since, db, fence_timeout).await?)
 }
 
 /// `walwatch assert eventually|never|count`.
@@ -131,14 +149,18 @@ pub async fn assert(args: &AssertArgs) -> anyhow::Result<Verdict> {
     let (common, report) = match &args.kind {
         AssertKind::Eventually { common, within } => {
             let within: Duration = duration_arg("--within", within)?;
-            (common, check(common).await?.eventually(within).await?)
+            let check = check(common, Since::Call).await?;
+            (common, check.eventually(within).await?)
         }
         AssertKind::Never { common, during } => {
             let during = during
                 .as_deref()
                 .map(|d| duration_arg("--during", d))
                 .transpose()?;
-            (common, check(common).await?.never(during).await?)
+            (
+                common,
+                check(common, Since::Start).await?.never(during).await?,
+            )
         }
         AssertKind::Count {
             common,
@@ -152,7 +174,10 @@ pub async fn assert(args: &AssertArgs) -> anyhow::Result<Verdict> {
                 (_, _, Some(n)) => Expect::AtMost(*n),
                 _ => anyhow::bail!("count needs --equals, --at-least or --at-most"),
             };
-            (common, check(common).await?.count(expect).await?)
+            (
+                common,
+                check(common, Since::Start).await?.count(expect).await?,
+            )
         }
     };
     Ok(conclude(&report, common.report, true))

@@ -20,7 +20,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<Verdict> {
     let config = args.to_config()?;
     match args.until()? {
         None => {
-            let outcome = session::run(config, shutdown_signal()).await?;
+            let outcome = session::run(config, stop_signal(args)).await?;
             tracing::debug!(?outcome, "done");
             Ok(Verdict::Done)
         }
@@ -30,7 +30,7 @@ async fn watch(args: &WatchArgs) -> anyhow::Result<Verdict> {
                 within,
                 proxy_events: args.proxy_events.clone(),
             };
-            let report = walwatch::run_until(config, until, shutdown_signal()).await?;
+            let report = walwatch::run_until(config, until, stop_signal(args)).await?;
             Ok(harness::conclude(&report, args.report, false))
         }
     }
@@ -79,6 +79,33 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("stopping");
 }
 
+/// What stops a watch or a recorder: Ctrl-C, SIGTERM, and with --exit-with-parent the death
+/// of the process that started it.
+async fn stop_signal(args: &WatchArgs) {
+    if !args.exit_with_parent {
+        return shutdown_signal().await;
+    }
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = parent_gone() => tracing::info!("the process that started walwatch has exited: stopping"),
+    }
+}
+
+/// Resolves once the process that started this one has exited. An orphan is re-parented (to
+/// init or a subreaper), so its parent id changes; that is polled rather than asked of the
+/// kernel with PR_SET_PDEATHSIG, which fires when the parent *thread* exits (prctl(2)), and a
+/// harness may well start its recorder from a thread that ends before the test run does.
+async fn parent_gone() {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(POLL).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}
+
 /// The error and its causes on one line, leaving out a cause whose text the message already
 /// holds (walwatch's own errors already say what their source said).
 fn one_line(e: &anyhow::Error) -> String {
@@ -125,7 +152,7 @@ fn main() -> ExitCode {
             None => watch(&cli.watch).await,
             Some(Command::Record(args)) => {
                 let config = args.to_record_config()?;
-                session::run(config, shutdown_signal()).await?;
+                session::run(config, stop_signal(&args)).await?;
                 Ok(Verdict::Done)
             }
             Some(Command::Mark(args)) => harness::mark(&args).await,

@@ -12,12 +12,39 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::event::{Event, Op};
 
 /// The prefix of a named mark (`walwatch mark NAME`, `Watch::mark`); the content is the name.
+/// A mark for one recorder or watch has `@` and that one's scope (its slot name) after it:
+/// `walwatch.mark@walwatch_1234_5f3a`. One without a scope is for every recorder.
 pub const MARK_PREFIX: &str = "walwatch.mark";
-/// The prefix of a fence; the content is a unique id.
+/// The prefix of a fence; the content is a unique id. Scoped like a mark.
 pub const FENCE_PREFIX: &str = "walwatch.fence";
+/// The prefix of the first line `walwatch record` writes: who is recording
+/// ([`RecorderInfo`], as JSON). Never sent through the database.
+pub const RECORDER_PREFIX: &str = "walwatch.recorder";
 
-/// Whether the event is one of walwatch's markers (assertions never match these): fences and
-/// marks, through the database or the fault proxy.
+/// `prefix`, scoped to `scope` when there is one: `walwatch.fence@walwatch_1234_5f3a`.
+pub fn scoped(prefix: &str, scope: Option<&str>) -> String {
+    match scope {
+        Some(scope) => format!("{prefix}@{scope}"),
+        None => prefix.to_string(),
+    }
+}
+
+/// The kind prefix of a marker message's prefix and its scope: `("walwatch.mark",
+/// Some("slot"))`. `None` when the message is not walwatch's.
+fn parse_prefix(prefix: &str) -> Option<(&str, Option<&str>)> {
+    let (kind, scope) = match prefix.split_once('@') {
+        Some((kind, scope)) => (kind, Some(scope)),
+        None => (prefix, None),
+    };
+    match kind {
+        MARK_PREFIX | FENCE_PREFIX => Some((kind, scope)),
+        RECORDER_PREFIX if scope.is_none() => Some((kind, None)),
+        _ => None,
+    }
+}
+
+/// Whether the event is one of walwatch's markers (assertions never match these): fences,
+/// marks and the recorder's first line, through the database or the fault proxy.
 pub fn is_marker(e: &Event) -> bool {
     if e.op == Op::Proxy {
         return mark_name(e).is_some();
@@ -25,12 +52,26 @@ pub fn is_marker(e: &Event) -> bool {
     e.op == Op::Message
         && e.message
             .as_ref()
-            .is_some_and(|m| m.prefix == MARK_PREFIX || m.prefix == FENCE_PREFIX)
+            .is_some_and(|m| parse_prefix(&m.prefix).is_some())
+}
+
+/// The scope a marker is for (`None`: every recorder, or not a marker).
+pub fn scope_of(e: &Event) -> Option<&str> {
+    let m = e.message.as_ref().filter(|_| e.op == Op::Message)?;
+    parse_prefix(&m.prefix)?.1
+}
+
+/// Whether a marker is for the recorder or watch with this scope: its own, or everyone's.
+pub fn is_for(e: &Event, scope: Option<&str>) -> bool {
+    match scope_of(e) {
+        None => true,
+        Some(s) => Some(s) == scope,
+    }
 }
 
 fn content_with_prefix<'e>(e: &'e Event, prefix: &str) -> Option<&'e str> {
     let m = e.message.as_ref()?;
-    if e.op == Op::Message && m.prefix == prefix {
+    if e.op == Op::Message && parse_prefix(&m.prefix).is_some_and(|(kind, _)| kind == prefix) {
         m.content_str()
     } else {
         None
@@ -55,6 +96,75 @@ pub fn fence_id(e: &Event) -> Option<&str> {
     content_with_prefix(e, FENCE_PREFIX)
 }
 
+/// Who wrote a recording: the first line of `walwatch record`'s output, a MESSAGE event with
+/// prefix [`RECORDER_PREFIX`] and this as its JSON content. `walwatch mark --input` reads the
+/// scope to address its mark to this recorder only; `walwatch assert` reads the envelope the
+/// predicate must be compiled for, and checks that the recorder is still alive.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecorderInfo {
+    /// The recorder's slot, which is also the scope of the marks addressed to it.
+    pub slot: String,
+    /// Whether the slot is temporary: then it exists exactly as long as the recorder streams.
+    pub temporary: bool,
+    /// The recorder's process id and host name, for reports.
+    pub pid: u32,
+    pub host: String,
+    /// `native` or `nested`.
+    pub envelope: String,
+}
+
+impl RecorderInfo {
+    /// The recorder line's event.
+    pub fn to_event(&self, lsn: crate::event::Lsn) -> Event {
+        let mut e = Event::new(Op::Message, lsn);
+        e.commit_lsn = lsn;
+        e.message = Some(crate::event::LogicalMessage {
+            transactional: false,
+            prefix: RECORDER_PREFIX.into(),
+            content: serde_json::to_vec(self).unwrap_or_default(),
+        });
+        e
+    }
+
+    /// The envelope the recording's lines are in.
+    pub fn envelope(&self) -> crate::event_read::Envelope {
+        match self.envelope.as_str() {
+            "nested" => crate::event_read::Envelope::Nested,
+            _ => crate::event_read::Envelope::Native,
+        }
+    }
+
+    /// The recorder for reports: `walwatch record (slot walwatch_1234_5f3a, pid 1234 on ci-7)`.
+    pub fn describe(&self) -> String {
+        let host = if self.host.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", self.host)
+        };
+        format!(
+            "`walwatch record` (slot {}, pid {}{host})",
+            self.slot, self.pid
+        )
+    }
+
+    /// The recorder line's information, if `e` is one.
+    pub fn of(e: &Event) -> Option<RecorderInfo> {
+        let m = e.message.as_ref().filter(|_| e.op == Op::Message)?;
+        if m.prefix != RECORDER_PREFIX {
+            return None;
+        }
+        serde_json::from_slice(&m.content).ok()
+    }
+}
+
+/// This machine's name, for the recorder line (Linux's `/proc/sys/kernel/hostname`; empty
+/// where there is none).
+pub fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// A fence id no other process or call uses: `<pid>-<nanoseconds>-<counter>`.
 pub fn new_fence_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -67,6 +177,40 @@ pub fn new_fence_id() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Emits `prefix` scoped to each of `scopes` ([`scoped`]; `None` for every recorder) with the
+/// same content, in one transaction on `client`; returns the position of the first. One
+/// transaction, so every recorder addressed sees the marker at the same point of the commit
+/// order (module docs).
+pub async fn emit_scoped(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    scopes: &[Option<String>],
+    content: &str,
+) -> crate::error::Result<crate::event::Lsn> {
+    let prefixes: Vec<String> = if scopes.is_empty() {
+        vec![prefix.to_string()]
+    } else {
+        scopes
+            .iter()
+            .map(|s| scoped(prefix, s.as_deref()))
+            .collect()
+    };
+    if let [only] = prefixes.as_slice() {
+        return emit(client, only, content).await;
+    }
+    // `WITH ORDINALITY` keeps the messages in the order given; the first one's LSN is returned.
+    let row = client
+        .query_one(
+            "SELECT (array_agg(pg_logical_emit_message(true, p, $2)::text ORDER BY n))[1] \
+             FROM unnest($1::text[]) WITH ORDINALITY AS u(p, n)",
+            &[&prefixes, &content],
+        )
+        .await?;
+    let text: String = crate::pg::catalog::column(&row, "marker::emit_scoped", 0)?;
+    text.parse()
+        .map_err(|e: crate::event::LsnParseError| crate::error::Error::Setup(e.to_string()))
 }
 
 /// Emits a transactional message in its own transaction on `client`; returns its WAL position.
@@ -84,4 +228,60 @@ pub async fn emit(
     let text: String = crate::pg::catalog::column(&row, "marker::emit", 0)?;
     text.parse()
         .map_err(|e: crate::event::LsnParseError| crate::error::Error::Setup(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{LogicalMessage, Lsn};
+
+    fn message(prefix: &str, content: &str) -> Event {
+        let mut e = Event::new(Op::Message, Lsn(1));
+        e.message = Some(LogicalMessage {
+            transactional: true,
+            prefix: prefix.into(),
+            content: content.as_bytes().to_vec(),
+        });
+        e
+    }
+
+    #[test]
+    fn scoped_markers_are_for_their_scope_and_unscoped_ones_for_everyone() {
+        let mine = message(&scoped(MARK_PREFIX, Some("slot_a")), "phase");
+        let everyone = message(MARK_PREFIX, "phase");
+        let fence = message(&scoped(FENCE_PREFIX, Some("slot_b")), "f1");
+        for e in [&mine, &everyone, &fence] {
+            assert!(is_marker(e));
+        }
+        assert_eq!(mark_name(&mine), Some("phase"));
+        assert_eq!(fence_id(&fence), Some("f1"));
+        assert!(is_for(&mine, Some("slot_a")) && !is_for(&mine, Some("slot_b")));
+        assert!(is_for(&everyone, Some("slot_b")) && is_for(&everyone, None));
+        assert!(!is_for(&fence, Some("slot_a")));
+        // Another application's messages are not walwatch's, whatever they start with.
+        for prefix in ["walwatch.markers", "walwatch.recorder@x", "app"] {
+            assert!(!is_marker(&message(prefix, "x")), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn the_recorder_line_round_trips_and_is_a_marker() {
+        let info = RecorderInfo {
+            slot: "walwatch_1_a".into(),
+            temporary: true,
+            pid: 42,
+            host: "ci".into(),
+            envelope: "nested".into(),
+        };
+        let e = info.to_event(Lsn(5));
+        assert!(is_marker(&e));
+        assert_eq!(RecorderInfo::of(&e), Some(info.clone()));
+        assert_eq!(info.envelope(), crate::event_read::Envelope::Nested);
+        assert_eq!(
+            info.describe(),
+            "`walwatch record` (slot walwatch_1_a, pid 42 on ci)"
+        );
+        let read = crate::event_read::parse_line(&e.to_json()).unwrap();
+        assert_eq!(RecorderInfo::of(&read), Some(info));
+    }
 }

@@ -24,6 +24,7 @@ use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, Op, Relation, TableName};
 use crate::filter::Filter;
+use crate::marker;
 use crate::pg::stream::{ReplMessage, ReplStream};
 use crate::sink::Sink;
 use crate::sink::resume::{Resume, Tally};
@@ -917,6 +918,14 @@ impl Output {
                 self.candidate = self.candidate.max(end);
                 if self.endpos.is_some_and(|e| end >= e) {
                     self.done = true;
+                }
+            }
+            _ if marker::is_marker(&ev) => {
+                // walwatch's own fences and marks are transactions of one message: the message
+                // goes to recorders and watches alone, and its BEGIN and COMMIT to no one, so
+                // no predicate, count or report ever sees walwatch's own traffic.
+                if self.filter.keeps_marker(&ev) {
+                    self.write(&ev);
                 }
             }
             _ => {

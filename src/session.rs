@@ -416,6 +416,10 @@ async fn stream_with_publication(
     let stream = repl
         .start_replication(&plan.slot, start, &plan.options)
         .await?;
+    let mut sinks = sinks;
+    if config.recorder_line && matches!(config.slot, SlotMode::Temporary) {
+        write_recorder_line(&config, &plan.slot, start, &mut sinks)?;
+    }
     plan.announce(&config, publications, &info.database, started)?;
     if let Some(r) = &recorder {
         r.begin(&plan.recording_header(&config, &info.database))?;
@@ -443,6 +447,30 @@ async fn stream_with_publication(
         durable: outcome.durable,
         slot,
     })
+}
+
+/// Writes who is recording as the sinks' first line, before the ready file says the stream
+/// started: `walwatch mark --input` addresses its marks with it, `walwatch assert` reads the
+/// envelope and checks the recorder is alive with it (`crate::marker::RecorderInfo`).
+fn write_recorder_line(
+    config: &Config,
+    slot: &str,
+    start: Lsn,
+    sinks: &mut [Box<dyn Sink>],
+) -> Result<()> {
+    let info = crate::marker::RecorderInfo {
+        slot: slot.to_string(),
+        temporary: true,
+        pid: std::process::id(),
+        host: crate::marker::this_host(),
+        envelope: config.envelope.name().into(),
+    };
+    let line = info.to_event(start);
+    for sink in sinks.iter_mut() {
+        sink.write(&line)?;
+        sink.flush()?;
+    }
+    Ok(())
 }
 
 /// The type registry to start with, and on a permanent slot the record of what it resolved
@@ -601,7 +629,8 @@ impl Plan {
             tap: recorder.map(|r| Box::new(r) as Box<dyn pipeline::Tap>),
             filter: Filter::new(self.tables.as_deref(), config.ops)
                 .server_scoped(config.publication.is_none())
-                .with_where(config.filter.clone(), config.keep_markers),
+                .with_where(config.filter.clone(), config.keep_markers)
+                .marker_scope(config.keep_markers.then(|| self.slot.clone())),
             sinks,
             endpos: self.endpos,
             status_interval: config.status_interval,

@@ -270,8 +270,14 @@ impl Watch {
     /// taken before this call.
     async fn emit_fence(&self) -> Result<String> {
         let id = marker::new_fence_id();
-        marker::emit(&self.meta, FENCE_PREFIX, &id).await?;
+        marker::emit(&self.meta, &self.scoped(FENCE_PREFIX), &id).await?;
         Ok(id)
+    }
+
+    /// A marker prefix addressed to this watch alone: other watches and recorders on the
+    /// database never see its fences and marks (their filters drop them, `crate::marker`).
+    fn scoped(&self, prefix: &str) -> String {
+        marker::scoped(prefix, Some(&self.started.slot))
     }
 
     /// Waits for fence `id`, scanning from `from` and feeding `f` every event before it.
@@ -322,7 +328,7 @@ impl Watch {
     /// in [`Watch::events_since`] committed after this call.
     pub async fn mark(&self, name: &str) -> Result<Mark> {
         let from = self.merged.pull(&self.log)?;
-        let lsn = marker::emit(&self.meta, MARK_PREFIX, name).await?;
+        let lsn = marker::emit(&self.meta, &self.scoped(MARK_PREFIX), name).await?;
         let id = self.emit_fence().await?;
         let mut found = None;
         self.await_fence(&id, from, |pos, e| {
@@ -374,15 +380,44 @@ impl Watch {
             .collect()
     }
 
-    /// Passes with the first event since the watch started that matches; fails at the deadline
-    /// with a report (nearest miss, last events of the table, diagnostics).
+    /// Passes with the first matching event committed since the watch started (a watch is its
+    /// owner's: one per test); fails `within` after the call with a report (nearest miss, last
+    /// events of the table, diagnostics). [`Watch::eventually_since`] looks after a mark.
     pub async fn eventually<P: Predicate>(&self, pred: P, within: Duration) -> Result<Event> {
+        let window = Window {
+            wal_after: None,
+            proxy_from: 0,
+            proxy_end: None,
+        };
+        self.eventually_in(window, "since the watch started", pred, within)
+            .await
+    }
+
+    /// [`Watch::eventually`] over the events after `mark`.
+    pub async fn eventually_since<P: Predicate>(
+        &self,
+        mark: &Mark,
+        pred: P,
+        within: Duration,
+    ) -> Result<Event> {
+        let since = format!("after mark `{}` ({})", mark.name, mark.lsn);
+        self.eventually_in(Window::after(mark, None), &since, pred, within)
+            .await
+    }
+
+    async fn eventually_in<P: Predicate>(
+        &self,
+        window: Window,
+        since: &str,
+        pred: P,
+        within: Duration,
+    ) -> Result<Event> {
         let deadline = Instant::now() + within;
         let mut obs = Observer::new(&pred);
         let mut hit = None;
         let scanned = self
-            .scan(0, deadline, |_, e| {
-                let m = obs.observe(e)?;
+            .scan(window.first(), deadline, |pos, e| {
+                let m = window.admits(pos, e) && obs.observe(e)?;
                 if m {
                     hit = Some(e.clone());
                 }
@@ -397,7 +432,7 @@ impl Watch {
         let mut report = obs.report(
             "eventually",
             false,
-            format!("within {} of the call", human(within)),
+            format!("changes {since}, until {} after the call", human(within)),
             format!("no matching event arrived within {}", human(within)),
         );
         report.diagnostics = diagnose::diagnose(&self.meta, &pred, &self.scope()).await;

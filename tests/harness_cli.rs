@@ -55,10 +55,11 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
 
     sql(&format!("INSERT INTO {t} VALUES (1, 'paid');"));
     let ins1 = format!(r#"table == "{t}" && op == "INSERT" && data.id == 1"#);
+    // The row was committed before the call: `--since start` looks back for it.
     let out = assert_cmd(
         "eventually",
         &file,
-        &["--within", "20s", "--where", &ins1],
+        &["--within", "20s", "--since", "start", "--where", &ins1],
         0,
     );
     assert_eq!(stdout(&out), "", "text reports stay off stdout on success");
@@ -68,7 +69,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     let out = assert_cmd(
         "eventually",
         &file,
-        &["--within", "300ms", "--where", &ins2],
+        &["--within", "300ms", "--since", "start", "--where", &ins2],
         1,
     );
     let err = stderr(&out);
@@ -146,7 +147,14 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     let out = assert_cmd(
         "eventually",
         &file,
-        &["--within", "5s", "--where", r#"data.id == "1""#],
+        &[
+            "--within",
+            "5s",
+            "--since",
+            "start",
+            "--where",
+            r#"data.id == "1""#,
+        ],
         2,
     );
     assert!(
@@ -177,23 +185,22 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     let events = parse_jsonl(&std::fs::read(&file).unwrap());
     let marks = events
         .iter()
-        .filter(|e| e["data"]["prefix"] == "walwatch.mark")
+        .filter(|e| {
+            e["data"]["prefix"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("walwatch.mark@"))
+        })
         .count();
-    assert_eq!(marks, 1, "one mark recorded");
+    assert_eq!(marks, 1, "one mark recorded, for this recorder alone");
+    assert!(events.iter().any(|e| {
+        e["data"]["prefix"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("walwatch.fence"))
+    }));
+    // Without the recorder, a fenced assertion says the recorder is gone (exit 2)...
+    let out = assert_cmd("never", &file, &["--where", &any_insert], 2);
     assert!(
-        events
-            .iter()
-            .any(|e| e["data"]["prefix"] == "walwatch.fence")
-    );
-    // Without the recorder, a fenced assertion says the fence never arrived (exit 2)...
-    let out = assert_cmd(
-        "never",
-        &file,
-        &["--where", &any_insert, "--fence-timeout", "500ms"],
-        2,
-    );
-    assert!(
-        stderr(&out).contains("is `walwatch record` running"),
+        stderr(&out).contains("the recorder is gone"),
         "{}",
         stderr(&out)
     );

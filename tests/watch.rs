@@ -414,3 +414,65 @@ async fn a_partitioned_table_is_watched_in_either_mode() {
     assert_eq!(e.table(), t);
     assert!(e.partition_of.is_none(), "{e:?}");
 }
+
+/// A watch's own fences and marks (and their transactions) are never seen by a predicate, its
+/// or another watch's on the database; `eventually_since` looks after a mark only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchs_markers_are_its_own_and_invisible_to_its_assertions() {
+    let t = table("own");
+    let (w1, w2) = (start(&[&t]).await, start(&[&t]).await);
+    let db = client().await;
+    db.batch_execute(&format!("INSERT INTO {t} VALUES (1)"))
+        .await
+        .unwrap();
+    let tx_edges = |e: &Event| e.op() == Op::Begin || e.op() == Op::Commit;
+    let m1 = w1.mark("phase").await.unwrap();
+    w1.never(tx_edges, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let m2 = w2.mark("phase").await.unwrap();
+    db.batch_execute(&format!("INSERT INTO {t} VALUES (2)"))
+        .await
+        .unwrap();
+    // After w1's mark: one application transaction, however many fences w1 and w2 emitted.
+    for _ in 0..3 {
+        assert_eq!(w1.count_since(&m1, tx_edges).await.unwrap(), 2);
+        assert_eq!(w2.count_since(&m2, tx_edges).await.unwrap(), 2);
+    }
+    assert_eq!(
+        w1.count(tx_edges, Duration::from_secs(30)).await.unwrap(),
+        4
+    );
+    let ins2 = format!(r#"table == "{t}" && op == "INSERT" && data.id == 2"#);
+    let ins1 = format!(r#"table == "{t}" && op == "INSERT" && data.id == 1"#);
+    let e = w2
+        .eventually_since(
+            &m2,
+            walwatch::Expr::compile(&ins2).unwrap(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.op(), Op::Insert);
+    let report = expect_report(
+        w2.eventually_since(
+            &m2,
+            walwatch::Expr::compile(&ins1).unwrap(),
+            Duration::from_millis(300),
+        )
+        .await,
+    );
+    assert!(
+        report
+            .window
+            .contains(&format!("after mark `phase` ({})", m2.lsn)),
+        "{}",
+        report.window
+    );
+    // Since the watch started, the first row is there.
+    w2.eventually_expr(&ins1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    w1.stop().await.unwrap();
+    w2.stop().await.unwrap();
+}

@@ -13,7 +13,16 @@
 //!
 //! `--since NAME` starts a file's window after its latest mark of that name: a mark through
 //! the database in a recording, a mark the proxy recorded (`walwatch mark NAME --proxy ADDR`)
-//! in an events file.
+//! in an events file. `eventually` looks only after the call unless told otherwise
+//! ([`Since`]): a recorder is shared by the tests of a run, and an earlier test's row must not
+//! make a later assertion pass.
+//!
+//! A recording made by `walwatch record` starts with a line saying who records it
+//! ([`marker::RecorderInfo`]): its slot, which is the scope of the fences and marks addressed
+//! to it (other recorders on the database never see them), its envelope, which the predicate
+//! is compiled for, and its process. While waiting, the assertion checks every
+//! [`LIVENESS_CHECK`] that the recorder's slot is still being streamed, so an assertion on a
+//! recording whose recorder is gone fails at once instead of at the fence timeout.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -21,18 +30,47 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use super::diagnose::{self, Scope};
 use super::{Observer, Report, human};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::event_read;
+use crate::event_read::{self, Envelope};
 use crate::expr::Expr;
 use crate::marker;
 
 /// How often a followed recording is checked for new lines.
 const POLL: Duration = Duration::from_millis(20);
+/// How often an assertion that waits checks that the recorders of its recordings still run.
+pub const LIVENESS_CHECK: Duration = Duration::from_millis(250);
+
+/// Where an assertion's window opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// When the assertion is called: a fence in each recording, each proxy events file's
+    /// length. `eventually`'s default.
+    Call,
+    /// The beginning of each file (`--since start`; `never` and `count` without `--since`).
+    Start,
+    /// After the latest mark of this name (`--since NAME`).
+    Mark(String),
+}
+
+impl Since {
+    /// The name `--since` reserves for the beginning of the files.
+    pub const START: &'static str = "start";
+
+    /// `--since VALUE`, or `default` without one.
+    pub fn from_arg(arg: Option<&str>, default: Since) -> Since {
+        match arg {
+            None => default,
+            Some(Since::START) => Since::Start,
+            Some(name) => Since::Mark(name.to_string()),
+        }
+    }
+}
 
 /// A recording being followed.
 pub struct Recording {
@@ -168,14 +206,62 @@ pub struct Input {
 /// What `walwatch assert` checks and where.
 pub struct FileCheck {
     pub inputs: Vec<Input>,
+    /// Compiled for the recordings' envelope ([`FileCheck::prepare`]).
     pub pred: Arc<Expr>,
-    /// Only events after the latest mark of this name count.
-    pub since: Option<String>,
-    /// The metadata connection, for fences and diagnostics (`None`: `--no-fence`, or no
-    /// recording to fence).
+    /// Where the window opens (`never --during` opens its own).
+    pub since: Since,
+    /// The metadata connection, for fences, diagnostics and the recorders' liveness (`None`:
+    /// `--no-fence`, or no recording to fence).
     pub db: Option<tokio_postgres::Client>,
     /// How long a fence may take to appear in the recording.
     pub fence_timeout: Duration,
+    /// Who records each recording that says so (its first line).
+    pub recorders: Vec<(PathBuf, marker::RecorderInfo)>,
+}
+
+/// What the head of a recording says about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    /// The recorder line, when `walwatch record` wrote one.
+    pub recorder: Option<marker::RecorderInfo>,
+    /// The envelope its lines are in, when a line shows it.
+    pub envelope: Option<Envelope>,
+}
+
+/// How many lines [`sniff`] reads at most looking for the first event that shows the envelope.
+const SNIFF_LINES: usize = 64;
+
+/// Reads the head of a recording: the recorder line and the envelope of its lines.
+pub fn sniff(path: &Path) -> Result<Head> {
+    let rec = Recording::open(path)?;
+    let mut head = Head::default();
+    for line in rec.reader.lines().take(SNIFF_LINES) {
+        let line = line.map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let Ok(Json::Object(o)) = serde_json::from_str::<Json>(&line) else {
+            continue;
+        };
+        if o.get("type").and_then(Json::as_str) != Some("wal") {
+            continue;
+        }
+        let nested = !o.contains_key("op");
+        if let Ok(e) = event_read::parse_line(&line)
+            && let Some(info) = marker::RecorderInfo::of(&e)
+        {
+            head.envelope = Some(info.envelope());
+            head.recorder = Some(info);
+            return Ok(head);
+        }
+        head.envelope = Some(if nested {
+            Envelope::Nested
+        } else {
+            Envelope::Native
+        });
+        return Ok(head);
+    }
+    Ok(head)
 }
 
 /// The expected count of `walwatch assert count`.
@@ -238,8 +324,28 @@ struct Source<'i> {
     end: End,
     inside: bool,
     ended: bool,
-    /// Whether a mark of `Start::AfterMarks` was seen.
-    seen_mark: bool,
+    /// The mark the window starts after (`--since NAME`), once found.
+    mark_at: Option<MarkAt>,
+}
+
+/// Where a mark is in a file, for reports.
+#[derive(Clone, Debug)]
+struct MarkAt {
+    line: u64,
+    /// Its WAL position (a recording) or sequence number (a proxy events file).
+    at: String,
+}
+
+impl MarkAt {
+    fn of(line: &Line) -> MarkAt {
+        MarkAt {
+            line: line.no,
+            at: match line.event.proxy() {
+                Some(p) => format!("seq {}", p.seq),
+                None => line.event.lsn.to_string(),
+            },
+        }
+    }
 }
 
 /// How [`drive`] stopped.
@@ -272,7 +378,7 @@ impl<'i> Source<'i> {
             end: End::Open,
             inside: false,
             ended: false,
-            seen_mark: false,
+            mark_at: None,
         })
     }
 
@@ -314,7 +420,8 @@ impl<'i> Source<'i> {
             Start::AtOffset(n) => self.inside = line.offset >= *n,
             Start::AfterMarks(name) => {
                 if marker::mark_name(&line.event) == Some(name.as_str()) {
-                    (self.inside, self.seen_mark) = (true, true);
+                    self.inside = true;
+                    self.mark_at = Some(MarkAt::of(line));
                     return true;
                 }
             }
@@ -334,12 +441,15 @@ impl<'i> Source<'i> {
 }
 
 /// Steps every source not yet ended until `f` says to stop, all have ended, or `deadline`
-/// passes (without one: after one pass over what is written).
+/// passes (without one: after one pass over what is written). With `alive`, checks every
+/// [`LIVENESS_CHECK`] that its recorders still run, and fails when one is gone.
 async fn drive(
     sources: &mut [Source<'_>],
     deadline: Option<Instant>,
+    alive: Option<&FileCheck>,
     mut f: impl FnMut(&Line) -> Result<bool>,
 ) -> Result<Driven> {
+    let mut next_check = Instant::now() + LIVENESS_CHECK;
     loop {
         for s in sources.iter_mut().filter(|s| !s.ended) {
             if s.step(&mut f)? {
@@ -350,7 +460,15 @@ async fn drive(
             return Ok(Driven::Ended);
         }
         match deadline {
-            Some(d) if Instant::now() < d => tokio::time::sleep(POLL.min(d - Instant::now())).await,
+            Some(d) if Instant::now() < d => {
+                if let Some(check) = alive
+                    && Instant::now() >= next_check
+                {
+                    check.check_recorders().await?;
+                    next_check = Instant::now() + LIVENESS_CHECK;
+                }
+                tokio::time::sleep(POLL.min(d - Instant::now())).await
+            }
             _ => return Ok(Driven::OutOfTime),
         }
     }
@@ -367,6 +485,55 @@ fn length(path: &Path) -> Result<u64> {
 }
 
 impl FileCheck {
+    /// Reads the head of each recording (who records it, its envelope), compiles `where_` for
+    /// that envelope, and checks that the recorders still run.
+    pub async fn prepare(
+        inputs: Vec<Input>,
+        where_: &str,
+        since: Since,
+        db: Option<tokio_postgres::Client>,
+        fence_timeout: Duration,
+    ) -> Result<FileCheck> {
+        let mut recorders = Vec::new();
+        let mut envelopes: Vec<(PathBuf, Envelope)> = Vec::new();
+        for input in inputs.iter().filter(|i| i.kind == Kind::Recording) {
+            let head = sniff(&input.path)?;
+            if let Some(envelope) = head.envelope {
+                envelopes.push((input.path.clone(), envelope));
+            }
+            if let Some(info) = head.recorder {
+                recorders.push((input.path.clone(), info));
+            }
+        }
+        let envelope = match envelopes.as_slice() {
+            [] => Envelope::Native,
+            [(_, first), rest @ ..] => match rest.iter().find(|(_, e)| e != first) {
+                None => *first,
+                Some((path, other)) => {
+                    return Err(Error::Config(format!(
+                        "{} is in the {} envelope and {} in the {} one: one --where cannot \
+                         read both; assert on each recording separately",
+                        envelopes[0].0.display(),
+                        first.name(),
+                        path.display(),
+                        other.name()
+                    )));
+                }
+            },
+        };
+        let pred = crate::config::compile_expr_in("--where", where_, envelope)?;
+        let check = FileCheck {
+            inputs,
+            pred,
+            since,
+            db,
+            fence_timeout,
+            recorders,
+        };
+        check.check_recorders().await?;
+        Ok(check)
+    }
+
     fn scope(&self) -> Scope {
         Scope::default()
     }
@@ -385,12 +552,55 @@ impl FileCheck {
         self.inputs.iter().map(Source::open).collect()
     }
 
+    /// Fails naming the recorder when one of the recordings' recorders is gone: its process
+    /// ended (on this machine) or its slot is no longer streamed (through the database).
+    /// Without a database (`--no-fence`) the recording is read as it is, ended or not.
+    pub async fn check_recorders(&self) -> Result<()> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        let here = marker::this_host();
+        for (path, info) in &self.recorders {
+            let why = if info.host == here && !crate::scratch::process_alive(info.pid) {
+                Some(format!("its process {} has exited", info.pid))
+            } else {
+                slot_not_streamed(db, &info.slot).await?
+            };
+            if let Some(why) = why {
+                return Err(Error::Setup(format!(
+                    "{}: the recorder is gone: {} stopped ({why}), so nothing more will be \
+                     written to the recording; start `walwatch record` again",
+                    path.display(),
+                    info.describe()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scopes a fence must be addressed to so that each recording gets it: each recorder's
+    /// slot, or everyone for a recording that does not say who records it.
+    fn fence_scopes(&self) -> Vec<Option<String>> {
+        let mut scopes: Vec<Option<String>> = Vec::new();
+        for input in self.inputs.iter().filter(|i| i.kind == Kind::Recording) {
+            let scope = self
+                .recorders
+                .iter()
+                .find(|(p, _)| *p == input.path)
+                .map(|(_, info)| info.slot.clone());
+            if !scopes.contains(&scope) {
+                scopes.push(scope);
+            }
+        }
+        scopes
+    }
+
     /// Emits a fence when there is a recording to fence and a database to fence through.
     async fn emit_fence(&self) -> Result<Option<String>> {
         match &self.db {
             Some(db) if self.has_recordings() => {
                 let id = marker::new_fence_id();
-                marker::emit(db, marker::FENCE_PREFIX, &id).await?;
+                marker::emit_scoped(db, marker::FENCE_PREFIX, &self.fence_scopes(), &id).await?;
                 Ok(Some(id))
             }
             _ => Ok(None),
@@ -414,6 +624,36 @@ impl FileCheck {
         Ok(fence.is_some())
     }
 
+    /// Opens every source's window now: after a fence in each recording, at each proxy events
+    /// file's length. Errors when a recording cannot be fenced (no database).
+    async fn open_windows_now(&self, sources: &mut [Source<'_>], option: &str) -> Result<()> {
+        for s in sources.iter_mut() {
+            if s.input.kind == Kind::ProxyEvents {
+                s.start = Start::AtOffset(length(&s.input.path)?);
+            }
+        }
+        if !self.has_recordings() {
+            return Ok(());
+        }
+        let start = self.emit_fence().await?.ok_or_else(|| {
+            Error::Config(format!(
+                "{option} needs the database to fence a recording: drop --no-fence{}",
+                if option == "eventually" {
+                    " (after the call), or pass --since start or --since MARK to look back \
+                     into a recording that has ended"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        for s in sources.iter_mut() {
+            if s.input.kind == Kind::Recording {
+                s.start = Start::AfterFence(start.clone());
+            }
+        }
+        Ok(())
+    }
+
     fn fence_missing(&self, sources: &[Source<'_>]) -> Error {
         let late: Vec<String> = sources
             .iter()
@@ -429,7 +669,7 @@ impl FileCheck {
     }
 
     /// Reads every source to the end of its window, feeding `f`. Errors when a fence does not
-    /// arrive in time.
+    /// arrive in time, or a recorder is gone.
     async fn read_to_end(
         &self,
         sources: &mut [Source<'_>],
@@ -437,18 +677,19 @@ impl FileCheck {
         f: impl FnMut(&Line) -> Result<bool>,
     ) -> Result<Driven> {
         let deadline = fenced.then(|| Instant::now() + self.fence_timeout);
-        let driven = drive(sources, deadline, f).await?;
+        let driven = drive(sources, deadline, Some(self), f).await?;
         if fenced && driven == Driven::OutOfTime {
             return Err(self.fence_missing(sources));
         }
         Ok(driven)
     }
 
-    /// `--since`: closes the windows and starts each source after its latest mark of the name
-    /// (a first pass up to the window's end). Returns whether the recordings were fenced.
+    /// Closes the windows and, for [`Since::Mark`], starts each source after its latest mark
+    /// of the name (a first pass up to the window's end). Returns whether the recordings were
+    /// fenced.
     async fn window_since_mark(&self, sources: &mut [Source<'_>]) -> Result<bool> {
         let fenced = self.close_windows(sources).await?;
-        let Some(name) = self.since.as_deref() else {
+        let Since::Mark(name) = &self.since else {
             return Ok(fenced);
         };
         let mut first = self.open_all()?;
@@ -459,42 +700,70 @@ impl FileCheck {
             let mut latest = None;
             self.read_to_end(std::slice::from_mut(s), fenced, |line| {
                 if marker::mark_name(&line.event) == Some(name) {
-                    latest = Some(line.no);
+                    latest = Some(MarkAt::of(line));
                 }
                 Ok(false)
             })
             .await?;
-            let Some(line) = latest else {
+            let Some(at) = latest else {
                 return Err(no_mark(s.input, name));
             };
-            sources[i].start = Start::AfterLine(line);
+            sources[i].start = Start::AfterLine(at.line);
+            sources[i].mark_at = Some(at);
         }
         Ok(fenced)
     }
 
-    fn window(&self, what: &str) -> String {
+    /// The window's text for reports: `events after the latest mark `m` (0/16B3748 at line
+    /// 12 of run.jsonl)`.
+    fn window(&self, what: &str, sources: &[Source<'_>]) -> String {
         match &self.since {
-            Some(n) => format!("{what} after the latest mark `{n}`"),
-            None => format!("{what} since the recording began"),
+            Since::Mark(n) => {
+                let at: Vec<String> = sources
+                    .iter()
+                    .filter_map(|s| {
+                        s.mark_at
+                            .as_ref()
+                            .map(|m| format!("{} at line {} of {}", m.at, m.line, s.name()))
+                    })
+                    .collect();
+                let at = if at.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", at.join(", "))
+                };
+                format!("{what} after the latest mark `{n}`{at}")
+            }
+            Since::Start => format!("{what} since the recording began"),
+            Since::Call => format!("{what} after the call"),
         }
     }
 
-    /// Passes on the first matching event (after `--since`); fails at `within`.
+    /// Passes on the first matching event in the window ([`Since`]; after the call by
+    /// default); fails at `within`.
     pub async fn eventually(&self, within: Duration) -> Result<Report> {
         let mut sources = self.open_all()?;
-        if let Some(name) = &self.since {
-            for s in &mut sources {
-                s.start = Start::AfterMarks(name.clone());
+        match &self.since {
+            Since::Mark(name) => {
+                for s in &mut sources {
+                    s.start = Start::AfterMarks(name.clone());
+                }
             }
+            Since::Call => {
+                self.open_windows_now(&mut sources, "eventually").await?;
+                // A harness running this in the background waits for this line before it acts.
+                tracing::info!("eventually: the window is open for {}", human(within));
+            }
+            Since::Start => {}
         }
         let deadline = Instant::now() + within;
         let pred: &dyn super::Predicate = &*self.pred;
         let mut obs = Observer::new(pred);
-        let driven = drive(&mut sources, Some(deadline), |line| {
+        let driven = drive(&mut sources, Some(deadline), Some(self), |line| {
             Ok(obs.observe(&line.event)?)
         })
         .await?;
-        let window = self.window(&format!("within {}", human(within)));
+        let window = self.window(&format!("within {}", human(within)), &sources);
         if driven == Driven::Stopped {
             return Ok(obs.report(
                 "eventually",
@@ -509,8 +778,8 @@ impl FileCheck {
             window,
             format!("no matching event arrived within {}", human(within)),
         );
-        if let Some(name) = &self.since
-            && let Some(s) = sources.iter().find(|s| !s.seen_mark)
+        if let Since::Mark(name) = &self.since
+            && let Some(s) = sources.iter().find(|s| s.mark_at.is_none())
         {
             report.diagnostics.push(no_mark(s.input, name).to_string());
         }
@@ -539,7 +808,7 @@ impl FileCheck {
             }
             None => {
                 let fenced = self.window_since_mark(&mut sources).await?;
-                (self.window("events"), fenced)
+                (self.window("events", &sources), fenced)
             }
         };
         self.read_to_end(&mut sources, fenced, |line| {
@@ -573,26 +842,10 @@ impl FileCheck {
         obs: &mut Observer<'_>,
         during: Duration,
     ) -> Result<bool> {
-        for s in sources.iter_mut() {
-            if s.input.kind == Kind::ProxyEvents {
-                s.start = Start::AtOffset(length(&s.input.path)?);
-            }
-        }
-        if self.has_recordings() {
-            let start = self.emit_fence().await?.ok_or_else(|| {
-                Error::Config(
-                    "--during needs the database to fence a recording: drop --no-fence".into(),
-                )
-            })?;
-            for s in sources.iter_mut() {
-                if s.input.kind == Kind::Recording {
-                    s.start = Start::AfterFence(start.clone());
-                }
-            }
-        }
+        self.open_windows_now(sources, "--during").await?;
         // A harness running this in the background waits for this line before it acts.
         tracing::info!("never: the window is open for {}", human(during));
-        let driven = drive(sources, Some(Instant::now() + during), |line| {
+        let driven = drive(sources, Some(Instant::now() + during), Some(self), |line| {
             Ok(obs.observe(&line.event)?)
         })
         .await?;
@@ -612,7 +865,7 @@ impl FileCheck {
         .await?;
         let n = obs.matched();
         let passed = expect.holds(n);
-        let window = self.window("events");
+        let window = self.window("events", &sources);
         let mut report = obs.report(
             "count",
             passed,
@@ -654,6 +907,25 @@ impl FileCheck {
         })
         .await
     }
+}
+
+/// Why the slot `slot` is not being streamed, or `None` when it is. A recorder's slot is
+/// temporary: it exists exactly as long as the recorder's replication connection, and is
+/// active all that time (PostgreSQL docs, 54.4 "Replication Slots"; pg_replication_slots).
+async fn slot_not_streamed(db: &tokio_postgres::Client, slot: &str) -> Result<Option<String>> {
+    let row = db
+        .query_opt(
+            "SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    Ok(match row {
+        None => Some(format!("its slot {slot} no longer exists")),
+        Some(row) => {
+            let active: bool = crate::pg::catalog::column(&row, "slot_not_streamed", 0)?;
+            (!active).then(|| format!("its slot {slot} is not being streamed"))
+        }
+    })
 }
 
 /// The error of a `--since NAME` whose mark is not in `input`.
@@ -727,7 +999,7 @@ mod tests {
         source.end = End::Offset(length(&path).unwrap());
         writeln!(f, "{PROXY_LINE}").unwrap();
         let mut seen = 0;
-        let driven = drive(std::slice::from_mut(&mut source), None, |_| {
+        let driven = drive(std::slice::from_mut(&mut source), None, None, |_| {
             seen += 1;
             Ok(false)
         })

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::event::Event;
+use crate::event_read::{self, Envelope};
 use crate::expr::{EvalError, Expr, Verdict, describe_event};
 use crate::marker;
 
@@ -30,6 +31,10 @@ pub trait Predicate: Send + Sync {
     /// The expression, when there is one: reports then explain near misses.
     fn expr(&self) -> Option<&Expr> {
         None
+    }
+    /// The shape the predicate sees events in, which is the shape reports print them in.
+    fn envelope(&self) -> Envelope {
+        self.expr().map_or(Envelope::Native, Expr::envelope)
     }
 }
 
@@ -68,6 +73,9 @@ impl<P: Predicate + ?Sized> Predicate for Arc<P> {
     fn expr(&self) -> Option<&Expr> {
         (**self).expr()
     }
+    fn envelope(&self) -> Envelope {
+        (**self).envelope()
+    }
 }
 
 /// A predicate with a name for reports: `walwatch::named("order 42 inserted", |e| ...)`.
@@ -93,6 +101,9 @@ impl<P: Predicate> Predicate for Named<P> {
     }
     fn expr(&self) -> Option<&Expr> {
         self.inner.expr()
+    }
+    fn envelope(&self) -> Envelope {
+        self.inner.envelope()
     }
 }
 
@@ -194,6 +205,8 @@ impl<'p> Observer<'p> {
             .filter(|e| self.table.as_deref().is_none_or(|t| e.table() == t))
             .take(SHOWN)
             .collect();
+        let envelope = self.pred.envelope();
+        let shown = |e: &Arc<Event>| Shown::of(e, envelope);
         Report {
             assertion: assertion.to_string(),
             passed,
@@ -202,10 +215,10 @@ impl<'p> Observer<'p> {
             outcome,
             examined: self.examined,
             table: self.table.clone(),
-            matches: self.matches.iter().map(|e| Shown::of(e)).collect(),
-            recent: recent.into_iter().rev().map(|e| Shown::of(e)).collect(),
+            matches: self.matches.iter().map(shown).collect(),
+            recent: recent.into_iter().rev().map(shown).collect(),
             near_miss: self.near.as_ref().map(|(_, e, failed)| NearMiss {
-                event: Shown::of(e),
+                event: shown(e),
                 differed: failed.clone(),
             }),
             missing_fields: self
@@ -231,10 +244,13 @@ pub struct Shown {
 }
 
 impl Shown {
-    fn of(e: &Event) -> Shown {
+    /// `e` as the user sees it: its JSON in `envelope`.
+    fn of(e: &Event, envelope: Envelope) -> Shown {
+        let mut json = e.to_json().into_bytes();
+        event_read::wrap(&mut json, envelope);
         Shown {
             summary: describe_event(e),
-            event: serde_json::from_str(&e.to_json()).unwrap_or(serde_json::Value::Null),
+            event: serde_json::from_slice(&json).unwrap_or(serde_json::Value::Null),
         }
     }
 }
