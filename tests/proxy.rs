@@ -709,7 +709,8 @@ fn the_cli_proxy_fails_psql_statements_and_writes_events() {
         cmd.args(["assert", kind, "--no-fence", "--input"])
             .arg(&events);
         if kind == "eventually" {
-            cmd.args(["--within", "5s"]);
+            // The file is complete: look back from its start, not after the call.
+            cmd.args(["--within", "5s", "--since", "start"]);
         }
         let out = cmd.args(["--where", expr]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();

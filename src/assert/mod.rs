@@ -26,6 +26,11 @@ use crate::marker;
 pub trait Predicate: Send + Sync {
     /// Whether `e` matches. An expression's type error is an `Err`.
     fn test(&self, e: &Event) -> Result<Verdict, EvalError>;
+    /// [`Predicate::test`] on a shared event: what assertions call. A predicate that keeps or
+    /// hands on the event (the Python binding's) takes the `Arc` instead of copying the event.
+    fn test_shared(&self, e: &Arc<Event>) -> Result<Verdict, EvalError> {
+        self.test(e)
+    }
     /// What it looks for, in reports.
     fn describe(&self) -> String;
     /// The expression, when there is one: reports then explain near misses.
@@ -67,6 +72,9 @@ impl<P: Predicate + ?Sized> Predicate for Arc<P> {
     fn test(&self, e: &Event) -> Result<Verdict, EvalError> {
         (**self).test(e)
     }
+    fn test_shared(&self, e: &Arc<Event>) -> Result<Verdict, EvalError> {
+        (**self).test_shared(e)
+    }
     fn describe(&self) -> String {
         (**self).describe()
     }
@@ -95,6 +103,9 @@ pub fn named<P: Predicate>(name: impl Into<String>, inner: P) -> Named<P> {
 impl<P: Predicate> Predicate for Named<P> {
     fn test(&self, e: &Event) -> Result<Verdict, EvalError> {
         self.inner.test(e)
+    }
+    fn test_shared(&self, e: &Arc<Event>) -> Result<Verdict, EvalError> {
+        self.inner.test_shared(e)
     }
     fn describe(&self) -> String {
         self.name.clone()
@@ -151,7 +162,7 @@ impl<'p> Observer<'p> {
             self.recent.pop_front();
         }
         self.recent.push_back(e.clone());
-        match self.pred.test(e)? {
+        match self.pred.test_shared(e)? {
             Verdict::Match => {
                 self.matched += 1;
                 if self.matches.len() < SHOWN {
