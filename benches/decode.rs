@@ -200,6 +200,34 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // A harness assertion's predicate over a recording (nested, as Python and `--envelope
+    // nested` read it): it rejects nearly every event on one comparison. Measured with the
+    // fast path (expr/quick.rs) and through CEL alone, the baseline, in the same run.
+    let harness = walwatch::Expr::compile_in(
+        r#"type == "wal" && data.op == "INSERT" && data.table == "orders" && data.data.id == -1"#,
+        walwatch::event_read::Envelope::Nested,
+    )
+    .expect("expression compiles");
+    for (name, cel_only) in [
+        ("assert predicate (fast path)", false),
+        ("assert predicate (CEL only)", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for e in &decoded {
+                    let v = if cel_only {
+                        harness.eval_by_cel(e)
+                    } else {
+                        harness.eval(e)
+                    };
+                    n += usize::from(v.expect("no type error").is_match());
+                }
+                black_box(n)
+            })
+        });
+    }
+
     // Every column null: the decoder's own per-event cost, without UTF-8 checks and value
     // parsing (value.rs) — parse, relation lookup, row/key building, Arc name clones.
     let nulls: Vec<(Lsn, Vec<u8>)> = msgs

@@ -22,6 +22,8 @@
 //!   that shape too; an expression compiled for [`Envelope::Nested`] reads the same paths
 //!   (`data.table`, `data.data.status`), so what the user reads in the file is what they write.
 
+mod quick;
+
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -117,6 +119,8 @@ pub struct Expr {
     /// Nested: the fields of a WAL event's `data` the expression reads, when it only ever
     /// selects fields of `data` (`data.op`); `None` builds them all.
     nested_fields: Option<Vec<&'static str>>,
+    /// The conjuncts decided without CEL ([`quick`]).
+    quick: Vec<Option<quick::QuickEq>>,
 }
 
 impl fmt::Debug for Expr {
@@ -218,6 +222,7 @@ impl Expr {
         };
         Ok(Expr {
             source: source.to_string(),
+            quick: quick::plan(&conjuncts, envelope),
             root,
             conjuncts,
             vars,
@@ -251,6 +256,17 @@ impl Expr {
 
     /// Evaluates on `event`, telling a missing field apart from a plain no-match.
     pub fn eval(&self, event: &Event) -> Result<Verdict, EvalError> {
+        if let Some(verdict) = quick::verdict(&self.quick, event) {
+            return Ok(verdict);
+        }
+        with_scope(self, event, |ctx| judge(&self.root, ctx))
+            .map_err(|message| self.eval_error(event, message))
+    }
+
+    /// [`Expr::eval`] through CEL alone: the reference its fast path is checked against in
+    /// tests, and the baseline `benches/decode.rs` measures it beside.
+    #[doc(hidden)]
+    pub fn eval_by_cel(&self, event: &Event) -> Result<Verdict, EvalError> {
         with_scope(self, event, |ctx| judge(&self.root, ctx))
             .map_err(|message| self.eval_error(event, message))
     }
@@ -1123,6 +1139,82 @@ mod tests {
         // The native names are refused with the nested path to write instead.
         let err = Expr::compile_in(r#"table == "orders""#, Envelope::Nested).unwrap_err();
         assert!(err.to_string().contains("write `data.table`"), "{err}");
+    }
+
+    /// The fast path (`quick`) gives what CEL gives, for every envelope, on every kind of
+    /// event, for comparisons it decides and those it must hand on (other kinds, absent
+    /// fields, nulls, messages), and it does decide the common ones.
+    #[test]
+    fn the_fast_path_agrees_with_cel_everywhere() {
+        let mut events = vec![order(Op::Insert, "new"), order(Op::Update, "shipped")];
+        let mut with_old = order(Op::Update, "paid");
+        with_old.old = Some(Row {
+            columns: vec![col("id", Value::Int(1)), col("status", Value::Null)],
+        });
+        with_old.key = Some(Row {
+            columns: vec![col("id", Value::Int(1))],
+        });
+        events.push(with_old);
+        let mut begin = Event::new(Op::Begin, Lsn(1));
+        begin.xid = Some(9);
+        events.push(begin);
+        let mut msg = Event::new(Op::Message, Lsn(2));
+        msg.message = Some(crate::LogicalMessage {
+            transactional: true,
+            prefix: "app".into(),
+            content: b"hi".to_vec(),
+        });
+        events.push(msg);
+        let mut no_table = order(Op::Delete, "x");
+        no_table.table = None;
+        events.push(no_table);
+        events.push(
+            crate::event_read::parse_line(
+                r#"{"type":"proxy","seq":1,"ts":"2026-12-02T10:00:00.000000Z","data":{"action":"error","op":"INSERT"}}"#,
+            )
+            .unwrap(),
+        );
+        let native = [
+            r#"type == "wal" && table == "orders" && op == "INSERT""#,
+            r#"op == "UPDATE" && data.status == "shipped""#,
+            r#"data.id == 1 && data.amount == "12.50""#,
+            r#"data.id == "1""#,
+            r#""orders" == table && 1 == data.id && data.status != "new""#,
+            r#"data.nope == 1 && op == "INSERT""#,
+            r#"op == "INSERT" && data.nope == 1"#,
+            r#"old.status == "paid" && key.id == 1"#,
+            r#"data.id == 1.0"#,
+            r#"data.prefix == "app" && op == "MESSAGE""#,
+            r#"schema == "public" && table == "orders" && data.score == "NaN""#,
+            r#"type == "proxy" && data.action == "error""#,
+            r#"data.doc.n == 2"#,
+            "true && data.id == 1",
+        ];
+        let nested = [
+            r#"type == "wal" && data.table == "orders" && data.op == "INSERT""#,
+            r#"data.data.id == 1 && data.data.status == "new""#,
+            r#"data.data.id == "1""#,
+            r#"data.old.status == "paid" && data.key.id == 1"#,
+            r#"data.op == "INSERT" && data.data.nope == 1"#,
+            r#"type == "proxy" && data.op == "INSERT""#,
+        ];
+        let cases = native
+            .iter()
+            .map(|s| (*s, Envelope::Native))
+            .chain(nested.iter().map(|s| (*s, Envelope::Nested)));
+        let mut decided = 0;
+        for (src, envelope) in cases {
+            let x = Expr::compile_in(src, envelope).unwrap();
+            for e in &events {
+                let (fast, slow) = (x.eval(e), x.eval_by_cel(e));
+                assert_eq!(fast, slow, "{src} ({envelope:?}) on {}", describe_event(e));
+                decided += usize::from(quick::verdict(&x.quick, e).is_some());
+            }
+        }
+        assert!(
+            decided >= 40,
+            "the fast path decided only {decided} evaluations"
+        );
     }
 
     #[test]

@@ -131,7 +131,9 @@ pub struct Observer<'p> {
     op: Option<String>,
     recent: VecDeque<Arc<Event>>,
     examined: u64,
-    near: Option<(usize, Arc<Event>, Vec<String>)>,
+    /// The last events of the predicate's table and op that did not match: the nearest miss
+    /// is chosen among them when a report is made, so the scan itself never explains.
+    candidates: VecDeque<Arc<Event>>,
     missing: BTreeMap<String, u64>,
     matches: Vec<Arc<Event>>,
     matched: u64,
@@ -145,7 +147,7 @@ impl<'p> Observer<'p> {
             op: pred.expr().and_then(|x| x.wanted("op")),
             recent: VecDeque::with_capacity(RECENT),
             examined: 0,
-            near: None,
+            candidates: VecDeque::with_capacity(RECENT),
             missing: BTreeMap::new(),
             matches: Vec::new(),
             matched: 0,
@@ -194,17 +196,30 @@ impl<'p> Observer<'p> {
             && self.op.as_deref().is_none_or(|o| e.op.as_str() == o)
     }
 
+    /// Keeps `e` as a near-miss candidate. Explaining an event costs several evaluations, so
+    /// it waits for a report (the scan of a failing `eventually` may see millions of events).
     fn consider_near_miss(&mut self, e: &Arc<Event>) {
-        let Some(x) = self.pred.expr() else {
-            return;
-        };
-        if !e.op.is_change() || !self.same_target(e) {
+        if self.pred.expr().is_none() || !e.op.is_change() || !self.same_target(e) {
             return;
         }
-        let (held, failed) = x.explain(e);
-        if self.near.as_ref().is_none_or(|(best, _, _)| held >= *best) {
-            self.near = Some((held, e.clone(), failed));
+        if self.candidates.len() == RECENT {
+            self.candidates.pop_front();
         }
+        self.candidates.push_back(e.clone());
+    }
+
+    /// Of the candidates, the one for which most parts of the expression held (the latest of
+    /// equals), with the parts that did not.
+    fn nearest_miss(&self) -> Option<(Arc<Event>, Vec<String>)> {
+        let x = self.pred.expr()?;
+        let mut best: Option<(usize, &Arc<Event>, Vec<String>)> = None;
+        for e in &self.candidates {
+            let (held, failed) = x.explain(e);
+            if best.as_ref().is_none_or(|(most, _, _)| held >= *most) {
+                best = Some((held, e, failed));
+            }
+        }
+        best.map(|(_, e, failed)| (e.clone(), failed))
     }
 
     /// The report of this assertion; `diagnostics` come from [`diagnose`].
@@ -228,9 +243,9 @@ impl<'p> Observer<'p> {
             table: self.table.clone(),
             matches: self.matches.iter().map(shown).collect(),
             recent: recent.into_iter().rev().map(shown).collect(),
-            near_miss: self.near.as_ref().map(|(_, e, failed)| NearMiss {
-                event: shown(e),
-                differed: failed.clone(),
+            near_miss: self.nearest_miss().map(|(e, differed)| NearMiss {
+                event: shown(&e),
+                differed,
             }),
             missing_fields: self
                 .missing
