@@ -2,7 +2,8 @@
 # The whole test suite: installs what it needs (PostgreSQL server binaries, the Tansu Kafka
 # broker, DuckDB and pyarrow for the Arrow interop tests, cargo-nextest),
 # builds once, then runs every test (unit, integration against real throwaway PostgreSQL
-# clusters, CLI, doc tests), plus formatting and lint checks.
+# clusters, CLI, doc tests), plus formatting and lint checks; then builds the Python wheel
+# (python/, maturin) and runs its pytest suite (tests/python/).
 #
 # The server matrix: the whole suite runs on PostgreSQL 15 (Debian's package, or the server
 # WALWATCH_PG_BIN names); then the test binaries that talk to a server and whose results can
@@ -52,7 +53,8 @@ primary_ssl=$(bash tests/install-pg-matrix.sh ssl "$primary_bin")
 primary_major=$("$primary_bin/postgres" --version | sed -E 's/.*\(PostgreSQL\) ([0-9]+).*/\1/')
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+# The workspace: the library and binary, and the Python binding (python/).
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 status=0
 summary=()
@@ -95,6 +97,16 @@ doc_rc=0
 cargo test --doc --locked || doc_rc=$?
 summary+=("doc tests: $([ "$doc_rc" = 0 ] && echo passed || echo FAILED) in $((SECONDS - doc_start)) s")
 [ "$doc_rc" = 0 ] || status=1
+
+# The Python package (python/: the engine through PyO3) and its pytest plugin: the wheel is built
+# with maturin from the same dev-profile build, installed into a venv under target/, and its
+# suite (tests/python/) runs on two xdist workers against the primary server.
+header "$primary_major" "$primary_ssl" "$primary_bin" "the Python package"
+py_start=$SECONDS
+py_rc=0
+WALWATCH_PG_BIN=$primary_bin bash tests/python/run.sh -n 2 || py_rc=$?
+summary+=("PG $primary_major, the Python package: $([ "$py_rc" = 0 ] && echo passed || echo "FAILED (exit $py_rc)") in $((SECONDS - py_start)) s")
+[ "$py_rc" = 0 ] || status=1
 
 # The server-facing binaries on the other servers, from the same build (nextest does not rebuild:
 # WALWATCH_PG_BIN is read at run time).
