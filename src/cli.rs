@@ -443,7 +443,7 @@ pub struct MarkArgs {
 
     /// The mark is for this recorder alone: its slot (the recording's first line, and the
     /// --ready-file, name it). Without it or --input, every recorder on the database sees it.
-    #[arg(long, value_name = "SLOT")]
+    #[arg(long, value_name = "SLOT", conflicts_with = "input")]
     pub recorder: Option<String>,
 
     /// How long to wait for it with --input.

@@ -59,8 +59,9 @@ pub const VARIABLES: &[&str] = &[
 /// the native form too.
 pub const NESTED_VARIABLES: &[&str] = &["type", "data", "seq", "ts"];
 
-/// The native variables a nested `data` holds for a WAL event.
-const NESTED_DATA_FIELDS: &[&str] = &[
+/// The native variables a nested `data` holds for a WAL event, in the order the JSON writes
+/// them: what Python's `Event.data` holds too.
+pub const NESTED_DATA_FIELDS: &[&str] = &[
     "op",
     "schema",
     "table",

@@ -63,17 +63,20 @@ pub fn conclude(report: &walwatch::Report, format: ReportArg, json_on_stdout: bo
     }
 }
 
-/// Whom a mark is for: the recorder named with --recorder, the one writing --input, or every
-/// recorder on the database.
-fn mark_scope(args: &MarkArgs) -> anyhow::Result<Option<String>> {
-    if let Some(slot) = &args.recorder {
-        return Ok(Some(slot.clone()));
-    }
+/// Who writes --input, when its first line says.
+fn recorder_of(args: &MarkArgs) -> anyhow::Result<Option<marker::RecorderInfo>> {
     let Some(input) = &args.input else {
         return Ok(None);
     };
-    let head = file::sniff(input)?;
-    Ok(head.recorder.map(|r| r.slot))
+    let recorder = file::sniff(input)?.recorder;
+    if recorder.is_none() {
+        tracing::warn!(
+            "{} does not say which recorder writes it (a recording on a permanent slot, or by an \
+             older walwatch): the mark is for every recorder on the database",
+            input.display()
+        );
+    }
+    Ok(recorder)
 }
 
 /// `walwatch mark NAME`: emits the marker through the database (for the recorder of --input or
@@ -89,12 +92,21 @@ pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
             Since::START
         );
     }
-    let scope = mark_scope(args)?;
+    let recorder = recorder_of(args)?;
+    let scope = args
+        .recorder
+        .clone()
+        .or_else(|| recorder.as_ref().map(|r| r.slot.clone()));
     let before = match &args.input {
         Some(input) => Some(FileCheck::count_marks(input, &args.name).await?),
         None => None,
     };
     let client = connect(args.dsn.as_deref()).await?;
+    if let (Some(input), Some(info)) = (&args.input, &recorder)
+        && let Some(why) = file::recorder_gone(&client, info).await?
+    {
+        return Err(file::gone_error(input, info, &why).into());
+    }
     let prefix = marker::scoped(marker::MARK_PREFIX, scope.as_deref());
     let lsn = marker::emit(&client, &prefix, &args.name).await?;
     println!("{lsn}");
@@ -107,7 +119,14 @@ pub async fn mark(args: &MarkArgs) -> anyhow::Result<Verdict> {
             .with_context(|| format!("recording the mark in the proxy at {proxy}"))?;
     }
     if let (Some(input), Some(before)) = (&args.input, before)
-        && !FileCheck::await_mark(input, &args.name, before, within).await?
+        && !FileCheck::await_mark(
+            input,
+            &args.name,
+            before,
+            within,
+            recorder.as_ref().map(|r| (&client, r)),
+        )
+        .await?
     {
         anyhow::bail!(
             "the mark `{}` did not appear in {} within {}: is `walwatch record` running on this \

@@ -91,18 +91,19 @@ async fn stop_signal(args: &WatchArgs) {
     }
 }
 
+/// The process that started walwatch, read first thing in `main`: a parent that dies while
+/// walwatch connects and creates its slot must still count.
+static PARENT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
 /// Resolves once the process that started this one has exited. An orphan is re-parented (to
 /// init or a subreaper), so its parent id changes; that is polled rather than asked of the
 /// kernel with PR_SET_PDEATHSIG, which fires when the parent *thread* exits (prctl(2)), and a
 /// harness may well start its recorder from a thread that ends before the test run does.
 async fn parent_gone() {
     const POLL: std::time::Duration = std::time::Duration::from_millis(200);
-    let parent = std::os::unix::process::parent_id();
-    loop {
+    let parent = *PARENT.get_or_init(std::os::unix::process::parent_id);
+    while std::os::unix::process::parent_id() == parent {
         tokio::time::sleep(POLL).await;
-        if std::os::unix::process::parent_id() != parent {
-            return;
-        }
     }
 }
 
@@ -123,6 +124,7 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    PARENT.get_or_init(std::os::unix::process::parent_id);
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&cli.log);
     // Two workers: decoding has a thread of its own, the runtime only moves bytes and events.

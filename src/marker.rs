@@ -106,9 +106,13 @@ pub struct RecorderInfo {
     pub slot: String,
     /// Whether the slot is temporary: then it exists exactly as long as the recorder streams.
     pub temporary: bool,
-    /// The recorder's process id and host name, for reports.
+    /// The recorder's process id, host name and pid namespace (`/proc/self/ns/pid`): a pid
+    /// is checked only on the same host in the same namespace (containers of one pod share a
+    /// host name, not their pids).
     pub pid: u32,
     pub host: String,
+    #[serde(default)]
+    pub pid_ns: String,
     /// `native` or `nested`.
     pub envelope: String,
 }
@@ -124,6 +128,11 @@ impl RecorderInfo {
             content: serde_json::to_vec(self).unwrap_or_default(),
         });
         e
+    }
+
+    /// Whether the recorder's pid means the same process here.
+    pub fn is_on_this_machine(&self) -> bool {
+        !self.pid_ns.is_empty() && self.host == this_host() && self.pid_ns == this_pid_namespace()
     }
 
     /// The envelope the recording's lines are in.
@@ -162,6 +171,13 @@ impl RecorderInfo {
 pub fn this_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// This process's pid namespace (`pid:[4026531836]`; empty where /proc does not say).
+pub fn this_pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
         .unwrap_or_default()
 }
 
@@ -271,6 +287,7 @@ mod tests {
             temporary: true,
             pid: 42,
             host: "ci".into(),
+            pid_ns: "pid:[1]".into(),
             envelope: "nested".into(),
         };
         let e = info.to_event(Lsn(5));

@@ -463,6 +463,7 @@ fn write_recorder_line(
         temporary: true,
         pid: std::process::id(),
         host: crate::marker::this_host(),
+        pid_ns: crate::marker::this_pid_namespace(),
         envelope: config.envelope.name().into(),
     };
     let line = info.to_event(start);

@@ -288,7 +288,7 @@ impl Watch {
         from: u64,
         mut f: impl FnMut(u64, &Arc<Event>) -> Result<()>,
     ) -> Result<u64> {
-        let deadline = Instant::now() + self.fence_timeout;
+        let deadline = deadline_in(self.fence_timeout);
         let scanned = self
             .scan(from, deadline, |pos, e| {
                 if marker::fence_id(e) == Some(id) {
@@ -412,7 +412,7 @@ impl Watch {
         pred: P,
         within: Duration,
     ) -> Result<Event> {
-        let deadline = Instant::now() + within;
+        let deadline = deadline_in(within);
         let mut obs = Observer::new(&pred);
         let mut hit = None;
         let scanned = self
@@ -451,7 +451,7 @@ impl Watch {
     pub async fn never<P: Predicate>(&self, pred: P, during: Duration) -> Result<()> {
         let from = self.merged.pull(&self.log)?;
         let start_id = self.emit_fence().await?;
-        let window_end = Instant::now() + during;
+        let window_end = deadline_in(during);
         // A proxy event is in the window when it was merged after `from` and before the close.
         let proxy_end = std::cell::Cell::new(None::<u64>);
         let mut obs = Observer::new(&pred);
@@ -547,7 +547,43 @@ impl Watch {
             proxy_from: 0,
             proxy_end: Some(self.merged.pull(&self.log)?),
         };
-        self.count_in(window, pred, within).await
+        let (n, _) = self.count_in(window, pred, within, None).await?;
+        Ok(n)
+    }
+
+    /// [`Watch::count`] (without `since`) or [`Watch::count_since`], with the report of what
+    /// was counted (the matching events, the nearest miss, the last events): for a caller that
+    /// asserts on the count and shows the report when it is not the expected one. The report
+    /// says `passed`; set it, and its `outcome`, to the caller's verdict.
+    pub async fn count_with_report<P: Predicate>(
+        &self,
+        since: Option<&Mark>,
+        pred: P,
+    ) -> Result<(usize, Report)> {
+        let end = Some(self.merged.pull(&self.log)?);
+        let (window, text) = match since {
+            Some(mark) => (
+                Window::after(mark, end),
+                format!("between mark `{}` ({}) and a fence", mark.name, mark.lsn),
+            ),
+            None => (
+                Window {
+                    wal_after: None,
+                    proxy_from: 0,
+                    proxy_end: end,
+                },
+                "since the watch started, up to a fence".to_string(),
+            ),
+        };
+        let (n, report) = self
+            .count_in(window, pred, self.fence_timeout, Some(text))
+            .await?;
+        match report {
+            Some(report) => Ok((n, report)),
+            None => Err(Error::Setup(
+                "count: the report of the count was not made; this is a walwatch bug".into(),
+            )),
+        }
     }
 
     /// [`Watch::count`] with a CEL expression.
@@ -558,18 +594,24 @@ impl Watch {
     /// [`Watch::count`] over the changes committed after `mark`.
     pub async fn count_since<P: Predicate>(&self, mark: &Mark, pred: P) -> Result<usize> {
         let window = Window::after(mark, Some(self.merged.pull(&self.log)?));
-        self.count_in(window, pred, self.fence_timeout).await
+        let (n, _) = self
+            .count_in(window, pred, self.fence_timeout, None)
+            .await?;
+        Ok(n)
     }
 
+    /// Counts the matching events of `window` up to a fence; with `report` (the window's text),
+    /// also the report of what was counted.
     async fn count_in<P: Predicate>(
         &self,
         window: Window,
         pred: P,
         within: Duration,
-    ) -> Result<usize> {
+        report: Option<String>,
+    ) -> Result<(usize, Option<Report>)> {
         let mut obs = Observer::new(&pred);
         let id = self.emit_fence().await?;
-        let deadline = Instant::now() + within;
+        let deadline = deadline_in(within);
         let scanned = self
             .scan(window.first(), deadline, |pos, e| {
                 if marker::fence_id(e) == Some(id.as_str()) {
@@ -587,7 +629,16 @@ impl Watch {
                 human(within)
             )));
         }
-        Ok(obs.matched() as usize)
+        let n = obs.matched() as usize;
+        let report = report.map(|window| {
+            obs.report(
+                "count",
+                true,
+                window,
+                format!("counted {n} matching event(s)"),
+            )
+        });
+        Ok((n, report))
     }
 
     /// Stops streaming and removes the watch's slot and publication.
@@ -770,7 +821,7 @@ pub async fn run_until(
     let log = EventLog::new(100_000);
     let (started, stop_tx, task) = spawn_session(config, log.clone()).await?;
     let within = until.within;
-    let deadline = Instant::now() + within;
+    let deadline = deadline_in(within);
     let pred: &dyn Predicate = &*until.expr;
     let mut obs = Observer::new(pred);
     let mut next = 0;
@@ -851,6 +902,12 @@ pub async fn run_until(
     };
     report.diagnostics = diagnose::diagnose(&meta, pred, &scope).await;
     Ok(report)
+}
+
+/// `now + d`, at most a year ahead: a caller's huge timeout must not overflow the clock.
+fn deadline_in(d: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 86_400);
+    Instant::now() + d.min(YEAR)
 }
 
 fn compile(expr: &str) -> Result<Expr> {

@@ -5,11 +5,10 @@
 mod harness;
 mod support;
 
-use std::path::Path;
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use harness::{dsn, parse_jsonl, record, run_expecting, sql, walwatch};
+use harness::{assert_on, dsn, parse_jsonl, record, run_expecting, sql, walwatch};
 use serde_json::Value;
 
 fn stderr(out: &Output) -> String {
@@ -29,20 +28,6 @@ fn stop(mut child: Child) {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
 }
 
-fn assert_cmd(kind: &str, file: &Path, args: &[&str], code: i32) -> Output {
-    let d = dsn();
-    let mut all = vec![
-        "assert",
-        kind,
-        "--dsn",
-        &d,
-        "--input",
-        file.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    run_expecting(&all, code)
-}
-
 #[test]
 fn record_mark_and_assert_with_exit_codes_and_reports() {
     let t = support::unique_name("rec");
@@ -56,7 +41,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     sql(&format!("INSERT INTO {t} VALUES (1, 'paid');"));
     let ins1 = format!(r#"table == "{t}" && op == "INSERT" && data.id == 1"#);
     // The row was committed before the call: `--since start` looks back for it.
-    let out = assert_cmd(
+    let out = assert_on(
         "eventually",
         &file,
         &["--within", "20s", "--since", "start", "--where", &ins1],
@@ -66,7 +51,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
 
     // Fails at the deadline with the near miss and the last events of the table.
     let ins2 = format!(r#"table == "{t}" && op == "INSERT" && data.id == 2"#);
-    let out = assert_cmd(
+    let out = assert_on(
         "eventually",
         &file,
         &["--within", "300ms", "--since", "start", "--where", &ins2],
@@ -90,7 +75,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
         0,
     );
     let any_insert = format!(r#"table == "{t}" && op == "INSERT""#);
-    assert_cmd(
+    assert_on(
         "never",
         &file,
         &["--since", "fault-start", "--where", &any_insert],
@@ -99,7 +84,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
 
     // A change committed just before the fence violates never: the fence makes it seen.
     sql(&format!("INSERT INTO {t} VALUES (3);"));
-    let out = assert_cmd(
+    let out = assert_on(
         "never",
         &file,
         &[
@@ -118,7 +103,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     assert_eq!(report["assertion"], "never");
     assert_eq!(report["matches"][0]["event"]["data"]["id"], 3, "{report}");
 
-    assert_cmd(
+    assert_on(
         "count",
         &file,
         &[
@@ -131,7 +116,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
         ],
         0,
     );
-    let out = assert_cmd(
+    let out = assert_on(
         "count",
         &file,
         &["--where", &any_insert, "--equals", "3", "--report", "json"],
@@ -144,7 +129,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     );
 
     // Errors are exit 2: a type error, a syntax error, an unknown mark.
-    let out = assert_cmd(
+    let out = assert_on(
         "eventually",
         &file,
         &[
@@ -162,9 +147,9 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
         "{}",
         stderr(&out)
     );
-    let out = assert_cmd("never", &file, &["--where", "op =="], 2);
+    let out = assert_on("never", &file, &["--where", "op =="], 2);
     assert!(stderr(&out).contains("line 1, column"), "{}", stderr(&out));
-    let out = assert_cmd(
+    let out = assert_on(
         "never",
         &file,
         &["--since", "nope", "--where", &any_insert],
@@ -173,7 +158,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
     assert!(stderr(&out).contains("no mark `nope`"), "{}", stderr(&out));
 
     // A window of the next 300 ms, fenced at both ends: nothing is inserted in it.
-    assert_cmd(
+    assert_on(
         "never",
         &file,
         &["--during", "300ms", "--where", &any_insert],
@@ -198,7 +183,7 @@ fn record_mark_and_assert_with_exit_codes_and_reports() {
             .is_some_and(|p| p.starts_with("walwatch.fence"))
     }));
     // Without the recorder, a fenced assertion says the recorder is gone (exit 2)...
-    let out = assert_cmd("never", &file, &["--where", &any_insert], 2);
+    let out = assert_on("never", &file, &["--where", &any_insert], 2);
     assert!(
         stderr(&out).contains("the recorder is gone"),
         "{}",

@@ -12,45 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{KillOnDrop, dsn, parse_jsonl, run_expecting, sql, walwatch};
+use harness::{KillOnDrop, assert_on, dsn, parse_jsonl, run_expecting, sql, walwatch};
 use serde_json::Value;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `walwatch assert KIND --input FILE ARGS...`, expecting exit `code`.
-fn assert_on(kind: &str, file: &Path, args: &[&str], code: i32) -> Output {
-    let d = dsn();
-    let mut all = vec![
-        "assert",
-        kind,
-        "--dsn",
-        &d,
-        "--input",
-        file.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    run_expecting(&all, code)
-}
-
 /// A recorder of `table` into `dir/NAME.jsonl` with `extra` options, ready when this returns.
 fn recorder(table: &str, dir: &Path, name: &str, extra: &[&str]) -> (KillOnDrop, PathBuf) {
     let file = dir.join(format!("{name}.jsonl"));
-    let ready = dir.join(format!("{name}.ready"));
-    let child = walwatch()
-        .args(["record", "--dsn", &dsn(), "--tables", table, "--output"])
-        .arg(&file)
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn walwatch record");
-    support::wait_until("the recorder's ready file", Duration::from_secs(30), || {
-        ready.exists().then_some(())
-    });
+    let child = harness::record_with(table, &file, &dir.join(format!("{name}.ready")), extra);
     (KillOnDrop(child), file)
 }
 
@@ -352,6 +324,18 @@ fn an_assertion_on_a_recording_whose_recorder_is_gone_fails_at_once() {
     sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
     let dir = tempfile::tempdir().unwrap();
     let (mut rec, file) = recorder(&t, dir.path(), "run", &[]);
+    sql(&format!("INSERT INTO {t} VALUES (1);"));
+    run_expecting(
+        &[
+            "mark",
+            "--dsn",
+            &dsn(),
+            "--input",
+            file.to_str().unwrap(),
+            "m",
+        ],
+        0,
+    );
     let slot = recorder_slot(&file);
     let pid = rec.0.id();
     rec.0.kill().unwrap();
@@ -360,6 +344,13 @@ fn an_assertion_on_a_recording_whose_recorder_is_gone_fails_at_once() {
         (!slot_exists(&slot)).then_some(())
     });
     let where_ = format!(r#"table == "{t}""#);
+    // What the recording holds is still there to find: a finished recording is no error.
+    assert_on(
+        "eventually",
+        &file,
+        &["--since", "start", "--where", r#"op == "BEGIN""#],
+        0,
+    );
     let started = Instant::now();
     let out = assert_on("never", &file, &["--where", &where_], 2);
     let text = stderr(&out);
@@ -392,6 +383,80 @@ fn an_assertion_on_a_recording_whose_recorder_is_gone_fails_at_once() {
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
+    );
+    // A mark for a recorder that is gone is refused at once, not waited for.
+    let out = run_expecting(
+        &[
+            "mark",
+            "--dsn",
+            &dsn(),
+            "--input",
+            file.to_str().unwrap(),
+            "x",
+        ],
+        2,
+    );
+    assert!(
+        stderr(&out).contains("the recorder is gone"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_expecting(
+        &[
+            "mark",
+            "--dsn",
+            &dsn(),
+            "--input",
+            "f.jsonl",
+            "--recorder",
+            "s",
+            "x",
+        ],
+        2,
+    );
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The recorder dies while an assertion waits on it: the assertion fails within a second,
+/// not at its deadline.
+#[test]
+fn a_recorder_dying_while_an_assertion_waits_fails_it_at_once() {
+    let t = support::unique_name("dies");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut rec, file) = recorder(&t, dir.path(), "run", &[]);
+    let mut waiting = KillOnDrop(
+        walwatch()
+            .args(["assert", "eventually", "--dsn", &dsn(), "--input"])
+            .arg(&file)
+            .args(["--within", "60s", "--where", &format!(r#"table == "{t}""#)])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(waiting.0.stderr.take().unwrap()).lines();
+    let opened = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("the window is open")));
+    assert!(opened.is_some(), "the window-open line");
+    rec.0.kill().unwrap();
+    rec.0.wait().unwrap();
+    let killed = Instant::now();
+    let status = support::wait_until("the assertion to fail", Duration::from_secs(30), || {
+        waiting.0.try_wait().unwrap()
+    });
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert_eq!(status.code(), Some(2), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("the recorder is gone")),
+        "{rest:?}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        killed.elapsed()
     );
 }
 

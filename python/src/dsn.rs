@@ -64,7 +64,7 @@ fn rewrite_uri(
             }
         }
     };
-    let path = dbname.map_or(path, percent_encode);
+    let path = dbname.map_or(path, walwatch::pg::params::percent_encode);
     let mut out = format!("{scheme}://");
     if let Some(u) = userinfo {
         out.push_str(u);
@@ -89,18 +89,6 @@ fn bracket(host: &str) -> String {
     } else {
         host.to_string()
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `walwatch.dsn_with(dsn, dbname=None, host=None, port=None)`: see [`rewrite`].

@@ -143,21 +143,8 @@ enum RowKind {
 }
 
 /// The fields of a WAL event in the nested envelope, in the JSON's order.
-const ENVELOPE_KEYS: [&str; 12] = [
-    "op",
-    "schema",
-    "table",
-    "partition_of",
-    "lsn",
-    "commit_lsn",
-    "xid",
-    "ts",
-    "data",
-    "old",
-    "key",
-    "unchanged",
-];
-const PARTITION_OF: usize = 3;
+/// A WAL event's fields in the nested envelope: the same list CEL strings read.
+const ENVELOPE_KEYS: &[&str] = walwatch::expr::NESTED_DATA_FIELDS;
 const MESSAGE_KEYS: [&str; 3] = ["prefix", "content", "transactional"];
 
 /// A read-only mapping over part of an event, converting each value on first read.
@@ -195,7 +182,9 @@ impl Data {
 
     /// Whether slot `i` is a key (an envelope has `partition_of` only for partitions).
     fn present(&self, i: usize) -> bool {
-        !matches!(self.src, Source::Envelope) || i != PARTITION_OF || self.ev.partition_of.is_some()
+        !matches!(self.src, Source::Envelope)
+            || ENVELOPE_KEYS[i] != "partition_of"
+            || self.ev.partition_of.is_some()
     }
 
     fn name(&self, i: usize) -> &str {

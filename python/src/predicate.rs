@@ -58,10 +58,16 @@ impl Where {
         }
     }
 
-    /// Turns a library error into Python's: a raising predicate becomes `PredicateError` from
-    /// its exception.
+    /// Turns a library error into Python's: a predicate that raised an `Exception` becomes
+    /// `PredicateError` from it. KeyboardInterrupt and SystemExit (not `Exception`s) go on
+    /// as they are: Ctrl-C while a predicate runs must stop the run, not fail one test.
     pub fn error(&self, py: Python<'_>, err: walwatch::Error) -> PyErr {
         match (self.take_raised(), &err) {
+            (Some(cause), walwatch::Error::Expr(_))
+                if !cause.is_instance_of::<pyo3::exceptions::PyException>(py) =>
+            {
+                cause
+            }
             (Some(cause), walwatch::Error::Expr(e)) => {
                 let exc = errors::new(
                     py,

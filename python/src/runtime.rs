@@ -42,6 +42,16 @@ where
     T: Send,
 {
     let rt = runtime()?;
+    // A `where=` predicate runs inside an assertion's `block_on`: a walwatch call from it would
+    // start a runtime within the runtime, which tokio forbids with a panic.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(crate::errors::new(
+            py,
+            "ConfigError",
+            "walwatch cannot be called from inside a where= predicate (it runs while an \
+             assertion waits): compute what the predicate needs before the assertion",
+        ));
+    }
     py.detach(move || {
         rt.block_on(async move {
             let fut = make();
@@ -58,8 +68,17 @@ where
     })
 }
 
-/// Seconds from Python as a duration; negative or non-finite values are refused.
+/// The longest wait a call takes: a year, as `walwatch assert` allows.
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// Seconds from Python as a duration; negative, non-finite and absurdly long values are
+/// refused (a deadline past the clock's range would overflow).
 pub fn seconds(what: &str, secs: f64) -> PyResult<Duration> {
+    if secs > MAX_SECONDS {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{what}={secs}: at most {MAX_SECONDS} seconds (a year)"
+        )));
+    }
     Duration::try_from_secs_f64(secs).map_err(|_| {
         pyo3::exceptions::PyValueError::new_err(format!(
             "{what}={secs}: give a number of seconds, 0 or more"

@@ -102,6 +102,14 @@ impl PyScratchCluster {
         }
     }
 
+    /// Leaves the server running and its directory on disk when this object goes: whoever
+    /// detaches owns the cleanup (the pytest plugin hands it to a watchdog process).
+    fn detach(&self) {
+        if let Some(c) = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            c.detach();
+        }
+    }
+
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use walwatch::assert::Observer;
 use walwatch::{Mark, Watch};
 
 use crate::errors::{self, IntoPyResult};
@@ -122,36 +121,6 @@ impl PyWatch {
         let p = pred.clone();
         block_on(py, move || op(w, p))?.map_err(|e| pred.error(py, e))
     }
-
-    /// The report of a count that was not what `expected` says.
-    fn count_failure(
-        &self,
-        py: Python<'_>,
-        pred: &Arc<Where>,
-        since: Option<&Mark>,
-        expected: String,
-        n: usize,
-    ) -> PyResult<PyErr> {
-        let w = self.get(py)?;
-        let events = match since {
-            Some(m) => w.events_since(m),
-            None => w.events(),
-        };
-        let mut obs = Observer::new(&**pred);
-        for e in events {
-            obs.observe(&Arc::new(e))
-                .map_err(|e| pred.error(py, e.into()))?;
-        }
-        let window = match since {
-            Some(m) => format!("between mark `{}` ({}) and a fence", m.name, m.lsn),
-            None => "since the watch started, up to a fence".into(),
-        };
-        let outcome = format!("expected {expected} matching change(s), counted {n}");
-        Ok(errors::assertion_failed(
-            py,
-            &obs.report("count", false, window, outcome),
-        ))
-    }
 }
 
 /// The mark of `since=`, if given.
@@ -246,14 +215,18 @@ impl PyWatch {
         let expected = expectation(equals, at_least, at_most)?;
         let pred = Arc::new(Where::parse(r#where)?);
         let mark = mark_of(&since);
-        let n = self.count_with(py, &pred, mark.clone())?;
+        let (n, mut report) = self.run(py, &pred, move |w, p| async move {
+            w.count_with_report(mark.as_ref(), p).await
+        })?;
         let holds = equals.is_none_or(|x| n == x)
             && at_least.is_none_or(|x| n >= x)
             && at_most.is_none_or(|x| n <= x);
         if holds {
             return Ok(n);
         }
-        Err(self.count_failure(py, &pred, mark.as_ref(), expected, n)?)
+        report.passed = false;
+        report.outcome = format!("expected {expected} matching change(s), counted {n}");
+        Err(errors::assertion_failed(py, &report))
     }
 
     /// Puts a named marker into the stream and returns once the watch has seen it.

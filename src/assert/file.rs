@@ -485,8 +485,10 @@ fn length(path: &Path) -> Result<u64> {
 }
 
 impl FileCheck {
-    /// Reads the head of each recording (who records it, its envelope), compiles `where_` for
-    /// that envelope, and checks that the recorders still run.
+    /// Reads the head of each recording (who records it, its envelope) and compiles `where_`
+    /// for that envelope. Whether the recorders still run is checked before each fence and
+    /// while waiting, not here: a finished recording may still hold what `eventually` looks
+    /// for.
     pub async fn prepare(
         inputs: Vec<Input>,
         where_: &str,
@@ -522,16 +524,14 @@ impl FileCheck {
             },
         };
         let pred = crate::config::compile_expr_in("--where", where_, envelope)?;
-        let check = FileCheck {
+        Ok(FileCheck {
             inputs,
             pred,
             since,
             db,
             fence_timeout,
             recorders,
-        };
-        check.check_recorders().await?;
-        Ok(check)
+        })
     }
 
     fn scope(&self) -> Scope {
@@ -559,20 +559,9 @@ impl FileCheck {
         let Some(db) = &self.db else {
             return Ok(());
         };
-        let here = marker::this_host();
         for (path, info) in &self.recorders {
-            let why = if info.host == here && !crate::scratch::process_alive(info.pid) {
-                Some(format!("its process {} has exited", info.pid))
-            } else {
-                slot_not_streamed(db, &info.slot).await?
-            };
-            if let Some(why) = why {
-                return Err(Error::Setup(format!(
-                    "{}: the recorder is gone: {} stopped ({why}), so nothing more will be \
-                     written to the recording; start `walwatch record` again",
-                    path.display(),
-                    info.describe()
-                )));
+            if let Some(why) = recorder_gone(db, info).await? {
+                return Err(gone_error(path, info, &why));
             }
         }
         Ok(())
@@ -595,10 +584,12 @@ impl FileCheck {
         scopes
     }
 
-    /// Emits a fence when there is a recording to fence and a database to fence through.
+    /// Emits a fence when there is a recording to fence and a database to fence through,
+    /// once the recorders that would write it are known to run.
     async fn emit_fence(&self) -> Result<Option<String>> {
         match &self.db {
             Some(db) if self.has_recordings() => {
+                self.check_recorders().await?;
                 let id = marker::new_fence_id();
                 marker::emit_scoped(db, marker::FENCE_PREFIX, &self.fence_scopes(), &id).await?;
                 Ok(Some(id))
@@ -891,22 +882,57 @@ impl FileCheck {
     }
 
     /// Waits until the recording holds more than `before` marks named `name` (for
-    /// `walwatch mark --input`).
+    /// `walwatch mark --input`). With `alive`, fails as soon as that recorder is gone.
     pub async fn await_mark(
         input: &Path,
         name: &str,
         before: u64,
         within: Duration,
+        alive: Option<(&tokio_postgres::Client, &marker::RecorderInfo)>,
     ) -> Result<bool> {
         let mut rec = Recording::open(input)?;
         let deadline = Instant::now() + within;
         let mut n = 0;
-        rec.follow(Some(deadline), |e| {
-            n += u64::from(marker::mark_name(e) == Some(name));
-            Ok(n > before)
-        })
-        .await
+        loop {
+            let step = deadline.min(Instant::now() + LIVENESS_CHECK);
+            let found = rec
+                .follow(Some(step), |e| {
+                    n += u64::from(marker::mark_name(e) == Some(name));
+                    Ok(n > before)
+                })
+                .await?;
+            if found || Instant::now() >= deadline {
+                return Ok(found);
+            }
+            if let Some((db, info)) = alive
+                && let Some(why) = recorder_gone(db, info).await?
+            {
+                return Err(gone_error(input, info, &why));
+            }
+        }
     }
+}
+
+/// Why the recorder `info` is gone (its process exited, on this machine; its slot is not
+/// streamed), or `None` while it runs.
+pub async fn recorder_gone(
+    db: &tokio_postgres::Client,
+    info: &marker::RecorderInfo,
+) -> Result<Option<String>> {
+    if info.is_on_this_machine() && !crate::scratch::process_alive(info.pid) {
+        return Ok(Some(format!("its process {} has exited", info.pid)));
+    }
+    slot_not_streamed(db, &info.slot).await
+}
+
+/// The error of an assertion or a mark on `path`, whose recorder `info` is gone (`why`).
+pub fn gone_error(path: &Path, info: &marker::RecorderInfo, why: &str) -> Error {
+    Error::Setup(format!(
+        "{}: the recorder is gone: {} stopped ({why}), so nothing more will be written to the \
+         recording; start `walwatch record` again",
+        path.display(),
+        info.describe()
+    ))
 }
 
 /// Why the slot `slot` is not being streamed, or `None` when it is. A recorder's slot is

@@ -439,22 +439,22 @@ impl ConnParams {
     pub fn redacted(&self) -> String {
         let host = match &self.host {
             Host::Tcp(h) if h.contains(':') => format!("[{h}]"),
-            Host::Tcp(h) => pct(h),
-            Host::Unix(p) => pct(&p.display().to_string()),
+            Host::Tcp(h) => percent_encode(h),
+            Host::Unix(p) => percent_encode(&p.display().to_string()),
         };
         let pw = if self.password.is_some() { ":****" } else { "" };
         let mut s = format!(
             "postgres://{}{pw}@{host}:{}/{}?application_name={}",
-            pct(&self.user),
+            percent_encode(&self.user),
             self.port,
-            pct(&self.dbname),
-            pct(&self.application_name)
+            percent_encode(&self.dbname),
+            percent_encode(&self.application_name)
         );
         if let Some(t) = self.connect_timeout {
             s.push_str(&format!("&connect_timeout={}", t.as_secs()));
         }
         if let Some(o) = &self.options {
-            s.push_str(&format!("&options={}", pct(o)));
+            s.push_str(&format!("&options={}", percent_encode(o)));
         }
         s
     }
@@ -533,8 +533,9 @@ impl fmt::Debug for ConnParams {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (for the redacted DSN).
-fn pct(s: &str) -> String {
+/// Percent-encodes everything but unreserved characters (RFC 3986 §2.3), for a URI's parts:
+/// the redacted DSN, and a DSN rewritten with another database name.
+pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

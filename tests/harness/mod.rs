@@ -277,17 +277,38 @@ impl Drop for KillOnDrop {
 /// Starts `walwatch record` of `table` into `file` and waits for its ready file: from then on
 /// every commit is in the recording.
 pub fn record(table: &str, file: &Path, ready: &Path) -> Child {
+    record_with(table, file, ready, &[])
+}
+
+/// [`record`] with more options (`--envelope nested`, ...). Its stderr is not kept.
+pub fn record_with(table: &str, file: &Path, ready: &Path, extra: &[&str]) -> Child {
     let child = walwatch()
         .args(["record", "--dsn", &dsn(), "--tables", table, "--output"])
         .arg(file)
         .arg("--ready-file")
         .arg(ready)
+        .args(extra)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn walwatch record");
     support::wait_until("the recorder's ready file", Duration::from_secs(30), || {
         ready.exists().then_some(())
     });
     child
+}
+
+/// `walwatch assert KIND --dsn DSN --input FILE ARGS...`, expecting exit `code`.
+pub fn assert_on(kind: &str, file: &Path, args: &[&str], code: i32) -> Output {
+    let d = dsn();
+    let mut all = vec![
+        "assert",
+        kind,
+        "--dsn",
+        &d,
+        "--input",
+        file.to_str().expect("a UTF-8 path"),
+    ];
+    all.extend_from_slice(args);
+    run_expecting(&all, code)
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import walwatch
+from walwatch.pytest_plugin import drop_database
 
 INNER = '''
 import os, pathlib, time
@@ -25,6 +26,7 @@ def test_hangs_until_killed(wal, walwatch_database):
     out = pathlib.Path(os.environ["INNER_OUT"])
     (out / "slot").write_text(wal.slot)
     (out / "data_dir").write_text(row[0][0])
+    (out / "database").write_text(walwatch.execute(walwatch_database, "SELECT current_database()")[0][0])
     (out / "ready").write_text("")
     time.sleep(300)
 '''
@@ -77,6 +79,8 @@ def test_a_killed_pytest_leaves_no_slot_on_the_server(tmp_path: Path, walwatch_d
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     wait_for(f"slot {slot} to go", lambda: walwatch.execute(walwatch_dsn, slots) == [["0"]])
+    # The killed session's database is its own (a session token in its name); remove it.
+    drop_database(walwatch_dsn, (out / "database").read_text())
 
 
 def test_a_killed_pytest_leaves_no_throwaway_cluster(tmp_path: Path) -> None:

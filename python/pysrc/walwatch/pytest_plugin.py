@@ -3,15 +3,18 @@
 Fixtures:
 
 * ``walwatch_dsn`` (session): the server to use: ``--walwatch-dsn`` or ``WALWATCH_DSN``, else a
-  throwaway cluster (:func:`walwatch.scratch_cluster`) started once for the session. Under
-  pytest-xdist the controller starts it and every worker uses it (each in its own database).
-  A watchdog process stops it and removes its directory if pytest is killed.
+  throwaway cluster (:func:`walwatch.scratch_cluster`) started once for the session, when the
+  first test needs it (a suite that uses no walwatch fixture starts nothing). Under pytest-xdist
+  the first worker to need it starts it and the others join it (each in its own database). A
+  watchdog process stops it and removes its directory once the session's pytest process has
+  exited, however it exited (SIGKILL included).
 * ``walwatch_schema`` (session, override it): SQL run once into a template database (or a
   callable taking the template's DSN); every worker's database is created from that template.
 * ``walwatch_database`` (session, one per xdist worker): the DSN of a database
-  ``<prefix>_<worker id>`` (prefix: ini ``walwatch_database_prefix``, default ``walwatch``;
-  worker id ``gw0``, ``gw1``, ... or ``main``) made fresh from the template, so parallel
-  workers never see each other's changes; dropped at the end.
+  ``<prefix>_<run>_<worker id>`` (prefix: ini ``walwatch_database_prefix``, default
+  ``walwatch``; run: a token of this pytest session, so two sessions on one server never touch
+  each other's databases; worker id ``gw0``, ``gw1``, ... or ``main``) made from the template,
+  so parallel workers never see each other's changes; dropped at the end.
 * ``wal`` (function): a :func:`walwatch.watch` on ``walwatch_database`` for the test, stopped at
   teardown. Tables from ``@pytest.mark.walwatch(tables=[...])`` (other keyword arguments of the
   marker go to ``walwatch.watch``), else the ini option ``walwatch_tables``, else every table.
@@ -29,8 +32,10 @@ role ``walwatch`` is made one; with your own server, give ``tables`` or a superu
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
+import json
 import os
 import subprocess
 import time
@@ -77,6 +82,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def run_token(config: pytest.Config) -> str:
+    """A token of this pytest session, the same in each of its xdist workers."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and workerinput.get("testrunuid"):
+        return str(workerinput["testrunuid"])[:8]
+    token = getattr(config, "_walwatch_run", None)
+    if token is None:
+        token = uuid.uuid4().hex[:8]
+        config._walwatch_run = token  # type: ignore[attr-defined]
+    return token
+
+
 def worker_id(config: pytest.Config) -> str:
     """``gw0``, ``gw1``, ... under pytest-xdist, else ``main``."""
     workerinput = getattr(config, "workerinput", None)
@@ -101,69 +118,68 @@ rm -rf "$2"
 """
 
 
-class _SessionCluster:
-    """A throwaway cluster for one pytest session, with a watchdog that cleans it up should
-    pytest be killed before it can (SIGKILL leaves no chance to run a finaliser)."""
-
-    def __init__(self) -> None:
-        self.cluster = walwatch.scratch_cluster()
-        self.watchdog = subprocess.Popen(
-            ["sh", "-c", _WATCHDOG, str(os.getpid()), str(self.cluster.data_dir),
-             str(self.cluster.root_dir)],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        # Watching every table needs a publication FOR ALL TABLES, which needs a superuser.
-        self.cluster.psql("postgres", "ALTER ROLE walwatch SUPERUSER")
-        self.dsn = self.cluster.dsn("postgres")
-
-    def stop(self) -> None:
-        try:
-            self.cluster.stop()
-        finally:
-            self.watchdog.kill()
-            self.watchdog.wait()
+def _start_cluster(owner: int) -> tuple[walwatch.ScratchCluster, subprocess.Popen[bytes]]:
+    """A throwaway cluster, and a watchdog that stops it and removes its directory once the
+    process `owner` has exited (a SIGKILLed pytest runs no finaliser)."""
+    cluster = walwatch.scratch_cluster()
+    watchdog = subprocess.Popen(
+        ["sh", "-c", _WATCHDOG, str(owner), str(cluster.data_dir), str(cluster.root_dir)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Watching every table needs a publication FOR ALL TABLES, which needs a superuser.
+    cluster.psql("postgres", "ALTER ROLE walwatch SUPERUSER")
+    return cluster, watchdog
 
 
 def _explicit_dsn(config: pytest.Config) -> str | None:
     return config.getoption("walwatch_dsn") or os.environ.get("WALWATCH_DSN") or None
 
 
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist, on the controller, for each worker: one throwaway cluster for them all."""
-    config = node.config
-    if _explicit_dsn(config):
-        return
-    shared = getattr(config, "_walwatch_cluster", None)
-    if shared is None:
-        shared = _SessionCluster()
-        config._walwatch_cluster = shared
-    node.workerinput["walwatch_dsn"] = shared.dsn
+def _shared_cluster_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Under xdist: the session's one cluster, started by the first worker that needs it.
 
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    shared = getattr(config, "_walwatch_cluster", None)
-    if shared is not None:
-        config._walwatch_cluster = None
-        shared.stop()
+    The workers' base temp dirs share a parent made for this session (the pytest-xdist docs'
+    way to share a session resource); a lock there makes one worker start the cluster and the
+    rest read its DSN. The cluster is detached from the worker that started it and left to a
+    watchdog on the controller (every worker's parent), which outlives every worker.
+    """
+    root = tmp_path_factory.getbasetemp().parent
+    with open(root / "walwatch-cluster.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = root / "walwatch-cluster.json"
+        if state.exists():
+            return json.loads(state.read_text())["dsn"]
+        cluster, _ = _start_cluster(os.getppid())
+        dsn = cluster.dsn("postgres")
+        cluster.detach()
+        state.write_text(json.dumps({"dsn": dsn}))
+        return dsn
 
 
 @pytest.fixture(scope="session")
-def walwatch_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
+def walwatch_dsn(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The server's DSN (see the module docs)."""
-    workerinput = getattr(pytestconfig, "workerinput", None) or {}
-    dsn = _explicit_dsn(pytestconfig) or workerinput.get("walwatch_dsn")
+    dsn = _explicit_dsn(pytestconfig)
     if dsn:
         yield dsn
         return
-    shared = _SessionCluster()
+    if getattr(pytestconfig, "workerinput", None) is not None:
+        yield _shared_cluster_dsn(tmp_path_factory)
+        return
+    cluster, watchdog = _start_cluster(os.getpid())
     try:
-        yield shared.dsn
+        yield cluster.dsn("postgres")
     finally:
-        shared.stop()
+        try:
+            cluster.stop()
+        finally:
+            watchdog.kill()
+            watchdog.wait()
 
 
 @pytest.fixture(scope="session")
@@ -244,7 +260,7 @@ def walwatch_database(
 ) -> Iterator[str]:
     """The DSN of this worker's own database, fresh from the template."""
     prefix = pytestconfig.getini("walwatch_database_prefix") or "walwatch"
-    name = f"{prefix}_{worker_id(pytestconfig)}"
+    name = f"{prefix}_{run_token(pytestconfig)}_{worker_id(pytestconfig)}"
     drop_database(walwatch_dsn, name)
     template = f" TEMPLATE {quote_ident(walwatch_template)}" if walwatch_template else ""
     walwatch.execute(walwatch_dsn, f"CREATE DATABASE {quote_ident(name)}{template}")
