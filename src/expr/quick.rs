@@ -148,24 +148,13 @@ impl Path {
 }
 
 /// Whether a column value equals the literal, when both are of one kind as CEL sees them
-/// (`crate::expr::value`: numeric, temporal and uuid values are strings there).
+/// (`crate::expr::value`: numeric, temporal and uuid values are strings there; json is not).
 fn same(v: &Value, literal: &Literal) -> Option<bool> {
     match (v, literal) {
         (Value::Int(i), Literal::Int(l)) => Some(i == l),
         (Value::Bool(b), Literal::Bool(l)) => Some(b == l),
-        (
-            Value::Numeric(s)
-            | Value::Text(s)
-            | Value::Uuid(s)
-            | Value::Date(s)
-            | Value::Time(s)
-            | Value::TimeTz(s)
-            | Value::Timestamp(s)
-            | Value::TimestampTz(s)
-            | Value::Interval(s)
-            | Value::Other(s),
-            Literal::Str(l),
-        ) => Some(s == l),
+        (Value::Json(_), _) => None,
+        (v, Literal::Str(l)) => v.as_str().map(|s| s == l),
         _ => None,
     }
 }
