@@ -9,8 +9,10 @@ Prints:
   predicate matches only the last one, so every event is examined), with a Python lambda
   (called once per event, the GIL taken per call, `Event.data` converted lazily) and with a
   CEL string (evaluated in Rust, no Python per event): events/s, best of 3.
-* the `wal` fixture's set-up: `walwatch.watch(dsn)` on every table (a publication FOR ALL
-  TABLES and a temporary slot), and its teardown (`stop()`): medians over `--setups` runs.
+* the `wal` fixture's set-up: `walwatch.watch(dsn)` on every table through the worker
+  database's publication of every table, as the plugin starts it (a temporary slot), and its
+  teardown (`stop()`); beside it a watch that makes and drops a publication of its own:
+  medians over `--setups` runs.
 
 The wheel is a dev-profile build (the dependencies at opt-level 2, walwatch itself at 1): the
 figures are what the test suite gets, not a release build's.
@@ -23,6 +25,7 @@ import statistics
 import time
 
 import walwatch
+from walwatch.pytest_plugin import EVERY_TABLE_PUBLICATION
 
 
 def best_rate(w: walwatch.Watch, where: object, events: int, runs: int = 3) -> float:
@@ -59,20 +62,35 @@ def bench_predicates(c: walwatch.ScratchCluster, n: int) -> None:
         print(f"  CEL string:    {best_rate(w, cel, scanned):>12,.0f} events/s")
 
 
+def median_ms(samples: list[float]) -> str:
+    return f"{statistics.median(samples) * 1000:7.1f} ms"
+
+
 def bench_setup(c: walwatch.ScratchCluster, runs: int) -> None:
+    """The `wal` fixture's watch, as the plugin starts it on every table (the publication of
+    every table made once per worker database), beside a watch making its own publication."""
     c.psql("postgres", "ALTER ROLE walwatch SUPERUSER")  # FOR ALL TABLES, as the plugin's
-    starts, stops = [], []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        w = walwatch.watch(c.dsn(), mark_prefix=f"bench::{i}::")
-        t1 = time.perf_counter()
-        w.stop()
-        t2 = time.perf_counter()
-        starts.append(t1 - t0)
-        stops.append(t2 - t1)
-    print(f"wal fixture (every table), {runs} runs:")
-    print(f"  set-up (watch start): median {statistics.median(starts) * 1000:7.1f} ms")
-    print(f"  teardown (stop):      median {statistics.median(stops) * 1000:7.1f} ms")
+    walwatch.execute(
+        c.dsn(),
+        f"CREATE PUBLICATION {EVERY_TABLE_PUBLICATION} FOR ALL TABLES "
+        "WITH (publish_via_partition_root = true)",
+    )
+    for label, options in (
+        ("wal fixture (every table)", {"publication": EVERY_TABLE_PUBLICATION}),
+        ("watch(dsn), its own publication", {}),
+    ):
+        starts, stops = [], []
+        for i in range(runs):
+            t0 = time.perf_counter()
+            w = walwatch.watch(c.dsn(), mark_prefix=f"bench::{i}::", **options)
+            t1 = time.perf_counter()
+            w.stop()
+            t2 = time.perf_counter()
+            starts.append(t1 - t0)
+            stops.append(t2 - t1)
+        print(f"{label}, {runs} runs:")
+        print(f"  set-up (watch start): median {median_ms(starts)}")
+        print(f"  teardown (stop):      median {median_ms(stops)}")
 
 
 def main() -> None:

@@ -264,10 +264,32 @@ def walwatch_database(
     drop_database(walwatch_dsn, name)
     template = f" TEMPLATE {quote_ident(walwatch_template)}" if walwatch_template else ""
     walwatch.execute(walwatch_dsn, f"CREATE DATABASE {quote_ident(name)}{template}")
+    dsn = walwatch.dsn_with(walwatch_dsn, dbname=name)
+    _every_table_publication(pytestconfig, dsn)
     try:
-        yield walwatch.dsn_with(walwatch_dsn, dbname=name)
+        yield dsn
     finally:
         drop_database(walwatch_dsn, name)
+
+
+#: The publication of every table made once in each worker's database, for the `wal` watches
+#: that watch every table: each then skips creating (and dropping) one of its own.
+EVERY_TABLE_PUBLICATION = "walwatch_every_table"
+
+
+def _every_table_publication(config: pytest.Config, dsn: str) -> None:
+    """Creates EVERY_TABLE_PUBLICATION in `dsn` when the role may (a superuser); notes it."""
+    try:
+        walwatch.execute(
+            dsn,
+            f"CREATE PUBLICATION {EVERY_TABLE_PUBLICATION} FOR ALL TABLES "
+            "WITH (publish_via_partition_root = true)",
+        )
+    except walwatch.Error:
+        return  # not a superuser: each watch says what it needs itself
+    made = getattr(config, "_walwatch_publications", set())
+    made.add(dsn)
+    config._walwatch_publications = made  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -289,6 +311,13 @@ def wal(request: pytest.FixtureRequest, walwatch_database: str) -> Iterator[walw
     proxy = None
     if "walwatch_proxy" in request.fixturenames:
         proxy = request.getfixturevalue("walwatch_proxy")
+    # Every table, as the watch would publish them itself: the worker's publication serves.
+    if (
+        tables is None
+        and not {"ops", "publication", "partitions"} & options.keys()
+        and walwatch_database in getattr(request.config, "_walwatch_publications", ())
+    ):
+        options["publication"] = EVERY_TABLE_PUBLICATION
     w = walwatch.watch(
         walwatch_database,
         tables=tables,
