@@ -11,7 +11,8 @@
 
 use std::hint::black_box;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use walwatch::Lsn;
 use walwatch::decode::{Decoder, TypeRegistry};
 use walwatch::sink::Sink;
@@ -89,6 +90,53 @@ fn stream() -> Vec<(Lsn, Vec<u8>)> {
     commit.extend_from_slice(&ts.to_be_bytes());
     out.push((Lsn(commit_lsn), commit));
     out
+}
+
+/// `--where` and an assertion's predicate on every decoded event (expr.rs, expr/quick.rs).
+fn bench_expressions(g: &mut BenchmarkGroup<'_, WallTime>, decoded: &[walwatch::Event]) {
+    // `--where` on every event (expr.rs): the per-event cost of building the variables the
+    // expression reads and evaluating it.
+    let expr = walwatch::Expr::compile(
+        r#"op == "INSERT" && table == "orders" && data.status == "paid" && data.id > 100"#,
+    )
+    .expect("expression compiles");
+    g.bench_function("where (CEL)", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for e in decoded {
+                n += usize::from(expr.matches(e).expect("no type error"));
+            }
+            black_box(n)
+        })
+    });
+
+    // A harness assertion's predicate over a recording (nested, as Python and `--envelope
+    // nested` read it): it rejects nearly every event on one comparison. Measured with the
+    // fast path (expr/quick.rs) and through CEL alone, the baseline, in the same run.
+    let harness = walwatch::Expr::compile_in(
+        r#"type == "wal" && data.op == "INSERT" && data.table == "orders" && data.data.id == -1"#,
+        walwatch::event_read::Envelope::Nested,
+    )
+    .expect("expression compiles");
+    for (name, cel_only) in [
+        ("assert predicate (fast path)", false),
+        ("assert predicate (CEL only)", true),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for e in decoded {
+                    let v = if cel_only {
+                        harness.eval_by_cel(e)
+                    } else {
+                        harness.eval(e)
+                    };
+                    n += usize::from(v.expect("no type error").is_match());
+                }
+                black_box(n)
+            })
+        });
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -184,49 +232,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // `--where` on every event (expr.rs): the per-event cost of building the variables the
-    // expression reads and evaluating it.
-    let expr = walwatch::Expr::compile(
-        r#"op == "INSERT" && table == "orders" && data.status == "paid" && data.id > 100"#,
-    )
-    .expect("expression compiles");
-    g.bench_function("where (CEL)", |b| {
-        b.iter(|| {
-            let mut n = 0usize;
-            for e in &decoded {
-                n += usize::from(expr.matches(e).expect("no type error"));
-            }
-            black_box(n)
-        })
-    });
-
-    // A harness assertion's predicate over a recording (nested, as Python and `--envelope
-    // nested` read it): it rejects nearly every event on one comparison. Measured with the
-    // fast path (expr/quick.rs) and through CEL alone, the baseline, in the same run.
-    let harness = walwatch::Expr::compile_in(
-        r#"type == "wal" && data.op == "INSERT" && data.table == "orders" && data.data.id == -1"#,
-        walwatch::event_read::Envelope::Nested,
-    )
-    .expect("expression compiles");
-    for (name, cel_only) in [
-        ("assert predicate (fast path)", false),
-        ("assert predicate (CEL only)", true),
-    ] {
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let mut n = 0usize;
-                for e in &decoded {
-                    let v = if cel_only {
-                        harness.eval_by_cel(e)
-                    } else {
-                        harness.eval(e)
-                    };
-                    n += usize::from(v.expect("no type error").is_match());
-                }
-                black_box(n)
-            })
-        });
-    }
+    bench_expressions(&mut g, &decoded);
 
     // Every column null: the decoder's own per-event cost, without UTF-8 checks and value
     // parsing (value.rs) — parse, relation lookup, row/key building, Arc name clones.

@@ -167,18 +167,27 @@ impl RecorderInfo {
 }
 
 /// This machine's name, for the recorder line (Linux's `/proc/sys/kernel/hostname`; empty
-/// where there is none).
+/// where there is none). Read once: liveness checks ask for it every 0.25 s.
 pub fn this_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
-/// This process's pid namespace (`pid:[4026531836]`; empty where /proc does not say).
+/// This process's pid namespace (`pid:[4026531836]`; empty where /proc does not say). Read
+/// once, like [`this_host`].
 pub fn this_pid_namespace() -> String {
-    std::fs::read_link("/proc/self/ns/pid")
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::fs::read_link("/proc/self/ns/pid")
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    })
+    .clone()
 }
 
 /// A fence id no other process or call uses: `<pid>-<nanoseconds>-<counter>`.

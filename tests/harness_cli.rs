@@ -5,19 +5,11 @@
 mod harness;
 mod support;
 
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use harness::{assert_on, dsn, parse_jsonl, record, run_expecting, sql, walwatch};
+use harness::{assert_on, dsn, parse_jsonl, record, run_expecting, sql, stderr, stdout, walwatch};
 use serde_json::Value;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn stop(mut child: Child) {
     // SAFETY: plain kill(2) on our own child.

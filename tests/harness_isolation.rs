@@ -9,15 +9,11 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{KillOnDrop, assert_on, dsn, parse_jsonl, run_expecting, sql, walwatch};
+use harness::{KillOnDrop, assert_on, dsn, parse_jsonl, run_expecting, sql, stderr, walwatch};
 use serde_json::Value;
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// A recorder of `table` into `dir/NAME.jsonl` with `extra` options, ready when this returns.
 fn recorder(table: &str, dir: &Path, name: &str, extra: &[&str]) -> (KillOnDrop, PathBuf) {

@@ -312,3 +312,13 @@ pub fn assert_on(kind: &str, file: &Path, args: &[&str], code: i32) -> Output {
     all.extend_from_slice(args);
     run_expecting(&all, code)
 }
+
+/// A finished command's stderr, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A finished command's stdout, as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
