@@ -22,7 +22,7 @@ use crate::pg::slot;
 use crate::pg::stream::ReplStream;
 use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
 use crate::recording::{self, Recorder};
-use crate::sink::{ArrowSink, JsonlSink, KafkaSink, Sink, SinkCatalog, TerminalSink};
+use crate::sink::{ArrowSink, Batch, JsonlSink, KafkaSink, Sink, SinkCatalog, TerminalSink};
 use crate::spill;
 
 pub use crate::pipeline::StreamOutcome;
@@ -466,10 +466,10 @@ fn write_recorder_line(
         pid_ns: crate::marker::this_pid_namespace(),
         envelope: config.envelope.name().into(),
     };
-    let line = info.to_event(start);
+    let line = Batch::new(vec![info.to_event(start)], start);
     for sink in sinks.iter_mut() {
         sink.write(&line)?;
-        sink.flush()?;
+        sink.acknowledge(start)?;
     }
     Ok(())
 }

@@ -296,6 +296,9 @@ pub struct QueryResult {
     pub command_tag: Option<String>,
 }
 
+/// The read buffer of a connection (see `connect_inner`).
+const READ_BUFFER: usize = 256 << 10;
+
 /// A replication connection (`replication=database`), ready for commands.
 pub struct ReplConn {
     pub(crate) framed: Framed<Socket, PgCodec>,
@@ -368,7 +371,10 @@ impl ReplConn {
         let (socket, end_point) = open_socket(params, want_tls).await?;
         let tls = matches!(socket, Socket::Tls(_));
         let mut conn = ReplConn {
-            framed: Framed::new(socket, PgCodec),
+            // Large reads: the read buffer is refilled this much at a time (tokio-util's
+            // Framed reserves at least its original capacity when it must grow), so a busy
+            // stream costs one read per many frames.
+            framed: Framed::with_capacity(socket, PgCodec, READ_BUFFER),
             ctx,
             parameters: HashMap::new(),
             backend_key: None,

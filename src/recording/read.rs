@@ -1,7 +1,7 @@
 //! Reading a raw recording back: checked whole first, then streamed frame by frame, with the
 //! catalog answers recorded after each frame served to the lookups that asked for them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Lines};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,54 @@ pub struct Reading {
     path: PathBuf,
     pub header: Header,
     pub end: End,
+    /// The sinks' lookups, in the order they were answered per table (see [`SinkAnswers`]).
+    sink_answers: SinkAnswers,
+}
+
+/// The sinks' own lookups (the Kafka sink's keys, the Arrow sink's array dimensions), read
+/// from the whole file before the replay. A sink runs on a thread of its own, so where its
+/// answer lands among the frames depends on timing; what does not is the order of its asks
+/// for one table. So the k-th ask for a table gets the k-th answer recorded for it (the last
+/// one again past the end).
+#[derive(Clone, Debug, Default)]
+struct SinkAnswers {
+    kafka_keys: HashMap<(String, String), VecDeque<Vec<String>>>,
+    dims: HashMap<(String, String), VecDeque<HashMap<String, usize>>>,
+}
+
+impl SinkAnswers {
+    fn add(&mut self, lookup: &Lookup) {
+        match lookup {
+            Lookup::KafkaKey {
+                schema,
+                table,
+                answer,
+            } => self
+                .kafka_keys
+                .entry((schema.clone(), table.clone()))
+                .or_default()
+                .push_back(answer.clone()),
+            Lookup::ArrayDims {
+                schema,
+                table,
+                answer,
+            } => self
+                .dims
+                .entry((schema.clone(), table.clone()))
+                .or_default()
+                .push_back(answer.iter().map(|(k, v)| (k.clone(), *v)).collect()),
+            _ => {}
+        }
+    }
+}
+
+/// The next answer of a queue: taken, except the last, which stays for later asks.
+fn next_answer<T: Clone>(queue: &mut VecDeque<T>) -> Option<T> {
+    if queue.len() > 1 {
+        queue.pop_front()
+    } else {
+        queue.front().cloned()
+    }
 }
 
 impl Reading {
@@ -45,6 +93,7 @@ impl Reading {
             )));
         }
         let mut frames = 0;
+        let mut sink_answers = SinkAnswers::default();
         loop {
             match lines.next()? {
                 None => {
@@ -58,7 +107,7 @@ impl Reading {
                     lines.payload(&data)?;
                 }
                 Some(Line::Reset { n }) => frames = lines.numbered(frames, n)?,
-                Some(Line::Lookup(_)) => {}
+                Some(Line::Lookup(l)) => sink_answers.add(&l),
                 Some(Line::Header(_)) => return Err(lines.damaged("a second header")),
                 Some(Line::End(end)) => {
                     if end.frames != frames {
@@ -74,6 +123,7 @@ impl Reading {
                         path: path.to_path_buf(),
                         header,
                         end,
+                        sink_answers,
                     });
                 }
             }
@@ -89,7 +139,10 @@ impl Reading {
             lines,
             started: false,
             pending: None,
-            answers: Arc::new(Mutex::new(Answers::default())),
+            answers: Arc::new(Mutex::new(Answers {
+                sink: self.sink_answers.clone(),
+                ..Answers::default()
+            })),
             initial_types: Some(types),
         })
     }
@@ -177,8 +230,8 @@ struct Answers {
     types: Option<Vec<(u32, TypeKind)>>,
     partitions: HashMap<u32, Vec<(String, String)>>,
     keys: HashMap<u32, Vec<String>>,
-    kafka_keys: HashMap<(String, String), Vec<String>>,
-    dims: HashMap<(String, String), HashMap<String, usize>>,
+    /// Read whole before the replay: not in frame order.
+    sink: SinkAnswers,
     /// Tables an Arrow replay was told about without dimensions (warned once each).
     warned: std::collections::HashSet<(String, String)>,
 }
@@ -193,21 +246,8 @@ impl Answers {
             Lookup::PrimaryKey { oid, answer } => {
                 self.keys.insert(oid, answer);
             }
-            Lookup::KafkaKey {
-                schema,
-                table,
-                answer,
-            } => {
-                self.kafka_keys.insert((schema, table), answer);
-            }
-            Lookup::ArrayDims {
-                schema,
-                table,
-                answer,
-            } => {
-                self.dims
-                    .insert((schema, table), answer.into_iter().collect());
-            }
+            // Answered from the whole file (`SinkAnswers`).
+            Lookup::KafkaKey { .. } | Lookup::ArrayDims { .. } => {}
         }
     }
 }
@@ -306,9 +346,10 @@ impl Source {
         Box::new(move |schema, table| {
             let key = (schema.to_string(), table.to_string());
             Ok(lock(&answers)
+                .sink
                 .kafka_keys
-                .get(&key)
-                .cloned()
+                .get_mut(&key)
+                .and_then(next_answer)
                 .unwrap_or_default())
         })
     }
@@ -320,8 +361,8 @@ impl Source {
         Box::new(move |schema, table| {
             let key = (schema.to_string(), table.to_string());
             let mut answers = lock(&answers);
-            if let Some(d) = answers.dims.get(&key) {
-                return Ok(d.clone());
+            if let Some(d) = answers.sink.dims.get_mut(&key).and_then(next_answer) {
+                return Ok(d);
             }
             if answers.warned.insert(key) {
                 tracing::warn!(

@@ -150,10 +150,6 @@ impl Tap for Recorder {
                     data: base64::engine::general_purpose::STANDARD.encode(encode_copy_data(msg)),
                 },
                 Frame::Reset => Line::Reset { n },
-                Frame::Tick => {
-                    inner.frames -= 1;
-                    return Ok(());
-                }
             };
             inner.line(&line)
         })

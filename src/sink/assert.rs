@@ -1,7 +1,7 @@
 //! The assertion sink: every event the session emits, kept in memory for [`crate::Watch`]'s
 //! assertions, with a wake-up for whoever waits on new events.
 //!
-//! Written from the pipeline's decode thread, read from async tasks. Memory is bounded: past
+//! Written from the sink's thread in the pipeline, read from async tasks. Memory is bounded: past
 //! `retain` events the oldest are dropped, and an assertion that still needed them is told
 //! so instead of silently examining fewer events.
 
@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::Sink;
+use super::{Batch, Sink};
 use crate::error::Result;
-use crate::event::Event;
+use crate::event::{Event, Lsn};
 
 /// The events of one watch, numbered from 0 in stream order.
 pub struct EventLog {
@@ -57,13 +57,23 @@ impl EventLog {
     }
 
     pub fn push(&self, e: Event) {
+        self.push_all(std::slice::from_ref(&e));
+    }
+
+    /// Appends events in order, under one lock, with one wake-up.
+    pub fn push_all(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
         {
             let mut inner = self.lock();
-            if inner.events.len() == inner.retain {
-                inner.events.pop_front();
-                inner.first += 1;
+            for e in events {
+                if inner.events.len() == inner.retain {
+                    inner.events.pop_front();
+                    inner.first += 1;
+                }
+                inner.events.push_back(Arc::new(e.clone()));
             }
-            inner.events.push_back(Arc::new(e));
         }
         self.notify.notify_waiters();
     }
@@ -112,13 +122,14 @@ impl EventLog {
 pub struct AssertSink(pub Arc<EventLog>);
 
 impl Sink for AssertSink {
-    fn write(&mut self, event: &Event) -> Result<()> {
-        self.0.push(event.clone());
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.0.push_all(&batch.events);
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        Ok(())
+    /// Memory is delivered, not durable: it acknowledges at once.
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        Ok(written)
     }
 
     fn describe(&self) -> String {

@@ -13,10 +13,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::Sink;
 use super::resume::{Resume, Tally};
+use super::{Batch, Sink};
 use crate::error::{Error, Result};
-use crate::event::Event;
+use crate::event::{Event, Lsn};
 use crate::event_read::{Envelope, parse_line, wrap};
 
 enum Target {
@@ -232,8 +232,9 @@ fn unreadable(path: &Path, n: u64) -> Error {
     ))
 }
 
-impl Sink for JsonlSink {
-    fn write(&mut self, event: &Event) -> Result<()> {
+impl JsonlSink {
+    /// Writes one event (buffered), or skips it when a resumed file already holds it.
+    fn put(&mut self, event: &Event) -> Result<()> {
         if !self.resume.admit(event) {
             self.skipped += 1;
             return Ok(());
@@ -256,13 +257,22 @@ impl Sink for JsonlSink {
         };
         res.map_err(|e| self.sink_error(e))
     }
+}
 
-    fn flush(&mut self) -> Result<()> {
+impl Sink for JsonlSink {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        batch.events.iter().try_for_each(|e| self.put(e))
+    }
+
+    /// A file is fsync'd (`sync_data`: the length is data too), so what it acknowledges
+    /// survives a crash; standard output is flushed, which is all it can be.
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
         let res = match &mut self.target {
             Target::Stdout(out) => out.flush(),
             Target::File { out, .. } => out.flush().and_then(|()| out.get_ref().sync_data()),
         };
-        res.map_err(|e| self.sink_error(e))
+        res.map_err(|e| self.sink_error(e))?;
+        Ok(written)
     }
 
     fn describe(&self) -> String {
@@ -284,7 +294,7 @@ impl Sink for JsonlSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Lsn, Op};
+    use crate::event::Op;
 
     fn ev(commit: u64, lsn: u64) -> Event {
         let mut e = Event::new(Op::Insert, Lsn(lsn));
@@ -300,10 +310,8 @@ mod tests {
         } else {
             JsonlSink::file(path, Envelope::Native).unwrap()
         };
-        for e in events {
-            s.write(e).unwrap();
-        }
-        s.flush().unwrap();
+        s.write(&Batch::new(events.to_vec(), Lsn::ZERO)).unwrap();
+        s.acknowledge(Lsn::ZERO).unwrap();
     }
 
     fn lsns(path: &Path) -> Vec<(u64, u64)> {

@@ -1,11 +1,7 @@
-//! Sinks: where events go. Each sink is small and in its own file.
-//!
-//! A sink is written to from the pipeline's decode thread. `write` may buffer; `flush` makes
-//! everything written so far as durable as the sink can make it (fsync for files). The pipeline
-//! confirms a WAL position to the server only after every sink has flushed past it, so a sink
-//! that fails to flush stops the run before anything it lost is confirmed. A sink that batches
-//! (Arrow) keeps rows in memory across flushes: it reports the oldest transaction it still holds
-//! (`holding`), and the pipeline confirms nothing past it until the batch is written.
+//! Sinks: where events go. Each sink is small and in its own file, behind one contract
+//! ([`Sink`]): write a batch, later acknowledge a position. The pipeline runs each sink on a
+//! thread of its own, so a slow one (an fsync, a broker round trip, Parquet encoding) delays
+//! only its own acknowledgements, and confirms to the server what every sink acknowledged.
 
 pub mod arrow;
 mod assert;
@@ -33,37 +29,60 @@ pub trait SinkCatalog {
     fn array_dims(&mut self) -> arrow::DimsLookup;
 }
 
-pub trait Sink: Send {
-    /// Accept one event (already filtered).
-    fn write(&mut self, event: &Event) -> Result<()>;
+/// A run of events handed to every sink at once, in stream order: whole transactions, or the
+/// next part of one too large to hold (a streamed transaction is cut into many batches).
+///
+/// `end` is the position a sink acknowledges once it has made this batch and every batch
+/// before it durable: the end of the last transaction the batch completes, or the previous
+/// batch's `end` when it completes none. A batch may hold no events at all: it then only
+/// moves `end` (transactions filtered out, an idle server's keepalive).
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub end: Lsn,
+    /// Its share of the pipeline's memory budget, given back when the last sink drops it.
+    pub(crate) _reserved: Option<crate::pipeline::Reservation>,
+}
 
-    /// Make everything written so far durable (or at least delivered, for stdout).
-    fn flush(&mut self) -> Result<()>;
+impl Batch {
+    pub fn new(events: Vec<Event>, end: Lsn) -> Batch {
+        Batch {
+            events,
+            end,
+            _reserved: None,
+        }
+    }
+}
+
+/// Where events go. One contract for every sink: **write a batch, later acknowledge a
+/// position.** Each sink runs on a thread of its own (`pipeline::sinks`), fed by a bounded
+/// queue; the pipeline confirms to the server the least position every sink has acknowledged,
+/// so a sink that has not made something durable holds the slot before it, and a sink that
+/// fails stops the run with nothing it lost confirmed.
+pub trait Sink: Send {
+    /// Accept a batch (already filtered). May buffer.
+    fn write(&mut self, batch: &Batch) -> Result<()>;
+
+    /// Make durable what the sink chooses to now, and say how far that is: every event of the
+    /// batches up to the returned position is durable (fsync'd, acknowledged by the broker,
+    /// in a closed file). `written` is the `end` of the last batch written; a sink that
+    /// makes everything durable returns it, one that still holds rows back (an open Arrow
+    /// batch) returns less. Called when the sink's queue runs dry, at least every 250 ms
+    /// while it is busy, and a few times a second while idle (a sink that batches by time
+    /// closes what is due). A sink that only delivers (stdout, memory) acknowledges at once.
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn>;
+
+    /// The run ends: write out everything held (partial batches) and make it durable.
+    fn finish(&mut self, written: Lsn) -> Result<Lsn> {
+        self.acknowledge(written)
+    }
 
     /// A short name for messages: `stdout`, the file path, the broker list.
     fn describe(&self) -> String;
 
-    /// Whether `flush` makes events durable (a file), or only delivers them (stdout, memory).
+    /// Whether an acknowledgement means durable (a file, a broker), or only delivered
+    /// (stdout, memory): a permanent slot warns about the latter.
     fn durable(&self) -> bool {
         false
-    }
-
-    /// The commit position of the oldest transaction whose events the sink was given but has
-    /// not made durable yet (an open Arrow batch), after a flush. The pipeline confirms no
-    /// position past it. `None` when a flush makes everything durable.
-    fn holding(&self) -> Option<Lsn> {
-        None
-    }
-
-    /// Time passed (called a few times a second): a sink that batches by time closes what is
-    /// due and makes it durable.
-    fn tick(&mut self) -> Result<()> {
-        Ok(())
-    }
-
-    /// The run ends: write out everything held (partial batches) and make it durable.
-    fn finish(&mut self) -> Result<()> {
-        self.flush()
     }
 
     /// What the sink already held when it was opened to resume (the last event's position and

@@ -13,9 +13,9 @@
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Write};
 
-use super::Sink;
+use super::{Batch, Sink};
 use crate::error::{Error, Result};
-use crate::event::{Event, Op, Row, Value, bytea_hex};
+use crate::event::{Event, Lsn, Op, Row, Value, bytea_hex};
 
 const RESET: &str = "\x1b[0m";
 const DIM: &str = "\x1b[2m";
@@ -229,8 +229,8 @@ fn push_value(line: &mut String, v: &Value) {
     }
 }
 
-impl<W: Write + Send> Sink for TerminalSink<W> {
-    fn write(&mut self, event: &Event) -> Result<()> {
+impl<W: Write + Send> TerminalSink<W> {
+    fn put(&mut self, event: &Event) -> Result<()> {
         self.render(event);
         self.line.push('\n');
         self.out
@@ -240,12 +240,20 @@ impl<W: Write + Send> Sink for TerminalSink<W> {
                 source,
             })
     }
+}
 
-    fn flush(&mut self) -> Result<()> {
+impl<W: Write + Send> Sink for TerminalSink<W> {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        batch.events.iter().try_for_each(|e| self.put(e))
+    }
+
+    /// Shown is delivered: a terminal acknowledges once its output is flushed.
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
         self.out.flush().map_err(|source| Error::Sink {
             target: "standard output".into(),
             source,
-        })
+        })?;
+        Ok(written)
     }
 
     fn describe(&self) -> String {
@@ -273,7 +281,7 @@ mod tests {
 
     fn render(e: &Event) -> String {
         let mut sink = TerminalSink::new(Vec::new(), false);
-        sink.write(e).unwrap();
+        sink.put(e).unwrap();
         String::from_utf8(sink.into_inner()).unwrap()
     }
 
@@ -384,7 +392,7 @@ mod tests {
     fn colour_only_when_asked() {
         let e = change(Op::Delete);
         let mut sink = TerminalSink::new(Vec::new(), true);
-        sink.write(&e).unwrap();
+        sink.put(&e).unwrap();
         let out = String::from_utf8(sink.into_inner()).unwrap();
         assert!(out.starts_with("\x1b[31mDELETE\x1b[0m"), "{out:?}");
         assert!(!render(&e).contains('\x1b'));

@@ -31,8 +31,8 @@ pub use spec::{ArrowFormat, ArrowOptions, ArrowSpec};
 
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn};
-use crate::sink::Sink;
 use crate::sink::resume::{Resume, Tally};
+use crate::sink::{Batch, Sink};
 use batch::{Dims, TableBuilder};
 
 /// Runs every conversion of decoded text to Arrow values on `v` (for the fuzz targets).
@@ -213,7 +213,7 @@ impl ArrowSink {
         Ok(())
     }
 
-    fn close_all(&mut self) -> Result<()> {
+    pub(crate) fn close_all(&mut self) -> Result<()> {
         let keys: Vec<String> = self.open.keys().cloned().collect();
         for k in keys {
             self.close(&k)?;
@@ -222,8 +222,9 @@ impl ArrowSink {
     }
 }
 
-impl Sink for ArrowSink {
-    fn write(&mut self, ev: &Event) -> Result<()> {
+impl ArrowSink {
+    /// Adds one event to its table's open batch (closing the batch when it is full).
+    pub(crate) fn put(&mut self, ev: &Event) -> Result<()> {
         if !ev.op.is_change() {
             // BEGIN and COMMIT are in every row's _xid/_commit_lsn/_commit_ts; MESSAGE events
             // belong to no table.
@@ -288,13 +289,8 @@ impl Sink for ArrowSink {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        // Closed batches were made durable when they closed; open ones are reported by
-        // `holding` and keep the slot from moving past them.
-        Ok(())
-    }
-
-    fn tick(&mut self) -> Result<()> {
+    /// Closes the batches whose time window has passed.
+    pub(crate) fn close_due(&mut self) -> Result<()> {
         let window = self.options.window;
         let due: Vec<String> = self
             .open
@@ -308,16 +304,35 @@ impl Sink for ArrowSink {
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<()> {
-        self.close_all()
-    }
-
-    fn holding(&self) -> Option<Lsn> {
+    /// The commit position of the oldest transaction with rows in an open batch: nothing from
+    /// it on is durable yet.
+    pub(crate) fn holding(&self) -> Option<Lsn> {
         self.open
             .values()
             .filter(|b| b.rows > 0)
             .map(|b| b.first)
             .min()
+    }
+}
+
+impl Sink for ArrowSink {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        batch.events.iter().try_for_each(|e| self.put(e))
+    }
+
+    /// Closed batches were made durable when they closed; the rows of open ones are not, so
+    /// the position acknowledged stops at the oldest transaction an open batch holds rows of.
+    /// The server replays every transaction whose commit is at or after the position it
+    /// resumes from (logical decoding skips commits before its start point,
+    /// `SnapBuildXactNeedsSkip`), so that transaction comes again whole.
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        self.close_due()?;
+        Ok(self.holding().map_or(written, |h| h.min(written)))
+    }
+
+    fn finish(&mut self, written: Lsn) -> Result<Lsn> {
+        self.close_all()?;
+        Ok(written)
     }
 
     fn describe(&self) -> String {

@@ -148,13 +148,13 @@ fn columns_are_typed_from_the_relation_and_values_convert_exactly() {
             ("addr", Value::Other("192.168.0.1/32".into())),
         ],
     );
-    sink.write(&ev(Op::Insert, &r, 0x100, 0xF0, Some(full)))
+    sink.put(&ev(Op::Insert, &r, 0x100, 0xF0, Some(full)))
         .unwrap();
     let nulls = row(&r, vec![("id", Value::Int(2))]);
-    sink.write(&ev(Op::Insert, &r, 0x100, 0xF8, Some(nulls)))
+    sink.put(&ev(Op::Insert, &r, 0x100, 0xF8, Some(nulls)))
         .unwrap();
     assert_eq!(sink.holding(), Some(Lsn(0x100)));
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     assert_eq!(sink.holding(), None);
     let b = rx.try_recv().expect("one batch at finish");
     assert!(rx.try_recv().is_err(), "exactly one batch");
@@ -258,7 +258,7 @@ fn deletes_truncates_and_unchanged_toast_values() {
     );
     up.unchanged = vec![r.columns[1].name.clone()];
     up.old = Some(row(&r, vec![("id", Value::Int(6))]));
-    sink.write(&up).unwrap();
+    sink.put(&up).unwrap();
     let del = ev(
         Op::Delete,
         &r,
@@ -266,10 +266,9 @@ fn deletes_truncates_and_unchanged_toast_values() {
         0x1F8,
         Some(row(&r, vec![("id", Value::Int(7))])),
     );
-    sink.write(&del).unwrap();
-    sink.write(&ev(Op::Truncate, &r, 0x300, 0x2F0, None))
-        .unwrap();
-    sink.finish().unwrap();
+    sink.put(&del).unwrap();
+    sink.put(&ev(Op::Truncate, &r, 0x300, 0x2F0, None)).unwrap();
+    sink.close_all().unwrap();
     let batch = rx.try_recv().unwrap().batch;
     let ops = batch.column_by_name("_op").unwrap();
     let ops = ops.as_dictionary::<arrow_array::types::Int8Type>();
@@ -344,9 +343,9 @@ fn partitions_with_columns_in_another_order_share_one_batch() {
         };
         let mut e = ev(Op::Insert, r, 0x10, 0x8 + i as u64, Some(data));
         e.partition_of = Some(parent.clone());
-        sink.write(&e).unwrap();
+        sink.put(&e).unwrap();
     }
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     let batch = rx.try_recv().expect("one batch");
     assert!(rx.try_recv().is_err(), "the batch was split");
     assert_eq!(batch.batch.num_rows(), 3);
@@ -370,10 +369,10 @@ fn partitions_with_columns_in_another_order_share_one_batch() {
     let (mut sink, rx) = collect(ArrowOptions::default());
     for (i, r) in [&a, &b].into_iter().enumerate() {
         let data = row(r, vec![("id", Value::Int(i as i64))]);
-        sink.write(&ev(Op::Insert, r, 0x10, 0x8 + i as u64, Some(data)))
+        sink.put(&ev(Op::Insert, r, 0x10, 0x8 + i as u64, Some(data)))
             .unwrap();
     }
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     assert_eq!(rx.try_iter().count(), 2);
 }
 
@@ -390,26 +389,26 @@ fn a_schema_change_closes_the_batch_and_the_next_has_the_new_columns() {
     let (mut sink, rx) = collect(ArrowOptions::default());
     for i in 0..2 {
         let data = row(&v1, vec![("id", Value::Int(i))]);
-        sink.write(&ev(Op::Insert, &v1, 0x10, 0x8 + i as u64, Some(data)))
+        sink.put(&ev(Op::Insert, &v1, 0x10, 0x8 + i as u64, Some(data)))
             .unwrap();
     }
     // The same columns in a new Relation message (a reconnect) keep the batch open.
     let v1_again = rel(3, &[("id", ColumnKind::Int4, -1, true)]);
     let data = row(&v1_again, vec![("id", Value::Int(2))]);
-    sink.write(&ev(Op::Insert, &v1_again, 0x10, 0xA, Some(data)))
+    sink.put(&ev(Op::Insert, &v1_again, 0x10, 0xA, Some(data)))
         .unwrap();
     assert!(rx.try_recv().is_err(), "no schema change yet");
     let data = row(
         &v2,
         vec![("id", Value::Int(3)), ("note", Value::Text("x".into()))],
     );
-    sink.write(&ev(Op::Insert, &v2, 0x20, 0x18, Some(data)))
+    sink.put(&ev(Op::Insert, &v2, 0x20, 0x18, Some(data)))
         .unwrap();
     let first = rx.try_recv().expect("the old schema's batch closed");
     assert_eq!(first.batch.num_rows(), 3);
     assert!(first.batch.column_by_name("note").is_none());
     assert_eq!(sink.holding(), Some(Lsn(0x20)));
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     let second = rx.try_recv().unwrap();
     assert_eq!(second.batch.num_rows(), 1);
     assert_eq!(
@@ -433,15 +432,15 @@ fn batches_close_at_the_row_bound_and_after_the_window() {
     });
     for i in 0..3 {
         let data = row(&r, vec![("id", Value::Int(i))]);
-        sink.write(&ev(Op::Insert, &r, 0x10 + i as u64, 0x8, Some(data)))
+        sink.put(&ev(Op::Insert, &r, 0x10 + i as u64, 0x8, Some(data)))
             .unwrap();
     }
     assert_eq!(rx.try_recv().unwrap().batch.num_rows(), 2);
     assert_eq!(sink.holding(), Some(Lsn(0x12)));
-    sink.tick().unwrap();
+    sink.close_due().unwrap();
     assert!(rx.try_recv().is_err(), "the window has not passed");
     std::thread::sleep(Duration::from_millis(30));
-    sink.tick().unwrap();
+    sink.close_due().unwrap();
     let last = rx.try_recv().expect("closed by the window");
     assert_eq!(last.batch.num_rows(), 1);
     assert_eq!(last.first_commit_lsn, Lsn(0x12));
@@ -454,10 +453,10 @@ fn a_nan_in_a_decimal_column_is_null_not_a_failure() {
     let (mut sink, rx) = collect(ArrowOptions::default());
     for v in ["NaN", "1.50"] {
         let data = row(&r, vec![("n", Value::Numeric(v.into()))]);
-        sink.write(&ev(Op::Insert, &r, 0x10, 0x8, Some(data)))
+        sink.put(&ev(Op::Insert, &r, 0x10, 0x8, Some(data)))
             .unwrap();
     }
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     let batch = rx.try_recv().unwrap().batch;
     let n = batch.column(0).as_primitive::<Decimal128Type>();
     assert!(n.is_null(0));
@@ -470,7 +469,7 @@ fn a_reserved_column_name_is_refused_with_what_to_do() {
     let (mut sink, _rx) = collect(ArrowOptions::default());
     let data = row(&r, vec![("_lsn", Value::Int(1))]);
     let err = sink
-        .write(&ev(Op::Insert, &r, 0x10, 0x8, Some(data)))
+        .put(&ev(Op::Insert, &r, 0x10, 0x8, Some(data)))
         .unwrap_err()
         .to_string();
     assert!(err.contains("rename the column"), "{err}");
@@ -506,7 +505,7 @@ fn files_resume_exactly_after_a_crash_mid_batch() {
         .collect();
     let mut sink = ArrowSink::files(&spec, true).unwrap();
     for e in &events[..3] {
-        sink.write(e).unwrap();
+        sink.put(e).unwrap();
     }
     // Rows 0 and 1 are in a file; row 2 was only in memory when the process died. A crash
     // also left a temp file behind.
@@ -527,9 +526,9 @@ fn files_resume_exactly_after_a_crash_mid_batch() {
         })
     );
     for e in &events {
-        sink.write(e).unwrap();
+        sink.put(e).unwrap();
     }
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     let ids: Vec<i32> = data_files(tmp.path())
         .iter()
         .flat_map(|p| {
@@ -558,9 +557,9 @@ fn parquet_files_keep_intervals_exact() {
             Value::Interval("-1 mons +2 days 00:00:00.000001".into()),
         )],
     );
-    sink.write(&ev(Op::Insert, &r, 0x10, 0x8, Some(data)))
+    sink.put(&ev(Op::Insert, &r, 0x10, 0x8, Some(data)))
         .unwrap();
-    sink.finish().unwrap();
+    sink.close_all().unwrap();
     let files = data_files(tmp.path());
     assert_eq!(files.len(), 1);
     assert!(files[0].to_string_lossy().ends_with(".parquet"));

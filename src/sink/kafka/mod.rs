@@ -2,18 +2,20 @@
 //! that a row's changes stay in order within their partition.
 //!
 //! Delivery (ARCHITECTURE.md, "Delivery"): the producer is idempotent with `acks=all`, and
-//! `flush` returns only once every message written so far has a successful delivery report.
-//! The pipeline confirms a WAL position to PostgreSQL only after `flush`, so a transaction
-//! counts as durable only when all of its messages are acknowledged. While the broker is away,
-//! `flush` waits (logging what it waits for) and librdkafka keeps retrying; its bounded queue
-//! (`queue.buffering.max.*`) fills and `write` blocks, which stops the decode thread and, through
-//! the bounded frame channel, the reads from the replication socket: memory does not grow and
-//! the slot does not advance. A message that still fails after librdkafka's retries
+//! `acknowledge` returns a position only once every message written so far has a successful
+//! delivery report, so a transaction counts as durable only when all of its messages are
+//! acknowledged. While the broker is away, `acknowledge` waits (logging what it waits for) and
+//! librdkafka keeps retrying; its bounded queue (`queue.buffering.max.*`) fills and `write`
+//! blocks, which fills this sink's bounded queue in the pipeline, which stops the decoder and,
+//! through the bounded frame hand-off, the reads from the replication socket: memory does not
+//! grow and the slot does not advance. A message that still fails after librdkafka's retries
 //! (`message.timeout.ms`) stops walwatch with an error; nothing after the last acknowledged
 //! transaction was confirmed.
 //!
-//! The producer is driven from the decode thread (a `BaseProducer` polled in `write` and
-//! `flush`), so delivery reports are served exactly where they are needed.
+//! The producer is driven from the sink's own thread (a `BaseProducer` polled in `write` and
+//! `acknowledge`), so delivery reports are served exactly where they are needed, and a broker
+//! that is slow or away holds up only this sink's acknowledgements (and, once its queue is
+//! full, the stream), never the other sinks' output.
 
 mod debezium;
 mod spec;
@@ -31,9 +33,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
-use super::Sink;
+use super::{Batch, Sink};
 use crate::error::{Error, Result};
-use crate::event::{Event, Op, Row};
+use crate::event::{Event, Lsn, Op, Row};
 use crate::event_json::string;
 
 /// librdkafka callbacks: logs to tracing, and the first failed delivery.
@@ -80,7 +82,7 @@ impl ProducerContext for Context {
 }
 
 /// Looks up a table's primary-key columns (`schema`, `table`); called once per table, from the
-/// decode thread.
+/// sink's thread.
 pub type KeyLookup = Box<dyn FnMut(&str, &str) -> Result<Vec<String>> + Send>;
 
 /// How long `write` may wait on a full producer queue, and `flush` on acknowledgements, before
@@ -313,8 +315,9 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl Sink for KafkaSink {
-    fn write(&mut self, ev: &Event) -> Result<()> {
+impl KafkaSink {
+    /// Produces the messages of one event (queued in librdkafka).
+    fn put(&mut self, ev: &Event) -> Result<()> {
         match ev.op {
             // Proxy events are for assertions; no pipeline hands one to a sink.
             Op::Proxy => Ok(()),
@@ -380,6 +383,7 @@ impl Sink for KafkaSink {
         }
     }
 
+    /// Waits until every message produced so far has a successful delivery report.
     fn flush(&mut self) -> Result<()> {
         let started = Instant::now();
         loop {
@@ -399,6 +403,19 @@ impl Sink for KafkaSink {
             }
         }
         self.check_failed()
+    }
+}
+
+impl Sink for KafkaSink {
+    fn write(&mut self, batch: &Batch) -> Result<()> {
+        batch.events.iter().try_for_each(|e| self.put(e))
+    }
+
+    /// Acknowledged is acknowledged by the broker (`acks=all`): every message produced so far
+    /// has a successful delivery report.
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        self.flush()?;
+        Ok(written)
     }
 
     fn describe(&self) -> String {

@@ -1,0 +1,316 @@
+//! The decode side and the fan-out, without a server: batches, positions, failures, a stalled
+//! sink beside a live one, and the byte budget.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::Progress;
+use super::fanout::Output;
+use super::sinks::{BATCH_BUDGET, SinkSet};
+use crate::error::{Error, Result};
+use crate::event::{Column, Event, Lsn, Op, Row, Value};
+use crate::filter::{Filter, OpSet};
+use crate::sink::{Batch, Sink};
+
+/// What a test sink saw: its batches (event ops and tables, and `end`).
+#[derive(Default)]
+struct Seen {
+    events: Vec<String>,
+    ends: Vec<Lsn>,
+}
+
+/// A sink that records what it is given and acknowledges at once.
+struct Collect(Arc<Mutex<Seen>>);
+
+impl Sink for Collect {
+    fn write(&mut self, b: &Batch) -> Result<()> {
+        let mut seen = self.0.lock().unwrap();
+        seen.events
+            .extend(b.events.iter().map(|e| format!("{} {}", e.op, e.table())));
+        seen.ends.push(b.end);
+        Ok(())
+    }
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        Ok(written)
+    }
+    fn describe(&self) -> String {
+        "collect".into()
+    }
+}
+
+/// A sink that blocks in `write` until the test lets it go, saying when it is blocked.
+struct Stalled {
+    entered: std_mpsc::Sender<()>,
+    release: Arc<Mutex<std_mpsc::Receiver<()>>>,
+}
+
+impl Sink for Stalled {
+    fn write(&mut self, _: &Batch) -> Result<()> {
+        let _ = self.entered.send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(())
+    }
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        Ok(written)
+    }
+    fn describe(&self) -> String {
+        "stalled".into()
+    }
+}
+
+type Progressed = Arc<watch::Sender<Progress>>;
+
+fn progress() -> Progressed {
+    Arc::new(watch::Sender::new(Progress::default()))
+}
+
+fn output(filter: Filter, endpos: Option<Lsn>) -> (Output, Arc<Mutex<Seen>>, Progressed) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let p = progress();
+    let sinks = SinkSet::start(
+        vec![Box::new(Collect(seen.clone()))],
+        Lsn::ZERO,
+        Arc::clone(&p),
+    )
+    .unwrap();
+    let out = Output::new(filter, sinks, endpos, Arc::clone(&p));
+    (out, seen, p)
+}
+
+fn txn(commit: u64, end: u64, tables: &[&str]) -> Vec<Event> {
+    let mut begin = Event::new(Op::Begin, Lsn(commit - 10));
+    begin.commit_lsn = Lsn(commit);
+    let mut v = vec![begin];
+    for (i, t) in tables.iter().enumerate() {
+        let mut e = Event::new(Op::Insert, Lsn(commit - 9 + i as u64));
+        e.schema = Some(Arc::from("public"));
+        e.table = Some(Arc::from(*t));
+        e.commit_lsn = Lsn(commit);
+        v.push(e);
+    }
+    let mut c = Event::new(Op::Commit, Lsn(commit));
+    c.commit_lsn = Lsn(commit);
+    c.end_lsn = Some(Lsn(end));
+    v.push(c);
+    v
+}
+
+/// Waits for `cond` up to 10 s; panics with `what` otherwise.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn transactions_with_nothing_accepted_print_nothing() {
+    let f = Filter::new(
+        Some(&[("public".to_string(), "orders".to_string())]),
+        OpSet::all(),
+    );
+    let (mut out, seen, p) = output(f, None);
+    for e in txn(100, 110, &["users"])
+        .into_iter()
+        .chain(txn(200, 210, &["orders"]))
+    {
+        out.emit(e);
+    }
+    out.finish().unwrap();
+    assert_eq!(
+        seen.lock().unwrap().events,
+        vec!["BEGIN ", "INSERT orders", "COMMIT "]
+    );
+    // Both transactions count towards the durable position, shown or not.
+    assert_eq!(p.borrow().durable, Lsn(210));
+}
+
+#[test]
+fn endpos_stops_before_later_commits() {
+    let (mut out, seen, p) = output(Filter::new(None, OpSet::all()), Some(Lsn(205)));
+    for e in txn(100, 110, &["a"])
+        .into_iter()
+        .chain(txn(200, 210, &["b"]))
+        .chain(txn(300, 310, &["c"]))
+    {
+        out.emit(e);
+    }
+    assert!(out.done);
+    out.finish().unwrap();
+    // The commit at 200 is before the end position, so it is included; 300 is not.
+    assert_eq!(
+        seen.lock().unwrap().events,
+        vec![
+            "BEGIN ", "INSERT a", "COMMIT ", "BEGIN ", "INSERT b", "COMMIT "
+        ]
+    );
+    assert!(p.borrow().done, "the end position reached is published");
+}
+
+#[test]
+fn a_failing_sink_stops_and_confirms_nothing_after_it() {
+    struct Broken;
+    impl Sink for Broken {
+        fn write(&mut self, _: &Batch) -> Result<()> {
+            Err(Error::Sink {
+                target: "disk".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            })
+        }
+        fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+            Ok(written)
+        }
+        fn describe(&self) -> String {
+            "broken".into()
+        }
+    }
+    let p = progress();
+    let sinks = SinkSet::start(vec![Box::new(Broken)], Lsn::ZERO, Arc::clone(&p)).unwrap();
+    let mut out = Output::new(Filter::new(None, OpSet::all()), sinks, None, Arc::clone(&p));
+    for e in txn(100, 110, &["a"]) {
+        out.emit(e);
+    }
+    out.seal().unwrap();
+    // The failure surfaces at the next hand-off, or at the end.
+    let err = out
+        .seal()
+        .and_then(|()| out.finish())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("disk is full"), "{err}");
+    assert_eq!(
+        p.borrow().durable,
+        Lsn::ZERO,
+        "nothing may be confirmed past a failed write"
+    );
+}
+
+#[test]
+fn a_large_transaction_goes_out_in_batches_ending_at_the_last_whole_commit() {
+    let (mut out, seen, p) = output(Filter::new(None, OpSet::all()), None);
+    for e in txn(100, 110, &["a"]) {
+        out.emit(e);
+    }
+    let tables = vec!["big"; 10_000];
+    for e in txn(1_000_000, 1_000_010, &tables) {
+        out.emit(e);
+    }
+    out.finish().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.events.len(), 3 + 10_002);
+    // 10,005 events at 4,096 a batch: the first batches end at the first transaction's end,
+    // because the second is not whole in them; the last ends at the second's.
+    assert!(
+        seen.ends.len() >= 3,
+        "one batch per 4096 events: {:?}",
+        seen.ends
+    );
+    assert_eq!(seen.ends[0], Lsn(110));
+    assert_eq!(seen.ends[1], Lsn(110));
+    assert_eq!(*seen.ends.last().unwrap(), Lsn(1_000_010));
+    assert_eq!(p.borrow().durable, Lsn(1_000_010));
+}
+
+#[test]
+fn a_stalled_sink_holds_the_confirmation_not_the_live_sink() {
+    let live = Arc::new(Mutex::new(Seen::default()));
+    let (entered_tx, entered) = std_mpsc::channel();
+    let (release, release_rx) = std_mpsc::channel();
+    let stalled = Stalled {
+        entered: entered_tx,
+        release: Arc::new(Mutex::new(release_rx)),
+    };
+    let p = progress();
+    let sinks = SinkSet::start(
+        vec![Box::new(Collect(live.clone())), Box::new(stalled)],
+        Lsn(50),
+        Arc::clone(&p),
+    )
+    .unwrap();
+    let mut out = Output::new(Filter::new(None, OpSet::all()), sinks, None, Arc::clone(&p))
+        .starting_at(Lsn(50));
+    // One batch per transaction.
+    for t in [txn(100, 110, &["a"]), txn(200, 210, &["b"])] {
+        t.into_iter().for_each(|e| out.emit(e));
+        out.seal().unwrap();
+    }
+    entered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the stalled sink was never written to");
+    wait_for("the live sink to get every event", || {
+        live.lock().unwrap().events.len() == 6
+    });
+    assert_eq!(
+        p.borrow().durable,
+        Lsn(50),
+        "the live sink acknowledged, but the stalled one did not: nothing may be confirmed"
+    );
+    // Let it go: both batches are written and acknowledged.
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    out.finish().unwrap();
+    assert_eq!(p.borrow().durable, Lsn(210));
+}
+
+/// An event of about `bytes` bytes (one text column).
+fn wide(commit: u64, bytes: usize) -> Event {
+    let mut e = Event::new(Op::Insert, Lsn(commit - 1));
+    e.commit_lsn = Lsn(commit);
+    e.data = Some(Row {
+        columns: vec![Column {
+            name: Arc::from("body"),
+            value: Value::Text("x".repeat(bytes)),
+        }],
+    });
+    e
+}
+
+#[test]
+fn the_byte_budget_stops_the_decoder_while_a_sink_is_stalled() {
+    let (entered_tx, entered) = std_mpsc::channel();
+    let (release, release_rx) = std_mpsc::channel();
+    let stalled = Stalled {
+        entered: entered_tx,
+        release: Arc::new(Mutex::new(release_rx)),
+    };
+    let p = progress();
+    let mut sinks = SinkSet::start(vec![Box::new(stalled)], Lsn::ZERO, Arc::clone(&p)).unwrap();
+    // Each batch takes a little over a quarter of the budget: the sink holds the first (in
+    // `write`), two more fit beside it, and the fourth must wait.
+    let size = BATCH_BUDGET / 4 + 1;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let sent = Arc::clone(&sent);
+        std::thread::spawn(move || {
+            for i in 1..=6u64 {
+                sinks
+                    .send(vec![wide(i * 10, 16)], size, Lsn(i * 10))
+                    .unwrap();
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            sinks.finish().unwrap();
+        })
+    };
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    wait_for("two batches queued behind the stalled one", || {
+        sent.load(Ordering::SeqCst) == 3
+    });
+    // The fourth cannot reserve while three are held: give it ample time to (wrongly) pass.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        3,
+        "a batch went past a full byte budget"
+    );
+    for _ in 0..6 {
+        release.send(()).unwrap();
+    }
+    sender.join().unwrap();
+    assert_eq!(sent.load(Ordering::SeqCst), 6);
+    assert_eq!(p.borrow().durable, Lsn(60));
+}
