@@ -973,3 +973,236 @@ fn partitioned_tables_reach_the_topic_of_their_reported_name() {
     harness::drop_slot(&root);
     harness::drop_slot(&leaf);
 }
+
+/// Seconds since walwatch's last standby status update on `slot`, as the server saw it
+/// (`pg_stat_replication.reply_time` of the walsender holding the slot).
+fn reply_age(slot: &str) -> f64 {
+    // As the superuser: pg_stat_replication shows other roles only the pid (walsender.c,
+    // pg_stat_get_wal_senders: details need pg_read_all_stats).
+    let age = support::cluster()
+        .psql(
+            "walwatch",
+            &format!(
+                "SELECT extract(epoch FROM clock_timestamp() - r.reply_time) FROM \
+                 pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid \
+                 WHERE s.slot_name = '{slot}';"
+            ),
+        )
+        .unwrap();
+    age.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no status update from the walsender of {slot}: {age:?}"))
+}
+
+/// Lines of a JSONL file that are INSERTs.
+fn inserts_in(file: &Path) -> usize {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""op":"INSERT""#))
+        .count()
+}
+
+/// A stalled sink (the broker process stopped with SIGSTOP: connections open, nothing
+/// answered) beside a live one (a JSONL file): the file keeps getting every change while the
+/// slot stays at what Kafka acknowledged; once the stalled sink's queues are full the socket
+/// reads stop, and the status updates still flow (the server never sees a silent client); when
+/// the broker runs again, everything arrives and the slot moves on.
+#[test]
+fn a_stalled_sink_holds_the_slot_not_the_live_sink_nor_the_status_updates() {
+    let broker = Tansu::start();
+    let t = support::unique_name("kstall");
+    let slot = support::unique_name("kstall_slot");
+    let topic = format!("walwatch.public.{t}");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    let sink = format!("kafka://{}", broker.addr);
+    let signal = |sig: i32| {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(broker.child.id() as i32, sig) };
+    };
+    let dsn = dsn();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stall.log");
+    let file = dir.path().join("live.jsonl");
+    let mut child = spawn_logged(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--sink",
+            &format!("jsonl:{}", file.display()),
+            "--sink",
+            &sink,
+            "--status-interval",
+            "1",
+        ],
+        &log,
+    );
+    wait_active(support::cluster(), &slot);
+    sql(&format!("INSERT INTO {t} SELECT generate_series(1, 10);"));
+    consume(&broker.addr, &[&topic], 10, Duration::from_secs(30));
+    let before_outage = current_lsn();
+    wait_until("the first rows confirmed", Duration::from_secs(30), || {
+        (slot_confirmed(&slot) >= before_outage).then_some(())
+    });
+
+    signal(libc::SIGSTOP);
+    sql(&format!("INSERT INTO {t} SELECT generate_series(11, 20);"));
+    let after_small = current_lsn();
+    // The live sink gets the whole transaction while Kafka cannot take it.
+    wait_until(
+        "the file to hold rows 11..=20",
+        Duration::from_secs(30),
+        || (inserts_in(&file) == 20).then_some(()),
+    );
+    let confirmed = slot_confirmed(&slot);
+    assert!(
+        (before_outage..after_small).contains(&confirmed),
+        "the slot is at {confirmed}: it must stay at what Kafka acknowledged (at or after \
+         {before_outage}, before {after_small})"
+    );
+
+    // Enough to fill librdkafka's queue (50,000 messages), then the sink's queue, then the
+    // decoder's and the socket's hand-offs: the file stops growing short of the total.
+    const MORE: usize = 120_000;
+    let total = 20 + MORE;
+    sql(&format!(
+        "INSERT INTO {t} SELECT generate_series(21, {total});"
+    ));
+    let mut last = 0;
+    let held = wait_until("the file to stop growing", Duration::from_secs(60), || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = inserts_in(&file);
+        let still = now == last && now > 20;
+        last = now;
+        still.then_some(now)
+    });
+    assert!(
+        held < total,
+        "the file holds all {total} rows: nothing stalled, the test proves nothing"
+    );
+    // Stalled for a while: every sample of the server's view of our last status update is
+    // fresh (--status-interval 1, so well under wal_sender_timeout / 2 = 30 s by default).
+    for _ in 0..6 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "walwatch stopped during the outage:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let age = reply_age(&slot);
+        assert!(
+            age < 2.5,
+            "the last status update is {age:.1} s old while a sink is stalled"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(inserts_in(&file), held, "the stream was not held");
+    assert!(
+        slot_confirmed(&slot) < after_small,
+        "the slot advanced during the outage"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "walwatch stopped during the outage:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    signal(libc::SIGCONT);
+    let done = current_lsn();
+    wait_until("the slot to catch up", Duration::from_secs(120), || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "walwatch stopped ({status}) after the outage:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        (slot_confirmed(&slot) >= done).then_some(())
+    });
+    let msgs = consume(&broker.addr, &[&topic], total, Duration::from_secs(60));
+    let ids: std::collections::BTreeSet<i64> = msgs
+        .iter()
+        .map(|m| m.value.as_ref().unwrap()["data"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), total, "every row once the broker is back");
+    assert_eq!(inserts_in(&file), total, "the file holds every row once");
+    let _ = child.kill();
+    let _ = child.wait();
+    drop_slot(&slot);
+}
+
+/// 1 MB rows with the broker unreachable: the file beside it and every queue in between are
+/// bounded in bytes, so walwatch's memory stays bounded (librdkafka's queue, 64 MB, the
+/// sinks' batches, 16 MB, the frames from the socket, 8 MB) however much is waiting.
+#[test]
+fn serial_1mb_rows_with_a_stalled_sink_keep_memory_bounded() {
+    let port = support::free_port();
+    let t = support::unique_name("kbig");
+    let slot = support::unique_name("kbslot");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, body text);"
+    ));
+    let dsn = dsn();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.jsonl");
+    let sink = format!("kafka://127.0.0.1:{port}");
+    let out = format!("jsonl:{}", file.display());
+    let args = [
+        "--dsn",
+        &dsn,
+        "--slot",
+        &slot,
+        "--tables",
+        &t,
+        "--sink",
+        &sink,
+        "--sink",
+        &out,
+        "-X",
+        "message.max.bytes=4000000",
+    ];
+    run_ok(&[&args[..], &["--endpos", "now"]].concat());
+    let created = slot_confirmed(&slot);
+    // 300 rows of 1 MB, in transactions of 10 (300 MB of changes).
+    const ROWS: usize = 300;
+    let inserts: String = (0..ROWS / 10)
+        .map(|i| {
+            format!(
+                "INSERT INTO {t} SELECT g, repeat(md5(g::text), 31250) FROM generate_series({}, {}) g;\n",
+                i * 10 + 1,
+                i * 10 + 10
+            )
+        })
+        .collect();
+    sql(&inserts);
+    let log = dir.path().join("big.log");
+    let child = spawn_logged(&args, &log);
+    let mut last = 0;
+    let held = wait_until("the file to stop growing", Duration::from_secs(120), || {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = inserts_in(&file);
+        let still = now == last && now > 0;
+        last = now;
+        still.then_some(now)
+    });
+    let peak = support::peak_rss_kb(child.id()) / 1024;
+    eprintln!("1 MB rows, broker down: {held} of {ROWS} rows in the file, peak RSS {peak} MB");
+    assert!(
+        held < ROWS,
+        "every row reached the file: nothing stalled, the test proves nothing"
+    );
+    assert!(
+        peak < 150,
+        "walwatch's peak RSS reached {peak} MB with 1 MB rows and a stalled sink; the bound is \
+         150 MB (librdkafka's 64 MB queue, 16 MB of batches, 8 MB of frames, and room)"
+    );
+    assert_eq!(
+        slot_confirmed(&slot),
+        created,
+        "no slot advance while Kafka is down"
+    );
+    drop(child);
+    drop_slot(&slot);
+}
