@@ -2,15 +2,16 @@
 //! that a row's changes stay in order within their partition.
 //!
 //! Delivery (ARCHITECTURE.md, "Delivery"): the producer is idempotent with `acks=all`, and
-//! `acknowledge` returns a position only once every message written so far has a successful
-//! delivery report, so a transaction counts as durable only when all of its messages are
-//! acknowledged. While the broker is away, `acknowledge` waits (logging what it waits for) and
-//! librdkafka keeps retrying; its bounded queue (`queue.buffering.max.*`) fills and `write`
-//! blocks, which fills this sink's bounded queue in the pipeline, which stops the decoder and,
-//! through the bounded frame hand-off, the reads from the replication socket: memory does not
-//! grow and the slot does not advance. A message that still fails after librdkafka's retries
-//! (`message.timeout.ms`) stops walwatch with an error; nothing after the last acknowledged
-//! transaction was confirmed.
+//! `acknowledge` returns the end of a batch only once every message of it and of the batches
+//! before has a successful delivery report (each message carries its batch's number as its
+//! delivery opaque, and the sink counts what each batch still awaits), so a transaction counts
+//! as durable only when all of its messages are acknowledged. While the broker is away, the
+//! position stays (logged every 5 s) and librdkafka keeps retrying; its bounded queue
+//! (`queue.buffering.max.*`) fills and `write` blocks, which fills this sink's bounded queue in
+//! the pipeline, which stops the decoder and, through the bounded frame hand-off, the reads
+//! from the replication socket: memory does not grow and the slot does not advance. A message
+//! that still fails after librdkafka's retries (`message.timeout.ms`) stops walwatch with an
+//! error; nothing after the last acknowledged transaction was confirmed.
 //!
 //! The producer is driven from the sink's own thread (a `BaseProducer` polled in `write` and
 //! `acknowledge`), so delivery reports are served exactly where they are needed, and a broker
@@ -38,9 +39,14 @@ use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, Op, Row};
 use crate::event_json::string;
 
-/// librdkafka callbacks: logs to tracing, and the first failed delivery.
+/// librdkafka callbacks: logs to tracing, the first failed delivery, and the deliveries still
+/// awaited per batch.
 struct Context {
     failed: Arc<Mutex<Option<String>>>,
+    /// Messages produced and not yet reported delivered, by the sequence number of the batch
+    /// they belong to (each message's delivery opaque). Delivery reports are served by
+    /// `poll`, on the sink's own thread.
+    awaited: Mutex<HashMap<usize, u64>>,
 }
 
 impl ClientContext for Context {
@@ -65,9 +71,15 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: usize) {
+        if result.is_ok() {
+            let mut awaited = self.awaited.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = awaited.get_mut(&batch) {
+                *n = n.saturating_sub(1);
+            }
+        }
         if let Err((e, msg)) = result {
             let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
             if failed.is_none() {
@@ -102,6 +114,14 @@ pub struct KafkaSink {
     /// Per table, worked out on its first change: topic, name and primary key.
     tables: HashMap<(Arc<str>, Arc<str>), Arc<TableOut>>,
     key_lookup: Option<KeyLookup>,
+    /// The batches written and not yet acknowledged, oldest first: sequence number, `end`,
+    /// and when it was written.
+    unacked: std::collections::VecDeque<(usize, Lsn, Instant)>,
+    /// The sequence number of the batch being written (every message's delivery opaque).
+    batch: usize,
+    /// The position acknowledged last, and when it was last said that the sink waits.
+    acked: Lsn,
+    noticed: Instant,
 }
 
 /// What the sink needs of one table, computed once rather than for every change.
@@ -144,6 +164,7 @@ impl KafkaSink {
         let producer = cfg
             .create_with_context(Context {
                 failed: Arc::clone(&failed),
+                awaited: Mutex::new(HashMap::new()),
             })
             .map_err(|e| Error::Config(format!("--sink kafka://{}: {e}", spec.brokers)))?;
         Ok(KafkaSink {
@@ -157,6 +178,10 @@ impl KafkaSink {
             sent: 0,
             tables: HashMap::new(),
             key_lookup: None,
+            unacked: std::collections::VecDeque::new(),
+            batch: 0,
+            acked: Lsn::ZERO,
+            noticed: Instant::now(),
         })
     }
 
@@ -231,7 +256,8 @@ impl KafkaSink {
     /// `table` is the `schema.table` header ("" for BEGIN, COMMIT and MESSAGE).
     fn send(&mut self, topic: &str, table: &str, ev: &Event, key: bool, value: bool) -> Result<()> {
         let headers = headers(ev, table);
-        let mut record: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(topic).headers(headers);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, self.batch).headers(headers);
         if key {
             record = record.key(&self.key[..]);
         }
@@ -264,6 +290,14 @@ impl KafkaSink {
             }
         }
         self.sent += 1;
+        *self
+            .producer
+            .context()
+            .awaited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(self.batch)
+            .or_default() += 1;
         if self.sent.is_multiple_of(1024) {
             self.producer.poll(Duration::ZERO);
         }
@@ -406,15 +440,73 @@ impl KafkaSink {
     }
 }
 
+impl KafkaSink {
+    /// Takes the batches whose every message has a successful delivery report, oldest first,
+    /// and the `end` of the last one: acknowledged in order, never past a batch still awaited.
+    fn delivered(&mut self) -> Lsn {
+        let mut awaited = self
+            .producer
+            .context()
+            .awaited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while let Some(&(batch, end, _)) = self.unacked.front() {
+            if awaited.get(&batch).is_some_and(|n| *n > 0) {
+                break;
+            }
+            awaited.remove(&batch);
+            self.unacked.pop_front();
+            self.acked = self.acked.max(end);
+        }
+        self.acked
+    }
+
+    /// Says (every [`WAIT_NOTICE`]) that the oldest batch has waited long for the broker.
+    fn notice_waiting(&mut self) {
+        let Some(&(_, _, since)) = self.unacked.front() else {
+            return;
+        };
+        if since.elapsed() >= WAIT_NOTICE && self.noticed.elapsed() >= WAIT_NOTICE {
+            tracing::warn!(
+                "waiting {:.0?} so far for Kafka ({}) to acknowledge {} message(s); the slot is \
+                 not advanced meanwhile",
+                since.elapsed(),
+                self.spec.brokers,
+                self.producer.in_flight_count()
+            );
+            self.noticed = Instant::now();
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.batch = self.batch.wrapping_add(1);
+        self.unacked
+            .push_back((self.batch, batch.end, Instant::now()));
         batch.events.iter().try_for_each(|e| self.put(e))
     }
 
-    /// Acknowledged is acknowledged by the broker (`acks=all`): every message produced so far
-    /// has a successful delivery report.
+    /// Acknowledged is acknowledged by the broker (`acks=all`): the position is the end of the
+    /// last batch all of whose messages (and all earlier ones') have a successful delivery
+    /// report. It does not wait for the rest: the next batches are produced meanwhile, so a
+    /// broker round trip delays the confirmation, never the messages behind it.
     fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        self.producer.poll(Duration::ZERO);
+        self.check_failed()?;
+        let acked = self.delivered();
+        self.notice_waiting();
+        Ok(if self.unacked.is_empty() {
+            written.max(acked)
+        } else {
+            acked
+        })
+    }
+
+    /// The end: waits for every delivery report.
+    fn finish(&mut self, written: Lsn) -> Result<Lsn> {
         self.flush()?;
+        self.delivered();
         Ok(written)
     }
 
