@@ -1135,7 +1135,7 @@ fn a_stalled_sink_holds_the_slot_not_the_live_sink_nor_the_status_updates() {
 
 /// 1 MB rows with the broker unreachable: the file beside it and every queue in between are
 /// bounded in bytes, so walwatch's memory stays bounded (librdkafka's queue, 64 MB, the
-/// sinks' batches, 16 MB, the frames from the socket, 8 MB) however much is waiting.
+/// sinks' batches, 8 MB, the frames from the socket, 4 MB) however much is waiting.
 #[test]
 fn serial_1mb_rows_with_a_stalled_sink_keep_memory_bounded() {
     let port = support::free_port();
@@ -1196,7 +1196,7 @@ fn serial_1mb_rows_with_a_stalled_sink_keep_memory_bounded() {
     assert!(
         peak < 150,
         "walwatch's peak RSS reached {peak} MB with 1 MB rows and a stalled sink; the bound is \
-         150 MB (librdkafka's 64 MB queue, 16 MB of batches, 8 MB of frames, and room)"
+         150 MB (librdkafka's 64 MB queue, 8 MB of batches, 4 MB of frames, and room)"
     );
     assert_eq!(
         slot_confirmed(&slot),

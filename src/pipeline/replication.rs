@@ -35,7 +35,7 @@ const HANDOFF_BYTES: usize = 1 << 20;
 
 /// Bytes of frames between the socket and the decode thread, at most (one frame larger than
 /// this goes alone).
-const FRAME_BUDGET: usize = 8 << 20;
+const FRAME_BUDGET: usize = 4 << 20;
 
 /// How a read of what the socket has ready ended.
 enum Tail {

@@ -27,7 +27,7 @@ use crate::sink::{Batch, Sink};
 const QUEUE_BATCHES: usize = 64;
 
 /// Bytes (estimated) of batches in flight between the decode thread and all sinks.
-pub(super) const BATCH_BUDGET: usize = 16 << 20;
+pub(super) const BATCH_BUDGET: usize = 8 << 20;
 
 /// How often a busy sink acknowledges at least.
 const ACK_EVERY: Duration = Duration::from_millis(250);
