@@ -42,7 +42,8 @@
 # A summary table ends the output. With WALWATCH_BASELINE=<an older walwatch binary>, the same
 # drains also run that binary on a third twin slot in every repetition (alternating which
 # walwatch goes first), and its medians are printed beside this build's. WALWATCH=<binary> uses
-# that binary instead of building target/release/walwatch.
+# that binary instead of building target/release/walwatch. ONLY="big kafka" runs just those
+# workloads.
 #
 # Latency under a steady load (COMMIT to the JSONL file and to Kafka) is benches/latency.sh.
 set -euo pipefail
@@ -212,6 +213,8 @@ extras_kafka() {
 WORKLOADS=(big small)
 if [ "$ARROW_ROWS" -gt 0 ]; then WORKLOADS+=(parquet); fi
 if [ "$KAFKA_ROWS" -gt 0 ]; then WORKLOADS+=(kafka); fi
+# ONLY="big kafka" runs just those workloads.
+if [ -n "${ONLY:-}" ]; then read -r -a WORKLOADS <<<"$ONLY"; fi
 for w in "${WORKLOADS[@]}"; do
   for rep in $(seq 1 "$REPS"); do
     psql_admin -c "TRUNCATE orders" >/dev/null
