@@ -15,8 +15,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use walwatch::Lsn;
 use walwatch::decode::{Decoder, TypeRegistry};
-use walwatch::sink::Sink;
 use walwatch::sink::arrow::{ArrowOptions, ArrowSink};
+use walwatch::sink::{Batch, Sink};
 
 const ROWS: u64 = 10_000;
 const ORDERS: u32 = 16_384;
@@ -94,21 +94,31 @@ fn stream() -> Vec<(Lsn, Vec<u8>)> {
 
 /// `--where` and an assertion's predicate on every decoded event (expr.rs, expr/quick.rs).
 fn bench_expressions(g: &mut BenchmarkGroup<'_, WallTime>, decoded: &[walwatch::Event]) {
-    // `--where` on every event (expr.rs): the per-event cost of building the variables the
-    // expression reads and evaluating it.
+    // `--where` on every event (expr.rs): the per-event cost of reading the variables the
+    // expression uses and evaluating it. `where (CEL)` is what `--where` does: the fast path
+    // (expr/quick.rs) decides its leading `==` conjuncts here. `where (CEL only)` is the same
+    // expression through CEL alone (expr/scope.rs), what any expression the fast path cannot
+    // decide costs.
     let expr = walwatch::Expr::compile(
         r#"op == "INSERT" && table == "orders" && data.status == "paid" && data.id > 100"#,
     )
     .expect("expression compiles");
-    g.bench_function("where (CEL)", |b| {
-        b.iter(|| {
-            let mut n = 0usize;
-            for e in decoded {
-                n += usize::from(expr.matches(e).expect("no type error"));
-            }
-            black_box(n)
-        })
-    });
+    for (name, cel_only) in [("where (CEL)", false), ("where (CEL only)", true)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut n = 0usize;
+                for e in decoded {
+                    let v = if cel_only {
+                        expr.eval_by_cel(e)
+                    } else {
+                        expr.eval(e)
+                    };
+                    n += usize::from(v.expect("no type error").is_match());
+                }
+                black_box(n)
+            })
+        });
+    }
 
     // A harness assertion's predicate over a recording (nested, as Python and `--envelope
     // nested` read it): it rejects nearly every event on one comparison. Measured with the
@@ -198,22 +208,21 @@ fn bench(c: &mut Criterion) {
     // The Arrow sink (sink/arrow): decoded `orders` events -> one typed RecordBatch (Int64,
     // Int32, Utf8, Decimal128(10,2), Timestamp(µs, UTC) columns plus the change columns), then
     // the same batch encoded as an Arrow IPC file and as a Parquet file.
-    let to_batch = |events: &[walwatch::Event]| {
+    let to_batch = |events: &Batch| {
         let options = ArrowOptions {
-            rows: events.len(),
+            rows: events.events.len(),
             ..ArrowOptions::default()
         };
         let (mut sink, rx) = ArrowSink::channel(options, 2);
-        for e in events {
-            sink.write(e).expect("arrow accepts the event");
-        }
-        sink.finish().expect("the batch closes");
+        sink.write(events).expect("arrow accepts the events");
+        sink.finish(Lsn::ZERO).expect("the batch closes");
         rx.try_recv().expect("one batch").batch
     };
+    let events = Batch::new(decoded.clone(), Lsn::ZERO);
     g.bench_function("arrow batch", |b| {
-        b.iter(|| black_box(to_batch(&decoded).num_rows()))
+        b.iter(|| black_box(to_batch(&events).num_rows()))
     });
-    let batch = to_batch(&decoded);
+    let batch = to_batch(&events);
     g.bench_function("arrow ipc file", |b| {
         b.iter(|| {
             let mut w = arrow_ipc::writer::FileWriter::try_new(Vec::new(), &batch.schema())

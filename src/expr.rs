@@ -21,19 +21,35 @@
 //!   `{"type": ..., "data": {"op": ..., "table": ..., "data": {row}}}`, and Python harnesses see
 //!   that shape too; an expression compiled for [`Envelope::Nested`] reads the same paths
 //!   (`data.table`, `data.data.status`), so what the user reads in the file is what they write.
+//! * **Cheap per event.** Nothing is built that the expression does not read: leading
+//!   `field == literal` conjuncts are decided on the event (`expr/quick.rs`); otherwise CEL asks
+//!   for variables and fields as it needs them, answered from the event without copying it
+//!   (`expr/scope.rs`), and on WAL events runs a program where what cannot differ there is done
+//!   the cheap way (`expr/plain.rs`). About 1 µs an event for a four-conjunct predicate through
+//!   CEL (`benches/decode.rs`).
 
+mod plain;
 mod quick;
+#[cfg(test)]
+mod reference;
+mod scope;
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
 use cel::common::ast::{EntryExpr, Expr as Node, IdedExpr, LiteralValue};
+use cel::common::functions::Function;
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt, DYN_TYPE,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::objects::Key;
-use cel::{Context, ExecutionError, Program, Value as Cel};
+use cel::{Context, Env, ExecutionError, Program, Value as Cel};
 
-use crate::event::{Event, Value, bytea_hex};
+use crate::event::Event;
 pub use crate::event_read::Envelope;
 
 /// The variables an expression may use, one per field of the event's JSON form.
@@ -112,14 +128,14 @@ pub struct Expr {
     source: String,
     /// The program with `==`, `!=` and `in` made strict (see the module docs).
     root: IdedExpr,
+    /// `root` as evaluated on WAL events: the strict comparisons that cannot fail there made
+    /// plain, the fields of lazy rows named as identifiers ([`plain`]).
+    wal_root: IdedExpr,
     /// The top-level `&&` operands, for near-miss reports.
     conjuncts: Vec<IdedExpr>,
-    /// Which event variables the expression reads: only those are built per event.
-    vars: BTreeSet<&'static str>,
     envelope: Envelope,
-    /// Nested: the fields of a WAL event's `data` the expression reads, when it only ever
-    /// selects fields of `data` (`data.op`); `None` builds them all.
-    nested_fields: Option<Vec<&'static str>>,
+    /// How the variables are bound per event ([`scope`]).
+    plan: scope::Plan,
     /// The conjuncts decided without CEL ([`quick`]).
     quick: Vec<Option<quick::QuickEq>>,
 }
@@ -217,18 +233,15 @@ impl Expr {
         make_strict(&mut root);
         let mut conjuncts = Vec::new();
         split_and(&root, &mut conjuncts);
-        let nested_fields = match envelope {
-            Envelope::Nested => fields_selected_from_data(&root),
-            Envelope::Native => None,
-        };
+        let plan = scope::Plan::new(&root, envelope, vars.iter().copied());
         Ok(Expr {
             source: source.to_string(),
             quick: quick::plan(&conjuncts, envelope),
+            wal_root: plain::for_wal(&root, envelope, &plan),
+            plan,
             root,
             conjuncts,
-            vars,
             envelope,
-            nested_fields,
         })
     }
 
@@ -260,16 +273,24 @@ impl Expr {
         if let Some(verdict) = quick::verdict(&self.quick, event) {
             return Ok(verdict);
         }
-        with_scope(self, event, |ctx| judge(&self.root, ctx))
-            .map_err(|message| self.eval_error(event, message))
+        self.eval_by_cel(event)
     }
 
     /// [`Expr::eval`] through CEL alone: the reference its fast path is checked against in
     /// tests, and the baseline `benches/decode.rs` measures it beside.
     #[doc(hidden)]
     pub fn eval_by_cel(&self, event: &Event) -> Result<Verdict, EvalError> {
-        with_scope(self, event, |ctx| judge(&self.root, ctx))
-            .map_err(|message| self.eval_error(event, message))
+        with_scope(self, event, |ctx| {
+            if event.proxy.is_none() {
+                // The WAL program gives the strict one's answer when it gives one ([`plain`]);
+                // a failure, or a missing field, is told by the strict program.
+                if let Ok(v @ (Verdict::Match | Verdict::NoMatch)) = judge(&self.wal_root, ctx) {
+                    return Ok(v);
+                }
+            }
+            judge(&self.root, ctx)
+        })
+        .map_err(|message| self.eval_error(event, message))
     }
 
     fn eval_error(&self, event: &Event, message: String) -> EvalError {
@@ -385,49 +406,78 @@ thread_local! {
 }
 
 fn root_context() -> Context<'static, 'static> {
-    let mut ctx = Context::default();
-    // Names that no standard overload uses, so adding them cannot fail.
-    let _ = ctx.add_function(STRICT_EQ, |a: Cel, b: Cel| strict_eq(&a, &b, "=="));
-    let _ = ctx.add_function(STRICT_NE, |a: Cel, b: Cel| {
-        strict_eq(&a, &b, "!=").map(|eq| !eq)
-    });
-    let _ = ctx.add_function(STRICT_IN, strict_in);
-    ctx
+    // As overloads of the environment, called with the resolved arguments themselves: a
+    // function added to the context would be looked for after the overloads, and be given
+    // `Value` copies (a string argument allocated twice over).
+    let mut env = Env::stdlib();
+    let strict: [(&str, &str, Function); 3] = [
+        (STRICT_EQ, "walwatch_eq", |args| {
+            strict_eq_val(&*args[0], &*args[1], "==").map(cel_bool)
+        }),
+        (STRICT_NE, "walwatch_ne", |args| {
+            strict_eq_val(&*args[0], &*args[1], "!=").map(|eq| cel_bool(!eq))
+        }),
+        (STRICT_IN, "walwatch_in", |args| {
+            strict_in_val(&*args[0], &*args[1]).map(cel_bool)
+        }),
+    ];
+    for (name, id, op) in strict {
+        // Names that no standard overload uses, so adding them cannot fail. Declared for two
+        // arguments of any type: only `make_strict` writes these calls, always with two.
+        let _ = env.add_overload(name, id, vec![DYN_TYPE, DYN_TYPE], op);
+    }
+    Context::with_env(Arc::new(env))
 }
 
-/// Runs `f` in a scope holding the event's variables.
+fn cel_bool<'c, 'k>(b: bool) -> CowVal<'c, 'k> {
+    CowVal::Borrowed(if b { &CelBool::TRUE } else { &CelBool::FALSE })
+}
+
+/// Runs `f` in a scope holding the event's variables ([`scope`]).
 fn with_scope<T>(
     expr: &Expr,
     event: &Event,
     f: impl FnOnce(&Context) -> Result<T, String>,
 ) -> Result<T, String> {
+    let scope = scope::Scope::new(event, &expr.plan);
     ROOT.with(|root| {
         let mut root = root.borrow_mut();
         let root = root.get_or_insert_with(root_context);
-        let mut scope = root.new_inner_scope();
-        for var in &expr.vars {
-            let value = match expr.envelope {
-                Envelope::Native => variable(event, var),
-                Envelope::Nested => nested_variable(event, var, expr.nested_fields.as_deref()),
-            };
-            scope.add_variable_from_value(*var, value);
-        }
-        f(&scope)
+        f(&child(root, &scope))
     })
+}
+
+/// A child of `root` resolving variables with `resolver`. The root's `'static` values outlive
+/// any `'s`, so it reads as a context of the resolver's lifetime.
+fn child<'b, 's: 'b>(
+    root: &'b Context<'b, 's>,
+    resolver: &'s dyn VariableResolver,
+) -> Context<'b, 's> {
+    let mut ctx = root.new_inner_scope();
+    ctx.set_variable_resolver(resolver);
+    ctx
 }
 
 /// Evaluates a node to a verdict: `Err` for a type error, `Missing` for an absent field.
 fn judge(node: &IdedExpr, ctx: &Context) -> Result<Verdict, String> {
-    match Cel::resolve(node, ctx) {
-        Ok(Cel::Bool(true)) => Ok(Verdict::Match),
-        Ok(Cel::Bool(false)) => Ok(Verdict::NoMatch),
-        Ok(other) => Err(format!(
-            "the expression must be true or false, but gave {}",
-            show(&other)
-        )),
-        Err(e) => match missing_field(&e) {
-            Some(field) => Ok(Verdict::Missing(field)),
-            None => Err(explain_error(&e)),
+    let failed = |e: ExecutionError| match missing_field(&e) {
+        Some(field) => Ok(Verdict::Missing(field)),
+        None => Err(explain_error(&e)),
+    };
+    // The result is looked at in place: only a non-boolean one is copied, to be shown.
+    let result = match Cel::resolve_val(node, ctx) {
+        Ok(v) => v,
+        Err(e) => return failed(e),
+    };
+    match result.downcast_ref::<CelBool>() {
+        Some(b) if *b.inner() => Ok(Verdict::Match),
+        Some(_) => Ok(Verdict::NoMatch),
+        None => match Cel::try_from(&*result) {
+            Ok(other) => Err(format!(
+                "the expression must be true or false, but gave {}",
+                show(&other)
+            )),
+            Err(e) => failed(e),
         },
     }
 }
@@ -504,6 +554,80 @@ fn show(v: &Cel) -> String {
         Cel::Map(m) => format!("{{map of {}}}", m.map.len()),
         other => format!("{other:?}"),
     }
+}
+
+/// [`strict_eq`] on resolved values, comparing the common ones (two strings, two numbers of
+/// one type, two booleans, null) in place rather than as `Value` copies.
+fn strict_eq_val(a: &dyn Val, b: &dyn Val, op: &str) -> Result<bool, ExecutionError> {
+    match scalar_eq(a, b) {
+        Some(eq) => Ok(eq),
+        None => strict_eq(&Cel::try_from(a)?, &Cel::try_from(b)?, op),
+    }
+}
+
+/// `a == b` where [`strict_eq`] cannot fail and `Value`'s equality is the plain one: both of
+/// one scalar type, or null and a scalar. `None` for everything else.
+fn scalar_eq(a: &dyn Val, b: &dyn Val) -> Option<bool> {
+    fn same<'b, T: cel::common::value::FromVal<'b, 'b> + 'b, U: PartialEq + ?Sized>(
+        a: &'b dyn Val,
+        b: &'b dyn Val,
+        inner: impl Fn(&T) -> &U,
+    ) -> Option<bool> {
+        Some(inner(a.downcast_ref::<T>()?) == inner(b.downcast_ref::<T>()?))
+    }
+    same::<CelString, str>(a, b, |s| s.inner())
+        .or_else(|| same::<CelInt, i64>(a, b, |i| i.inner()))
+        .or_else(|| same::<CelBool, bool>(a, b, |x| x.inner()))
+        .or_else(|| same::<CelDouble, f64>(a, b, |f| f.inner()))
+        .or_else(|| same::<CelUInt, u64>(a, b, |u| u.inner()))
+        .or_else(|| {
+            let null = |v: &dyn Val| v.downcast_ref::<CelNull>().is_some();
+            let scalar = |v: &dyn Val| {
+                null(v)
+                    || v.downcast_ref::<CelString>().is_some()
+                    || v.downcast_ref::<CelInt>().is_some()
+                    || v.downcast_ref::<CelBool>().is_some()
+                    || v.downcast_ref::<CelDouble>().is_some()
+                    || v.downcast_ref::<CelUInt>().is_some()
+            };
+            let (na, nb) = (null(a), null(b));
+            ((na && scalar(b)) || (nb && scalar(a))).then_some(na && nb)
+        })
+}
+
+/// [`strict_in`] on resolved values: a string or int looked for in a list of that type only,
+/// or a string key in a map, is answered in place; the rest as `Value`s.
+fn strict_in_val(needle: &dyn Val, haystack: &dyn Val) -> Result<bool, ExecutionError> {
+    if let Some(list) = haystack.downcast_ref::<CelList>() {
+        let items = list.inner();
+        // All of one type with the needle: the kind check cannot fail.
+        if let Some(s) = needle.downcast_ref::<CelString>()
+            && items
+                .iter()
+                .all(|i| i.downcast_ref::<CelString>().is_some())
+        {
+            return Ok(items.iter().any(|i| {
+                i.downcast_ref::<CelString>()
+                    .is_some_and(|i| i.inner() == s.inner())
+            }));
+        }
+        if let Some(n) = needle.downcast_ref::<CelInt>()
+            && items.iter().all(|i| i.downcast_ref::<CelInt>().is_some())
+        {
+            return Ok(items.iter().any(|i| {
+                i.downcast_ref::<CelInt>()
+                    .is_some_and(|i| i.inner() == n.inner())
+            }));
+        }
+    }
+    if let (Some(map), Some(s)) = (
+        haystack.downcast_ref::<CelMap>(),
+        needle.downcast_ref::<CelString>(),
+    ) {
+        // Keys match by type and value, as `Key::String` did.
+        return Ok(map.inner().contains_key(&CelMapKey::from(s.inner())));
+    }
+    strict_in(Cel::try_from(needle)?, Cel::try_from(haystack)?)
 }
 
 fn strict_eq(a: &Cel, b: &Cel, op: &str) -> Result<bool, ExecutionError> {
@@ -825,190 +949,13 @@ fn unparse_operand(node: &IdedExpr) -> String {
     }
 }
 
-// ---- event -> CEL values, mirroring the JSON contract ----------------------------------------
-
-fn string(s: &str) -> Cel {
-    Cel::String(Arc::new(s.to_string()))
-}
-
-fn opt_string(s: Option<&str>) -> Cel {
-    s.map(string).unwrap_or(Cel::Null)
-}
-
-fn variable(e: &Event, name: &str) -> Cel {
-    if let Some(p) = &e.proxy {
-        // A proxy event has `type`, `seq`, `ts` and `data`; every WAL field is absent.
-        return match name {
-            "type" => string("proxy"),
-            "seq" => Cel::Int(i64::try_from(p.seq).unwrap_or(i64::MAX)),
-            "ts" => e.ts.map(|t| string(&t.to_string())).unwrap_or(Cel::Null),
-            // Null fields (no query on a connection-level event) are absent, so
-            // `data.query.startsWith(...)` is no match there rather than a type error.
-            "data" => {
-                let map: HashMap<Key, Cel> = p
-                    .data
-                    .iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (key(k), json_value(v)))
-                    .collect();
-                map.into()
-            }
-            _ => Cel::Null,
-        };
-    }
-    match name {
-        "type" => string("wal"),
-        "op" => string(e.op.as_str()),
-        "schema" => opt_string(e.schema.as_deref()),
-        "table" => opt_string(e.table.as_deref()),
-        "lsn" => string(&e.lsn.to_string()),
-        "commit_lsn" => string(&e.commit_lsn.to_string()),
-        "xid" => e.xid.map(|x| Cel::Int(i64::from(x))).unwrap_or(Cel::Null),
-        "ts" => e.ts.map(|t| string(&t.to_string())).unwrap_or(Cel::Null),
-        "data" => match (&e.message, &e.data) {
-            (Some(m), _) => {
-                let content = match m.content_str() {
-                    Some(text) => text.to_string(),
-                    None => bytea_hex(&m.content),
-                };
-                let mut map: HashMap<Key, Cel> = HashMap::with_capacity(3);
-                map.insert(key("prefix"), string(&m.prefix));
-                map.insert(key("content"), Cel::String(Arc::new(content)));
-                map.insert(key("transactional"), Cel::Bool(m.transactional));
-                map.into()
-            }
-            (None, Some(row)) => row_value(row),
-            (None, None) => Cel::Null,
-        },
-        "old" => e.old.as_ref().map(row_value).unwrap_or(Cel::Null),
-        "key" => e.key.as_ref().map(row_value).unwrap_or(Cel::Null),
-        "unchanged" => Cel::List(Arc::new(e.unchanged.iter().map(|c| string(c)).collect())),
-        "partition_of" => match &e.partition_of {
-            Some(p) => {
-                let mut map: HashMap<Key, Cel> = HashMap::with_capacity(2);
-                map.insert(key("schema"), string(&p.schema));
-                map.insert(key("table"), string(&p.table));
-                map.into()
-            }
-            None => Cel::Null,
-        },
-        _ => Cel::Null,
-    }
-}
-
-/// A variable of the nested envelope: `data` of a WAL event holds its native fields (only
-/// `fields` of them, when given); a proxy event reads as in the native form.
-fn nested_variable(e: &Event, name: &str, fields: Option<&[&'static str]>) -> Cel {
-    if e.proxy.is_some() {
-        return variable(e, name);
-    }
-    match name {
-        "type" => string("wal"),
-        "data" => {
-            let fields = fields.unwrap_or(NESTED_DATA_FIELDS);
-            let map: HashMap<Key, Cel> = fields
-                .iter()
-                // The JSON form has `partition_of` only when it is set.
-                .filter(|f| **f != "partition_of" || e.partition_of.is_some())
-                .map(|f| (key(f), variable(e, f)))
-                .collect();
-            map.into()
-        }
-        // A WAL event's `seq` and `ts` are not at the top of the nested form.
-        _ => Cel::Null,
-    }
-}
-
-/// The fields of `data` an expression reads, when it uses `data` only as `data.FIELD` (with
-/// FIELD a field of the nested `data`); `None` when it uses `data` otherwise (`"op" in data`,
-/// `data` passed whole), so every field must be there.
-fn fields_selected_from_data(root: &IdedExpr) -> Option<Vec<&'static str>> {
-    let (mut uses, mut selects) = (0usize, Vec::new());
-    walk(root, &mut |node| match &node.expr {
-        Node::Ident(name) if name == "data" => uses += 1,
-        Node::Select(sel) => {
-            if let Node::Ident(name) = &sel.operand.expr
-                && name == "data"
-            {
-                selects.push(sel.field.clone());
-            }
-        }
-        _ => {}
-    });
-    if selects.len() != uses {
-        return None;
-    }
-    let mut fields: Vec<&'static str> = Vec::new();
-    for field in selects {
-        // An unknown field must still be absent (a missing field, not a wrong answer).
-        let known = NESTED_DATA_FIELDS.iter().find(|f| **f == field)?;
-        if !fields.contains(known) {
-            fields.push(known);
-        }
-    }
-    Some(fields)
-}
-
-fn key(s: &str) -> Key {
-    Key::String(Arc::new(s.to_string()))
-}
-
-fn row_value(row: &crate::event::Row) -> Cel {
-    let map: HashMap<Key, Cel> = row
-        .columns
-        .iter()
-        .map(|c| (key(&c.name), value(&c.value)))
-        .collect();
-    map.into()
-}
-
-/// A column value as its JSON form would read.
-pub(crate) fn value(v: &Value) -> Cel {
-    match v {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
-        Value::Int(i) => Cel::Int(*i),
-        Value::Float(f) if f.is_nan() => string("NaN"),
-        Value::Float(f) if f.is_infinite() => {
-            string(if *f > 0.0 { "Infinity" } else { "-Infinity" })
-        }
-        Value::Float(f) => Cel::Float(*f),
-        Value::Bytea(b) => Cel::String(Arc::new(bytea_hex(b))),
-        Value::Json(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
-            Ok(json) => json_value(&json),
-            Err(_) => string(raw.get()),
-        },
-        Value::Array(items) => Cel::List(Arc::new(items.iter().map(value).collect())),
-        // Every other kind is text in JSON (numeric, temporal, uuid, other).
-        text => text.as_str().map(string).unwrap_or(Cel::Null),
-    }
-}
-
-fn json_value(v: &serde_json::Value) -> Cel {
-    match v {
-        serde_json::Value::Null => Cel::Null,
-        serde_json::Value::Bool(b) => Cel::Bool(*b),
-        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => Cel::Int(i),
-            (None, Some(u), _) => Cel::UInt(u),
-            (_, _, Some(f)) => Cel::Float(f),
-            _ => string(&n.to_string()),
-        },
-        serde_json::Value::String(s) => string(s),
-        serde_json::Value::Array(items) => {
-            Cel::List(Arc::new(items.iter().map(json_value).collect()))
-        }
-        serde_json::Value::Object(map) => {
-            let m: HashMap<Key, Cel> = map.iter().map(|(k, v)| (key(k), json_value(v))).collect();
-            m.into()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::scope::{string, value};
     use super::*;
-    use crate::event::{Column, JsonText, Lsn, Op, Row};
+    use crate::event::{Column, JsonText, Lsn, Op, Row, Value};
 
     fn col(name: &str, value: Value) -> Column {
         Column {
@@ -1305,6 +1252,298 @@ mod tests {
                 ("data".into(), "id".into())
             ]
         );
+    }
+
+    /// Every kind of event the lazy scope must read as the former full maps did.
+    fn lazy_scope_events() -> Vec<Event> {
+        let mut events = vec![order(Op::Insert, "new")];
+        let mut update = order(Op::Update, "shipped");
+        update.old = Some(Row {
+            columns: vec![col("id", Value::Int(1)), col("status", Value::Null)],
+        });
+        update.key = Some(Row {
+            columns: vec![col("id", Value::Int(1))],
+        });
+        update.unchanged = vec![Arc::from("doc")];
+        update.ts = Some(crate::event::Timestamp(848_000_000_000_000));
+        update.commit_lsn = Lsn(0x1A2B400);
+        events.push(update);
+        // A DELETE carrying only the key, as data and key.
+        let mut delete = order(Op::Delete, "x");
+        let key = Row {
+            columns: vec![col("id", Value::Int(7))],
+        };
+        delete.data = Some(key.clone());
+        delete.key = Some(key);
+        events.push(delete);
+        let mut odd = order(Op::Insert, "odd");
+        odd.data = Some(Row {
+            columns: vec![
+                col("id", Value::Int(-1)),
+                col("blob", Value::Bytea(vec![0xde, 0xad])),
+                col("inf", Value::Float(f64::NEG_INFINITY)),
+                col("ratio", Value::Float(0.5)),
+                col("ok", Value::Bool(true)),
+                col("nothing", Value::Null),
+                col("ids", Value::Array(vec![Value::Int(1), Value::Null])),
+                col(
+                    "u",
+                    Value::Uuid("0b7e0c4a-0000-4000-8000-000000000000".into()),
+                ),
+                col("day", Value::Date("2026-11-22".into())),
+                col(
+                    "doc",
+                    Value::Json(JsonText::new(r#"[{"a": [1, "x", null]}, 2.5]"#.into()).unwrap()),
+                ),
+                // A repeated name: the last one counts, as in the map.
+                col("dup", Value::Int(1)),
+                col("dup", Value::Int(2)),
+            ],
+        });
+        odd.partition_of = Some(Arc::new(crate::event::TableName {
+            schema: Arc::from("public"),
+            table: Arc::from("orders_all"),
+        }));
+        events.push(odd);
+        let mut empty = order(Op::Update, "x");
+        empty.data = Some(Row::default());
+        events.push(empty);
+        let mut begin = Event::new(Op::Begin, Lsn(1));
+        begin.xid = Some(9);
+        events.push(begin);
+        events.push(Event::new(Op::Commit, Lsn(2)));
+        for content in [b"hi".to_vec(), vec![0xff, 0x00]] {
+            let mut msg = Event::new(Op::Message, Lsn(3));
+            msg.message = Some(crate::LogicalMessage {
+                transactional: true,
+                prefix: "app".into(),
+                content,
+            });
+            events.push(msg);
+        }
+        let mut no_table = order(Op::Truncate, "x");
+        no_table.table = None;
+        no_table.data = None;
+        events.push(no_table);
+        for line in [
+            r#"{"type":"proxy","seq":7,"ts":"2026-12-02T10:00:00.000000Z","data":{"action":"error","query":"INSERT INTO orders VALUES (1)","connection":3,"duration_ms":null,"op":"INSERT"}}"#,
+            r#"{"type":"proxy","seq":8,"ts":"2026-12-02T10:00:00.000000Z","data":{"action":"delay","op":5,"xid":"5","table":null}}"#,
+            r#"{"type":"wal","op":"INSERT","schema":"public","table":"orders","lsn":"0/10","commit_lsn":"0/20","xid":5,"ts":"2026-12-02T10:00:00.000000Z","data":{"id":3,"status":"new","doc":{"n":2}},"old":null,"key":{"id":3},"unchanged":[]}"#,
+        ] {
+            events.push(crate::event_read::parse_line(line).unwrap());
+        }
+        events
+    }
+
+    /// Native expressions for `the_lazy_scope_agrees_with_full_maps`.
+    const LAZY_NATIVE: &[&str] = &[
+        // Rows only selected from: lazy.
+        r#"data.status == "new""#,
+        r#"data.id == 1 && data.status != "new""#,
+        "data.id > 0",
+        "data.nope == 1",
+        "data.nope.deeper == 1",
+        "has(data.status) && !has(data.nope)",
+        "has(old.status)",
+        "old.status == null",
+        "key.id == 1 || key.id == 7",
+        "data.doc.n == 2",
+        "data.doc.missing == 1",
+        "data.doc[0].a[1] == \"x\"",
+        r#"data.tags[0] == "a" && "a" in data.tags"#,
+        "data.amount == 12.5",
+        r#"data.id == "1""#,
+        r#"data.score == "NaN" && data.inf == "-Infinity" && data.blob == "\\xdead""#,
+        "data.ratio == 0.5 && data.ok && data.nothing == null && data.ids == [1, null]",
+        r#"data.u.startsWith("0b7e") && data.day < "2027" && data.dup == 2"#,
+        r#"data.status.startsWith("s") && size(data.status) > 1"#,
+        "data.id == 1u || data.id == 1.0",
+        "data.id != null && null != data.status",
+        "[1, 2].exists(x, x == data.id)",
+        "data.id in [1, 2] && data.status in [\"new\", 1]",
+        "data.status in [1, 2]",
+        r#""n" in data.doc"#,
+        "data.status",
+        "data.tags",
+        // Rows used whole: maps.
+        r#""status" in data && data.status == "new""#,
+        r#""nope" in data"#,
+        "data == null",
+        "old == null && key != null",
+        r#"key == {"id": 1}"#,
+        "data != null && size(data) > 2",
+        r#"data.exists(k, k == "id")"#,
+        "data",
+        "data == data",
+        // The other variables.
+        r#"lsn == "0/1A2B3C8" && commit_lsn != """#,
+        "ts == null",
+        "xid == 751 && xid in [751, 752]",
+        r#"unchanged == [] || "doc" in unchanged"#,
+        "size(unchanged) == 0",
+        r#"partition_of.table == "orders_all" && has(partition_of.schema)"#,
+        "partition_of == null",
+        r#"type == "proxy" && seq == 7"#,
+        r#"op in ["INSERT", "UPDATE"] && schema == "public" && table == "orders""#,
+        "op in [1, 2]",
+        "table == null",
+        r#"data.prefix == "app" && data.content == "hi" && data.transactional"#,
+        r#"has(data.content) && "prefix" in data"#,
+        r#"data.action == "error" && data.connection == 3"#,
+        "data.duration_ms > 1.0",
+        "1u in {1: 'a'} || 2 in [1, 2.0]",
+        "[data.status, op]",
+        // Comparisons made plain on WAL events (`plain.rs`), and ones that must stay strict.
+        r#"table != "orders" && "public" == schema && type != "proxy""#,
+        r#"xid == 751 && xid != 9 && ts != "x""#,
+        r#"lsn == "0/10" || commit_lsn == "0/20" || op == "DELETE""#,
+        "op == 1",
+        r#"xid == "751""#,
+        r#"[1].exists(op, op == "x")"#,
+        r#"[op].exists(x, x == "INSERT")"#,
+    ];
+
+    /// Nested expressions for `the_lazy_scope_agrees_with_full_maps`.
+    const LAZY_NESTED: &[&str] = &[
+        r#"type == "wal" && data.op == "INSERT" && data.table == "orders""#,
+        r#"data.data.status == "new""#,
+        "data.data.nope == 1",
+        "has(data.data.status) && has(data.partition_of)",
+        r#"data.partition_of.table == "orders_all""#,
+        "data.old.status == null && data.key.id == 1",
+        "data.nope == 1",
+        "has(data.nope) || has(data.lsn)",
+        r#"data.lsn != "" && data.xid == 751 && seq == null && ts == null"#,
+        "data.unchanged == [] && data.data.doc.n == 2",
+        r#"data.data.prefix == "app""#,
+        r#"data.action == "error" && seq == 7"#,
+        // Rows or the nested data used whole.
+        r#""status" in data.data"#,
+        "data.data == null || data.old == null",
+        r#""op" in data && data.data.id == 1"#,
+        "size(data) > 3",
+        r#"data.data.exists(k, k == "id")"#,
+        "data.data",
+        "data",
+        // Plain on WAL events, strict on proxy events (whose `data.op` is 5 in one).
+        r#"data.op == "INSERT""#,
+        "data.xid == 5",
+        r#"data.table != "orders" && data.ts != "x""#,
+    ];
+
+    /// The lazy scope (`scope.rs`), the WAL program (`plain.rs`) and the strict operators on
+    /// resolved values answer as the former full maps and `Value` operators (`reference.rs`)
+    /// did, messages included, for rows read a field at a time and rows used whole, in both
+    /// envelopes, on every kind of event.
+    #[test]
+    fn the_lazy_scope_agrees_with_full_maps() {
+        let cases = LAZY_NATIVE
+            .iter()
+            .map(|s| (*s, Envelope::Native))
+            .chain(LAZY_NESTED.iter().map(|s| (*s, Envelope::Nested)));
+        let events = lazy_scope_events();
+        let (mut lazy, mut eager) = (0, 0);
+        for (src, envelope) in cases {
+            let x = Expr::compile_in(src, envelope).unwrap();
+            if x.plan.rows.iter().any(|r| *r) || x.plan.nested {
+                lazy += 1;
+            }
+            if x.plan.vars().contains(&"data") && !x.plan.rows[0] {
+                eager += 1;
+            }
+            for e in &events {
+                let got = x.eval_by_cel(e).map_err(|e| e.message);
+                let want = reference::eval(&x, e);
+                assert_eq!(got, want, "{src} ({envelope:?}) on {}", describe_event(e));
+            }
+        }
+        assert!(lazy >= 30 && eager >= 15, "lazy {lazy}, eager {eager}");
+    }
+
+    /// Which rows are read a field at a time: only those never used whole.
+    #[test]
+    fn rows_are_lazy_only_when_only_selected_from() {
+        let plan = |src: &str, envelope| Expr::compile_in(src, envelope).unwrap().plan;
+        let native = |src: &str| plan(src, Envelope::Native).rows;
+        assert_eq!(native("data.a == 1 && has(old.b)"), [true, true, true]);
+        assert_eq!(native(r#""a" in data && key.id == 1"#), [false, true, true]);
+        assert_eq!(native("old == null"), [true, false, true]);
+        assert_eq!(native("[1].exists(data, data == 1)"), [false, true, true]);
+        let nested = |src: &str| plan(src, Envelope::Nested);
+        let s = nested("data.data.a == 1 && data.old.b == 2");
+        assert!(s.nested && s.rows == [true, true, true]);
+        let s = nested("data.data == null && data.key.id == 1");
+        assert!(s.nested && s.rows == [false, true, true]);
+        let s = nested(r#""op" in data && data.data.a == 1"#);
+        assert!(!s.nested && s.rows == [false; 3]);
+    }
+
+    /// On WAL events, a field that is always a string (or an int) or null compared with a
+    /// literal of that kind is CEL's own `==`; every other comparison stays strict.
+    #[test]
+    fn only_comparisons_that_cannot_fail_are_made_plain() {
+        let plain = |src: &str, envelope| {
+            let x = Expr::compile_in(src, envelope).unwrap();
+            let mut names = Vec::new();
+            walk(&x.wal_root, &mut |n| {
+                if let Node::Call(c) = &n.expr
+                    && c.func_name != "_&&_"
+                {
+                    names.push(c.func_name.clone());
+                }
+            });
+            names
+        };
+        assert_eq!(
+            plain(
+                r#"op == "INSERT" && 751 != xid && data.status == "x" && op == 1 && table in ["t"]"#,
+                Envelope::Native
+            ),
+            ["_==_", "_!=_", STRICT_EQ, STRICT_EQ, STRICT_IN]
+        );
+        assert_eq!(
+            plain(
+                r#"type == "wal" && data.op == "INSERT" && data.data.op == "x" && ts == "y""#,
+                Envelope::Nested
+            ),
+            ["_==_", STRICT_EQ, STRICT_EQ]
+        );
+        // `type` is `"wal"` on every WAL event: its tests are decided at compile time.
+        let x = Expr::compile(r#"type == "wal" && "proxy" != type && type == 1"#).unwrap();
+        assert_eq!(unparse(&x.wal_root), "(true && true) && (type == 1)");
+        // A macro's variable may shadow a field: comprehensions stay strict.
+        let x = Expr::compile(r#"[1].exists(op, op == "x")"#).unwrap();
+        assert_eq!(x.wal_root, x.root);
+    }
+
+    /// On WAL events, a select the scope answers whole is an identifier of its path; one on a
+    /// row used whole, under `has()` or in a macro stays a select.
+    #[test]
+    fn fields_of_lazy_rows_are_named_as_identifiers() {
+        let idents = |src: &str, envelope| {
+            let x = Expr::compile_in(src, envelope).unwrap();
+            let mut names = Vec::new();
+            walk(&x.wal_root, &mut |n| {
+                if let Node::Ident(name) = &n.expr {
+                    names.push(name.clone());
+                }
+            });
+            names
+        };
+        let native = idents(
+            "data.doc.n == 1 && has(old.b) && key.id == 1 && [1].exists(x, x == key.id)",
+            Envelope::Native,
+        );
+        for name in ["data.doc", "key.id", "old", "key"] {
+            assert!(native.iter().any(|n| n == name), "{name} in {native:?}");
+        }
+        let eager = idents(r#""a" in data && data.a == 1"#, Envelope::Native);
+        assert!(!eager.iter().any(|n| n == "data.a"), "{eager:?}");
+        let nested = idents(
+            r#"data.op == "x" && data.data.id == 1 && data.old == null"#,
+            Envelope::Nested,
+        );
+        assert_eq!(nested, ["data.op", "data.data.id", "data.old"]);
     }
 
     #[test]

@@ -148,7 +148,8 @@ impl Path {
 }
 
 /// Whether a column value equals the literal, when both are of one kind as CEL sees them
-/// (`crate::expr::value`: numeric, temporal and uuid values are strings there; json is not).
+/// (`crate::expr::scope::value`: numeric, temporal and uuid values are strings there; json is
+/// not).
 fn same(v: &Value, literal: &Literal) -> Option<bool> {
     match (v, literal) {
         (Value::Int(i), Literal::Int(l)) => Some(i == l),
