@@ -1003,6 +1003,19 @@ fn inserts_in(file: &Path) -> usize {
         .count()
 }
 
+/// Waits until the file holds more than `above` INSERTs and the count stayed the same over one
+/// `every`: the stream is held. The count then.
+fn stops_growing(file: &Path, above: usize, every: Duration, within: Duration) -> usize {
+    let mut last = 0;
+    wait_until("the file to stop growing", within, || {
+        std::thread::sleep(every);
+        let now = inserts_in(file);
+        let still = now == last && now > above;
+        last = now;
+        still.then_some(now)
+    })
+}
+
 /// A stalled sink (the broker process stopped with SIGSTOP: connections open, nothing
 /// answered) beside a live one (a JSONL file): the file keeps getting every change while the
 /// slot stays at what Kafka acknowledged; once the stalled sink's queues are full the socket
@@ -1072,14 +1085,12 @@ fn a_stalled_sink_holds_the_slot_not_the_live_sink_nor_the_status_updates() {
     sql(&format!(
         "INSERT INTO {t} SELECT generate_series(21, {total});"
     ));
-    let mut last = 0;
-    let held = wait_until("the file to stop growing", Duration::from_secs(60), || {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = inserts_in(&file);
-        let still = now == last && now > 20;
-        last = now;
-        still.then_some(now)
-    });
+    let held = stops_growing(
+        &file,
+        20,
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    );
     assert!(
         held < total,
         "the file holds all {total} rows: nothing stalled, the test proves nothing"
@@ -1179,14 +1190,12 @@ fn serial_1mb_rows_with_a_stalled_sink_keep_memory_bounded() {
     sql(&inserts);
     let log = dir.path().join("big.log");
     let child = spawn_logged(&args, &log);
-    let mut last = 0;
-    let held = wait_until("the file to stop growing", Duration::from_secs(120), || {
-        std::thread::sleep(Duration::from_millis(700));
-        let now = inserts_in(&file);
-        let still = now == last && now > 0;
-        last = now;
-        still.then_some(now)
-    });
+    let held = stops_growing(
+        &file,
+        0,
+        Duration::from_millis(700),
+        Duration::from_secs(120),
+    );
     let peak = support::peak_rss_kb(child.id()) / 1024;
     eprintln!("1 MB rows, broker down: {held} of {ROWS} rows in the file, peak RSS {peak} MB");
     assert!(

@@ -48,6 +48,19 @@ struct Stalled {
     release: Arc<Mutex<std_mpsc::Receiver<()>>>,
 }
 
+impl Stalled {
+    /// The sink, what says it entered `write`, and what lets one `write` go.
+    fn new() -> (Stalled, std_mpsc::Receiver<()>, std_mpsc::Sender<()>) {
+        let (entered_tx, entered) = std_mpsc::channel();
+        let (release, release_rx) = std_mpsc::channel();
+        let stalled = Stalled {
+            entered: entered_tx,
+            release: Arc::new(Mutex::new(release_rx)),
+        };
+        (stalled, entered, release)
+    }
+}
+
 impl Sink for Stalled {
     fn write(&mut self, _: &Batch) -> Result<()> {
         let _ = self.entered.send(());
@@ -219,12 +232,7 @@ fn a_large_transaction_goes_out_in_batches_ending_at_the_last_whole_commit() {
 #[test]
 fn a_stalled_sink_holds_the_confirmation_not_the_live_sink() {
     let live = Arc::new(Mutex::new(Seen::default()));
-    let (entered_tx, entered) = std_mpsc::channel();
-    let (release, release_rx) = std_mpsc::channel();
-    let stalled = Stalled {
-        entered: entered_tx,
-        release: Arc::new(Mutex::new(release_rx)),
-    };
+    let (stalled, entered, release) = Stalled::new();
     let p = progress();
     let sinks = SinkSet::start(
         vec![Box::new(Collect(live.clone())), Box::new(stalled)],
@@ -272,12 +280,7 @@ fn wide(commit: u64, bytes: usize) -> Event {
 
 #[test]
 fn the_byte_budget_stops_the_decoder_while_a_sink_is_stalled() {
-    let (entered_tx, entered) = std_mpsc::channel();
-    let (release, release_rx) = std_mpsc::channel();
-    let stalled = Stalled {
-        entered: entered_tx,
-        release: Arc::new(Mutex::new(release_rx)),
-    };
+    let (stalled, entered, release) = Stalled::new();
     let p = progress();
     let mut sinks = SinkSet::start(vec![Box::new(stalled)], Lsn::ZERO, Arc::clone(&p)).unwrap();
     // Each batch takes a little over a quarter of the budget: the sink holds the first (in
