@@ -11,12 +11,47 @@ use crate::event::{Event, Row, Value, bytea_hex};
 /// for backspace, form feed, newline, return and tab, other control characters as `\u00xx`;
 /// everything else verbatim.
 pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    match first_escape(bytes) {
+        None => out.extend_from_slice(bytes),
+        Some(at) => escape_from(out, bytes, at),
+    }
+    out.push(b'"');
+}
+
+/// The index of the first byte JSON needs escaped (`"`, backslash, below 0x20), if any.
+/// Most strings have none, so eight bytes are checked at a time (the classic SWAR tests: a
+/// word's "some byte is below n" and "some byte is zero"), then the last few one by one.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut at = 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w;
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let zero_in = |x: u64| x.wrapping_sub(ONES) & !x;
+        if (below_space | zero_in(quote) | zero_in(backslash)) & HIGH != 0 {
+            break;
+        }
+        at += 8;
+    }
+    bytes[at..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+        .map(|i| at + i)
+}
+
+/// Appends `bytes`, escaped, knowing that nothing before `first` needs it.
+fn escape_from(out: &mut Vec<u8>, bytes: &[u8], first: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(&bytes[..first]);
+    let mut start = first;
+    for (i, &b) in bytes.iter().enumerate().skip(first) {
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -40,7 +75,6 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
@@ -282,6 +316,36 @@ mod tests {
                 String::from_utf8(fast).unwrap(),
                 String::from_utf8(reference).unwrap()
             );
+        }
+    }
+
+    /// Every byte JSON escapes, and a few it does not, at every position of strings from 0 to
+    /// 40 bytes (so before, inside and after each 8-byte word the scan checks at once), with
+    /// multi-byte UTF-8 around it: the writer escapes exactly as serde_json does.
+    #[test]
+    fn strings_escape_as_serde_json_at_every_position() {
+        let mut specials: Vec<char> = (0u8..0x20).map(char::from).collect();
+        specials.extend(['"', '\\', ' ', '~', '\u{7f}', 'é', '✓', '/']);
+        for len in 0..=40 {
+            for at in 0..len.max(1) {
+                for &c in &specials {
+                    let mut text: String = (0..len)
+                        .map(|i| if i % 7 == 3 { 'ü' } else { 'a' })
+                        .collect();
+                    if len > 0 {
+                        let pos = text.char_indices().nth(at).map_or(text.len(), |(i, _)| i);
+                        text.insert(pos, c);
+                    }
+                    let mut fast = Vec::new();
+                    super::string(&mut fast, &text);
+                    let reference = serde_json::to_vec(&text).unwrap();
+                    assert_eq!(
+                        String::from_utf8_lossy(&fast),
+                        String::from_utf8_lossy(&reference),
+                        "{c:?} at {at} in {len} chars"
+                    );
+                }
+            }
         }
     }
 }

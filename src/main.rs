@@ -127,11 +127,14 @@ fn main() -> ExitCode {
     PARENT.get_or_init(std::os::unix::process::parent_id);
     let cli = Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit());
     init_logging(&cli.log);
-    // Two workers: decoding has a thread of its own, the runtime only moves bytes and events.
-    // The proxy picks its own (`--threads`, default one: see benches/proxy.sh).
+    // One thread: decoding and every sink have threads of their own, the runtime only moves
+    // bytes. On the thread that runs the replication loop, the loop waits on the socket
+    // itself; with worker threads, a worker would wait on it and wake this thread for every
+    // read (twice the context switches of a drain, measured: issue 16's note). The proxy picks
+    // its own (`--threads`, default one: see benches/proxy.sh).
     let workers = match &cli.command {
         Some(Command::Proxy(args)) => usize::from(args.threads),
-        _ => 2,
+        _ => 1,
     };
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()

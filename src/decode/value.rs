@@ -35,8 +35,6 @@ mod binary;
 mod scalar;
 pub(crate) mod temporal;
 
-use std::collections::HashMap;
-
 use crate::event::{ColumnKind, Value};
 
 /// The query the metadata connection runs to fill a [`TypeRegistry`] (one row per type, fed to
@@ -86,7 +84,7 @@ pub enum TypeKind {
 /// Non-built-in types by OID. Built-in OIDs are known without it.
 #[derive(Clone, Debug, Default)]
 pub struct TypeRegistry {
-    types: HashMap<u32, TypeKind>,
+    types: super::OidMap<TypeKind>,
 }
 
 impl FromIterator<(u32, TypeKind)> for TypeRegistry {

@@ -1,10 +1,10 @@
 //! What the decode thread looks up in the catalog once per relation: `partition_of` for
 //! changes reported under a partition's name, and `key` as the primary key.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{KeyLookup, PartitionLookup};
+use crate::decode::OidMap;
 use crate::error::Result;
 use crate::event::{Event, Relation, TableName};
 use crate::filter::Filter;
@@ -12,13 +12,14 @@ use crate::filter::Filter;
 /// A value looked up once per Relation message: the server describes a relation again after
 /// DDL on it (an ATTACH, a DETACH, a new key), which makes a new `Arc<Relation>`.
 struct PerRelation<T> {
-    known: HashMap<u32, (Arc<Relation>, T)>,
+    /// By relation OID, looked up for every change (so not SipHash).
+    known: OidMap<(Arc<Relation>, T)>,
 }
 
 impl<T> Default for PerRelation<T> {
     fn default() -> Self {
         PerRelation {
-            known: HashMap::new(),
+            known: OidMap::default(),
         }
     }
 }

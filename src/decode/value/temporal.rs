@@ -91,16 +91,35 @@ fn scan_ymd_digits(b: &[u8]) -> Option<(Ymd, usize)> {
 /// years as `-` and at least four digits, later ones as `+` and their digits.
 fn push_year(out: &mut String, year: i64) {
     let _ = match year {
-        0..=9999 => write!(out, "{year:04}"),
+        0..=9999 => {
+            push_digits(out, year.unsigned_abs(), 4);
+            Ok(())
+        }
         10_000.. => write!(out, "+{year}"),
         _ => write!(out, "-{:04}", year.unsigned_abs()),
     };
 }
 
+/// Append `v` as exactly `width` decimal digits (zero-padded; higher digits are dropped, so
+/// `v` must fit). Every row of a table with a date or timestamp column comes through here,
+/// and `write!` costs several times as much.
+fn push_digits(out: &mut String, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    for slot in buf[..width].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[..width]).unwrap_or_default());
+}
+
 /// Append `[+|-]YYYY-MM-DD` for a proleptic year.
 fn push_ymd(out: &mut String, year: i64, month: u32, day: u32) {
     push_year(out, year);
-    let _ = write!(out, "-{month:02}-{day:02}");
+    out.push('-');
+    push_digits(out, u64::from(month), 2);
+    out.push('-');
+    push_digits(out, u64::from(day), 2);
 }
 
 /// The proleptic year of a date the server printed: `Y BC` is `1 - Y`.
@@ -261,13 +280,13 @@ fn push_date(out: &mut String, days: i64) {
 /// Append `[+|-]YYYY-MM-DDTHH:MM:SS`, the fraction, then `Z` when `tz`.
 fn push_datetime(out: &mut String, days: i64, sod: i64, frac: impl FnOnce(&mut String), tz: bool) {
     push_date(out, days);
-    let _ = write!(
-        out,
-        "T{:02}:{:02}:{:02}",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
+    let sod = sod.unsigned_abs();
+    out.push('T');
+    push_digits(out, sod / 3600, 2);
+    out.push(':');
+    push_digits(out, sod / 60 % 60, 2);
+    out.push(':');
+    push_digits(out, sod % 60, 2);
     frac(out);
     if tz {
         out.push('Z');
