@@ -317,3 +317,34 @@ fn the_byte_budget_stops_the_decoder_while_a_sink_is_stalled() {
     assert_eq!(sent.load(Ordering::SeqCst), 6);
     assert_eq!(p.borrow().durable, Lsn(60));
 }
+
+/// The last sink to drop a batch sends its events back, and the decode side frees them before
+/// it hands on the next batch (so glibc frees them on the thread that allocated them).
+#[test]
+fn dropped_batches_come_back_to_be_freed_before_the_next_one() {
+    let (stalled, entered, release) = Stalled::new();
+    let p = progress();
+    let mut sinks = SinkSet::start(vec![Box::new(stalled)], Lsn::ZERO, Arc::clone(&p)).unwrap();
+    sinks
+        .send(txn(100, 110, &["orders"]), 64, Lsn(110))
+        .unwrap();
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(sinks.waiting_to_be_freed(), 0, "the sink still holds it");
+    release.send(()).unwrap();
+    wait_for("the written batch's events to come back", || {
+        sinks.waiting_to_be_freed() == 1
+    });
+    sinks
+        .send(txn(200, 210, &["orders"]), 64, Lsn(210))
+        .unwrap();
+    // The sink holds the second batch in `write`: nothing new can have come back yet.
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        sinks.waiting_to_be_freed(),
+        0,
+        "the first batch's events were not freed when the next batch went out"
+    );
+    release.send(()).unwrap();
+    sinks.finish().unwrap();
+    assert_eq!(p.borrow().durable, Lsn(210));
+}

@@ -41,6 +41,9 @@ pub struct Batch {
     pub end: Lsn,
     /// Its share of the pipeline's memory budget, given back when the last sink drops it.
     pub(crate) _reserved: Option<crate::pipeline::Reservation>,
+    /// Where the events go when the last sink drops the batch: back to the thread that
+    /// decoded them, to be freed there (see `pipeline::sinks`).
+    pub(crate) recycle: Option<crossbeam_channel::Sender<Vec<Event>>>,
 }
 
 impl Batch {
@@ -49,6 +52,18 @@ impl Batch {
             events,
             end,
             _reserved: None,
+            recycle: None,
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(back) = &self.recycle
+            && !self.events.is_empty()
+        {
+            // The receiver is gone only once the run is over: the events are freed here then.
+            let _ = back.send(std::mem::take(&mut self.events));
         }
     }
 }
