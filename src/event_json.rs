@@ -28,8 +28,7 @@ fn first_escape(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let mut at = 0;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
+    for word in bytes.chunks_exact(8) {
         let w = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
         let below_space = w.wrapping_sub(ONES * 0x20) & !w;
         let quote = w ^ (ONES * u64::from(b'"'));

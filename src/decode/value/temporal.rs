@@ -90,25 +90,21 @@ fn scan_ymd_digits(b: &[u8]) -> Option<(Ymd, usize)> {
 /// Append a proleptic year (0 = 1 BC) the ISO-8601 way: `0000` to `9999` as four digits, earlier
 /// years as `-` and at least four digits, later ones as `+` and their digits.
 fn push_year(out: &mut String, year: i64) {
-    let _ = match year {
-        0..=9999 => {
-            push_digits(out, year.unsigned_abs(), 4);
-            Ok(())
+    match year {
+        0..=9999 => push_digits(out, year.unsigned_abs(), 4),
+        10_000.. => {
+            let _ = write!(out, "+{year}");
         }
-        10_000.. => write!(out, "+{year}"),
-        _ => write!(out, "-{:04}", year.unsigned_abs()),
-    };
+        _ => {
+            let _ = write!(out, "-{:04}", year.unsigned_abs());
+        }
+    }
 }
 
-/// Append `v` as exactly `width` decimal digits (zero-padded; higher digits are dropped, so
-/// `v` must fit). Every row of a table with a date or timestamp column comes through here,
-/// and `write!` costs several times as much.
-fn push_digits(out: &mut String, mut v: u64, width: usize) {
+/// Append `v` as exactly `width` (at most 20) decimal digits, zero-padded.
+fn push_digits(out: &mut String, v: u64, width: usize) {
     let mut buf = [b'0'; 20];
-    for slot in buf[..width].iter_mut().rev() {
-        *slot = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
+    crate::event::put_digits(&mut buf[..width], v);
     // Only ASCII digits were written.
     out.push_str(std::str::from_utf8(&buf[..width]).unwrap_or_default());
 }
