@@ -1100,4 +1100,4 @@ fn fill_key(rel: &Relation, have: &[Column], old: &Row) -> Vec<Column> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@ use super::*;
 use crate::event::{Column, Event, Lsn, Op, Row, Timestamp, Value};
 
 /// Byte builders for every message, one function per message of the protocol docs.
-mod fx {
+pub(crate) mod fx {
     pub enum Col<'a> {
         N,
         U,

@@ -348,3 +348,77 @@ fn dropped_batches_come_back_to_be_freed_before_the_next_one() {
     sinks.finish().unwrap();
     assert_eq!(p.borrow().durable, Lsn(210));
 }
+
+/// The input running dry inside a transaction hands nothing on (a batch wakes every sink
+/// thread and fsyncs the JSONL file, and nothing of an open transaction can be acknowledged
+/// anyway): the transaction goes out whole at its COMMIT. Between transactions, a dry input
+/// hands on at once.
+#[test]
+fn running_dry_inside_a_transaction_hands_nothing_on_until_its_commit() {
+    use super::fanout::Fanout;
+    use super::{Frame, StreamSetup};
+    use crate::decode::tests::fx;
+    use crate::decode::{Decoder, TypeRegistry};
+    use crate::pg::stream::ReplMessage;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let p = progress();
+    let setup = StreamSetup {
+        decoder: Decoder::new(TypeRegistry::new()),
+        load_types: None,
+        partitions: None,
+        primary_keys: None,
+        tap: None,
+        filter: Filter::new(None, OpSet::all()),
+        sinks: vec![Box::new(Collect(seen.clone()))],
+        endpos: None,
+        status_interval: Duration::from_secs(10),
+        start: Lsn::ZERO,
+    };
+    let mut fanout = Fanout::new(setup, Arc::clone(&p)).unwrap();
+    // Each frame arrives alone, with nothing queued behind it: the input is dry after each,
+    // and the last hand-off was just now (so only running dry can make one due).
+    let feed = |fanout: &mut Fanout, lsn: u64, data: Vec<u8>| {
+        let frame = Frame::Message(ReplMessage::XLogData {
+            wal_start: Lsn(lsn),
+            wal_end: Lsn(lsn),
+            server_time_us: 0,
+            data: data.into(),
+        });
+        fanout.handle(frame).unwrap();
+        if fanout.due(true, Instant::now()) {
+            fanout.flush().unwrap();
+        }
+    };
+    for (commit, end) in [(300, 310), (400, 410)] {
+        feed(&mut fanout, commit - 50, fx::begin(commit, 0, 7));
+        let columns = [(1, "id", 23, -1)];
+        let rel = fx::relation(None, 16384, "public", "orders", b'd', &columns);
+        feed(&mut fanout, commit - 50, rel);
+        for i in 0..3 {
+            let row = [fx::T(&i.to_string())];
+            feed(&mut fanout, commit - 40 + i, fx::insert(None, 16384, &row));
+            let held = fanout.out.held();
+            // BEGIN waits for the first change; then every change so far is held.
+            assert_eq!(
+                held,
+                2 + i as usize,
+                "events of the open transaction were handed on after INSERT {i}"
+            );
+        }
+        feed(&mut fanout, commit, fx::commit(commit, end, 0));
+        assert_eq!(
+            fanout.out.held(),
+            0,
+            "a committed transaction waits while dry"
+        );
+    }
+    fanout.end(Ok(())).unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.ends,
+        vec![Lsn(310), Lsn(410)],
+        "one batch per transaction, each ending at its COMMIT"
+    );
+    assert_eq!(seen.events.len(), 10, "{:?}", seen.events);
+}
