@@ -616,6 +616,79 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
     cluster.stop().unwrap();
 }
 
+/// What the file made durable is confirmed to the server within moments (a status update when
+/// the durable position moves, at most one per 100 ms), not at the status interval, here a
+/// minute (the server asks for a reply only at `wal_sender_timeout / 2`, 30 s). Then a burst
+/// of 50 transactions, whose reports fall inside that pacing: the last one is confirmed too.
+#[test]
+fn durable_changes_are_confirmed_promptly_not_at_the_status_interval() {
+    let cluster = support::cluster();
+    let table = support::unique_name("prompt");
+    let slot = support::unique_name("prompt");
+    sql(&format!("CREATE TABLE {table} (id int PRIMARY KEY);"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("prompt.log");
+    let out = dir.path().join("prompt.jsonl");
+    let dsn = dsn();
+    let mut child = spawn_logged(
+        &[
+            "--dsn",
+            &dsn,
+            "--slot",
+            &slot,
+            "--tables",
+            &table,
+            "--output",
+            out.to_str().unwrap(),
+            "--status-interval",
+            "60",
+        ],
+        &log,
+    );
+    wait_active(cluster, &slot);
+    // The commit record's position of the last transaction in the file, once it holds `rows`
+    // rows: what is confirmed once that transaction is durable is its end, past it.
+    let last_commit = |rows: usize| -> walwatch::Lsn {
+        wait_until(
+            &format!("{rows} rows in {}", out.display()),
+            Duration::from_secs(30),
+            || {
+                let events = read_events(&out);
+                let inserts = events.iter().filter(|e| e["op"] == "INSERT").count();
+                let commit = events.iter().rev().find(|e| e["op"] == "COMMIT")?;
+                (inserts == rows).then(|| commit["commit_lsn"].as_str().unwrap().parse().unwrap())
+            },
+        )
+    };
+    let confirmed_past = |commit: walwatch::Lsn, what: &str| {
+        let started = Instant::now();
+        let mut seen = slot_confirmed(&slot);
+        while seen <= commit {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{what}: the slot's confirmed position is {seen}, still not past the commit at \
+                 {commit} 5 s after the file held it; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            seen = slot_confirmed(&slot);
+        }
+        started.elapsed()
+    };
+    sql(&format!("INSERT INTO {table} VALUES (0);"));
+    let first = confirmed_past(last_commit(1), "one change");
+    let burst: String = (1..=50)
+        .map(|i| format!("INSERT INTO {table} VALUES ({i});"))
+        .collect();
+    sql(&burst);
+    let last = confirmed_past(last_commit(51), "the last of a burst");
+    eprintln!("confirmed {first:?} and {last:?} after the file held the change");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(30), &log), 0);
+    drop_slot(&slot);
+}
+
 /// Writes to tables walwatch does not watch, and to another database, must not pin WAL: the
 /// keepalive's position is confirmed while nothing is pending.
 #[test]
