@@ -52,6 +52,33 @@ fn wait_exit(child: &mut Child, within: Duration, log: &Path) -> i32 {
     }
 }
 
+/// walwatch streaming `table` from permanent slot `slot` into a JSONL file, with `extra`
+/// arguments; its stderr goes to a log. Returns the run, the file, the log, and the directory
+/// holding both (removed when dropped).
+fn spawn_into_file(
+    table: &str,
+    slot: &str,
+    extra: &[&str],
+) -> (Proc, PathBuf, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join(format!("{slot}.log"));
+    let out = dir.path().join(format!("{slot}.jsonl"));
+    let dsn = dsn();
+    let args = [
+        "--dsn",
+        &dsn,
+        "--slot",
+        slot,
+        "--tables",
+        table,
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let child = spawn_logged(&[&args[..], extra].concat(), &log);
+    wait_active(support::cluster(), slot);
+    (child, out, log, dir)
+}
+
 /// The events of a JSONL file (whole lines only; each validated against the schema).
 fn read_events(path: &Path) -> Vec<Value> {
     let bytes = std::fs::read(path).unwrap_or_default();
@@ -622,30 +649,10 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
 /// of 50 transactions, whose reports fall inside that pacing: the last one is confirmed too.
 #[test]
 fn durable_changes_are_confirmed_promptly_not_at_the_status_interval() {
-    let cluster = support::cluster();
     let table = support::unique_name("prompt");
     let slot = support::unique_name("prompt");
     sql(&format!("CREATE TABLE {table} (id int PRIMARY KEY);"));
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("prompt.log");
-    let out = dir.path().join("prompt.jsonl");
-    let dsn = dsn();
-    let mut child = spawn_logged(
-        &[
-            "--dsn",
-            &dsn,
-            "--slot",
-            &slot,
-            "--tables",
-            &table,
-            "--output",
-            out.to_str().unwrap(),
-            "--status-interval",
-            "60",
-        ],
-        &log,
-    );
-    wait_active(cluster, &slot);
+    let (mut child, out, log, _dir) = spawn_into_file(&table, &slot, &["--status-interval", "60"]);
     // The commit record's position of the last transaction in the file, once it holds `rows`
     // rows: what is confirmed once that transaction is durable is its end, past it.
     let last_commit = |rows: usize| -> walwatch::Lsn {
@@ -706,26 +713,8 @@ fn an_idle_slot_does_not_hold_back_wal() {
     cluster
         .psql(&other_db, "CREATE TABLE busy (id bigint, pad text);")
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("idle.log");
-    let out = dir.path().join("idle.jsonl");
-    let dsn = dsn();
-    let mut child = spawn_logged(
-        &[
-            "--dsn",
-            &dsn,
-            "--slot",
-            &slot,
-            "--tables",
-            &watched,
-            "--output",
-            out.to_str().unwrap(),
-            "--status-interval",
-            "0.5",
-        ],
-        &log,
-    );
-    wait_active(cluster, &slot);
+    let (mut child, out, log, _dir) =
+        spawn_into_file(&watched, &slot, &["--status-interval", "0.5"]);
     sql(&format!("INSERT INTO {watched} VALUES (1);"));
     // Ten minutes of a busy neighbour (a 1,000-row transaction a second), compressed.
     let start_lsn = cluster
@@ -1151,23 +1140,7 @@ fn a_slot_moved_while_reconnecting_is_a_named_error() {
     let t = support::unique_name("moved");
     let slot = support::unique_name("mslot");
     sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("moved.log");
-    let dsn = dsn();
-    let mut child = spawn_logged(
-        &[
-            "--dsn",
-            &dsn,
-            "--slot",
-            &slot,
-            "--tables",
-            &t,
-            "--output",
-            dir.path().join("m.jsonl").to_str().unwrap(),
-        ],
-        &log,
-    );
-    wait_active(cluster, &slot);
+    let (mut child, _out, log, _dir) = spawn_into_file(&t, &slot, &[]);
     // Terminate the walsender, write, and advance the slot as soon as it is free: walwatch's
     // first reconnect attempt comes at least 100 ms later.
     cluster
