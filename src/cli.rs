@@ -608,7 +608,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "LSN|now")]
     pub endpos: Option<String>,
 
-    /// Seconds between standby status updates to the server.
+    /// Seconds between standby status updates to the server when nothing else sends one
+    /// (what the sinks make durable is confirmed as it happens, at most every 100 ms).
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub status_interval: f64,
 
