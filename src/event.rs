@@ -151,22 +151,19 @@ impl Timestamp {
             return None;
         }
         let sod = secs.rem_euclid(86_400) as u32;
-        fn put(buf: &mut [u8], v: u32, width: usize) {
-            put_digits(&mut buf[..width], u64::from(v));
-        }
-        put(&mut buf[0..4], y as u32, 4);
+        put_digits(&mut buf[0..4], y.unsigned_abs());
         buf[4] = b'-';
-        put(&mut buf[5..7], m, 2);
+        put_digits(&mut buf[5..7], u64::from(m));
         buf[7] = b'-';
-        put(&mut buf[8..10], d, 2);
+        put_digits(&mut buf[8..10], u64::from(d));
         buf[10] = b'T';
-        put(&mut buf[11..13], sod / 3600, 2);
+        put_digits(&mut buf[11..13], u64::from(sod / 3600));
         buf[13] = b':';
-        put(&mut buf[14..16], (sod / 60) % 60, 2);
+        put_digits(&mut buf[14..16], u64::from((sod / 60) % 60));
         buf[16] = b':';
-        put(&mut buf[17..19], sod % 60, 2);
+        put_digits(&mut buf[17..19], u64::from(sod % 60));
         buf[19] = b'.';
-        put(&mut buf[20..26], micros, 6);
+        put_digits(&mut buf[20..26], u64::from(micros));
         buf[26] = b'Z';
         std::str::from_utf8(&buf[..]).ok()
     }

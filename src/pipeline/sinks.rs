@@ -168,9 +168,7 @@ impl SinkSet {
 
     /// Frees the events the sinks are done with.
     fn free_recycled(&self) {
-        while let Ok(events) = self.recycled.try_recv() {
-            drop(events);
-        }
+        self.recycled.try_iter().for_each(drop);
     }
 
     /// Batches whose events came back and are not freed yet.
