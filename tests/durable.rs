@@ -489,6 +489,43 @@ fn seen_and_log(out: &std::path::Path, log: &std::path::Path) -> String {
     )
 }
 
+/// Inserts ten rows of `rc` at a time until `stop`, reconnecting and retrying through faults;
+/// returns the next id it would have written (every id below it is in the table).
+fn spawn_retrying_writer(
+    dsn: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<i64> {
+    std::thread::spawn(move || {
+        tokio_rt().block_on(async move {
+            let mut next = 1i64;
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                        .await
+                        .ok()
+                        .map(|(c, conn)| {
+                            tokio::spawn(conn);
+                            c
+                        });
+                }
+                let Some(c) = &client else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let sql =
+                    format!("INSERT INTO rc SELECT g, g FROM generate_series({next}, {}) g ON CONFLICT DO NOTHING", next + 9);
+                if c.batch_execute(&sql).await.is_ok() {
+                    next += 10;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            next
+        })
+    })
+}
+
 /// A live run survives the walsender being terminated and the server stopping as in a crash:
 /// it reconnects (one log line per attempt) and the file holds every row exactly once.
 #[test]
@@ -526,38 +563,7 @@ fn serial_reconnects_after_terminate_backend_and_a_server_crash() {
     // A writer that keeps inserting through both faults; a statement that fails while the
     // server is down is retried, so the table is the ground truth.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (dsn, stop) = (dsn.clone(), stop.clone());
-        std::thread::spawn(move || {
-            tokio_rt().block_on(async move {
-                let mut next = 1i64;
-                let mut client: Option<tokio_postgres::Client> = None;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                            .await
-                            .ok()
-                            .map(|(c, conn)| {
-                                tokio::spawn(conn);
-                                c
-                            });
-                    }
-                    let Some(c) = &client else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    let sql =
-                        format!("INSERT INTO rc SELECT g, g FROM generate_series({next}, {}) g ON CONFLICT DO NOTHING", next + 9);
-                    if c.batch_execute(&sql).await.is_ok() {
-                        next += 10;
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                next
-            })
-        })
-    };
+    let writer = spawn_retrying_writer(dsn.clone(), stop.clone());
     let lines = |n: usize| read_events(&out).len() >= n;
     wait_until("rows in the file", Duration::from_secs(30), || {
         lines(200).then_some(())
