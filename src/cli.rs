@@ -402,6 +402,13 @@ pub enum SlotsAction {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotArg {
+    Never,
+    Initial,
+    Only,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PartitionsArg {
     Root,
     Leaf,
@@ -673,6 +680,17 @@ pub struct WatchArgs {
     #[arg(long, value_name = "FILE")]
     pub raw: Option<PathBuf>,
 
+    /// Read the watched tables' existing rows first, as READ events: `initial` then streams
+    /// the changes after them, `only` then exits 0, `never` shows changes only. The rows are
+    /// read in the snapshot the slot exports when this run creates it (a temporary slot, or a
+    /// --slot that does not exist yet), so rows and changes meet with no gap and no overlap.
+    #[arg(long, value_enum, default_value = "never")]
+    pub snapshot: SnapshotArg,
+
+    /// With --snapshot: rows fetched from the server at a time.
+    #[arg(long, value_name = "ROWS", default_value = "10000")]
+    pub snapshot_chunk: usize,
+
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -749,6 +767,23 @@ impl WatchArgs {
                 raw.display()
             )));
         }
+        let snapshot = match self.snapshot {
+            SnapshotArg::Never => config::SnapshotMode::Never,
+            SnapshotArg::Initial => config::SnapshotMode::Initial,
+            SnapshotArg::Only => config::SnapshotMode::Only,
+        };
+        if snapshot != config::SnapshotMode::Never && self.raw.is_some() {
+            return Err(Error::Config(
+                "--raw records the replication stream only, not a snapshot's rows: take the \
+                 snapshot in a run without --raw"
+                    .into(),
+            ));
+        }
+        if self.snapshot_chunk == 0 {
+            return Err(Error::Config(
+                "--snapshot-chunk must be at least 1 row".into(),
+            ));
+        }
         if !(self.status_interval > 0.0 && self.status_interval <= 3600.0) {
             return Err(Error::Config(
                 "--status-interval must be between 0 and 3600 seconds".into(),
@@ -790,6 +825,8 @@ impl WatchArgs {
             warn_retained_wal: config::parse_size("--warn-retained-wal", &self.warn_retained_wal)?,
             kafka_props: config::parse_kafka_props(&self.out.kafka_property)?,
             raw: self.raw.clone(),
+            snapshot,
+            snapshot_chunk: self.snapshot_chunk,
         })
     }
 

@@ -141,6 +141,10 @@ pub struct Config {
     pub kafka_props: Vec<(String, String)>,
     /// `--raw FILE`: also write the raw replication stream there, for `walwatch replay`.
     pub raw: Option<PathBuf>,
+    /// `--snapshot`: read the watched tables' rows first.
+    pub snapshot: SnapshotMode,
+    /// `--snapshot-chunk`: rows per fetch while reading them.
+    pub snapshot_chunk: usize,
 }
 
 /// Default for [`Config::spill_threshold`]: 64 MiB.
@@ -173,6 +177,8 @@ impl Config {
             warn_retained_wal: DEFAULT_WARN_RETAINED_WAL,
             kafka_props: Vec::new(),
             raw: None,
+            snapshot: SnapshotMode::Never,
+            snapshot_chunk: DEFAULT_SNAPSHOT_CHUNK,
         }
     }
 }
@@ -252,6 +258,21 @@ pub fn validate_slot_name(name: &str) -> Result<()> {
         )))
     }
 }
+
+/// `--snapshot`: whether the watched tables' existing rows are read first, as READ events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Changes only (the default).
+    #[default]
+    Never,
+    /// The rows, then the changes after them.
+    Initial,
+    /// The rows, then the run ends.
+    Only,
+}
+
+/// Default for [`Config::snapshot_chunk`].
+pub const DEFAULT_SNAPSHOT_CHUNK: usize = 10_000;
 
 /// How a partitioned table's changes are reported (the publications'
 /// `publish_via_partition_root`).
@@ -354,6 +375,12 @@ mod tests {
         assert!(!ops.contains(Op::Update));
         assert_eq!(parse_ops(&[]).unwrap(), OpSet::all());
         assert!(parse_ops(&["upsert".into()]).is_err());
+        let read = parse_ops(&["read".into()]).unwrap();
+        assert!(read.contains(Op::Read) && !read.contains(Op::Insert));
+        assert!(
+            OpSet::all().contains(Op::Read),
+            "snapshot rows pass by default"
+        );
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub enum Error {
     #[error("{0}")]
     SlotLost(String),
 
+    /// A table could not be read for `--snapshot` (no SELECT privilege, dropped meanwhile), or
+    /// the snapshot cannot be taken as asked. The message names the table and what to do.
+    #[error("{0}")]
+    Snapshot(String),
+
     /// A table named on the command line does not exist.
     #[error("{0}")]
     NoSuchTable(String),

@@ -217,6 +217,9 @@ pub enum Op {
     Truncate,
     Message,
     Commit,
+    /// A row of a table as it was when a snapshot read it (`--snapshot`): not a change, the
+    /// state the changes after it apply to. Debezium's `r`.
+    Read,
     /// Not a WAL event: a `walwatch proxy` action (`Event::proxy`). Never decoded from the
     /// stream and never given to a sink; assertions see it beside the WAL's events.
     Proxy,
@@ -233,13 +236,18 @@ impl Op {
             Op::Truncate => "TRUNCATE",
             Op::Message => "MESSAGE",
             Op::Commit => "COMMIT",
+            Op::Read => "READ",
             Op::Proxy => "PROXY",
         }
     }
 
-    /// Whether this op is a row change (INSERT, UPDATE, DELETE, TRUNCATE).
+    /// Whether this op is about rows of a table: a change (INSERT, UPDATE, DELETE, TRUNCATE)
+    /// or a row a snapshot read (READ).
     pub fn is_change(self) -> bool {
-        matches!(self, Op::Insert | Op::Update | Op::Delete | Op::Truncate)
+        matches!(
+            self,
+            Op::Insert | Op::Update | Op::Delete | Op::Truncate | Op::Read
+        )
     }
 }
 
@@ -252,7 +260,7 @@ impl fmt::Display for Op {
 /// The error for a string that names no [`Op`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{0}` is not an operation: expected one of insert, update, delete, truncate, message, begin, commit"
+    "`{0}` is not an operation: expected one of insert, update, delete, truncate, message, begin, commit, read"
 )]
 pub struct OpParseError(pub String);
 
@@ -267,6 +275,7 @@ impl FromStr for Op {
             "TRUNCATE" => Op::Truncate,
             "MESSAGE" => Op::Message,
             "COMMIT" => Op::Commit,
+            "READ" => Op::Read,
             _ => return Err(OpParseError(s.to_string())),
         })
     }

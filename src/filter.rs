@@ -16,9 +16,9 @@ use crate::marker;
 
 /// The set of operations to emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpSet(u8);
+pub struct OpSet(u16);
 
-fn bit(op: Op) -> u8 {
+fn bit(op: Op) -> u16 {
     1 << match op {
         Op::Begin => 0,
         Op::Insert => 1,
@@ -28,6 +28,7 @@ fn bit(op: Op) -> u8 {
         Op::Message => 5,
         Op::Commit => 6,
         Op::Proxy => 7,
+        Op::Read => 8,
     }
 }
 
@@ -36,7 +37,7 @@ impl OpSet {
         OpSet(0)
     }
     pub fn all() -> OpSet {
-        OpSet(0x7f)
+        OpSet(0x7f | bit(Op::Read))
     }
     pub fn insert(&mut self, op: Op) {
         self.0 |= bit(op);

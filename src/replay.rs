@@ -73,6 +73,7 @@ pub fn run(config: &ReplayConfig) -> Result<StreamOutcome> {
         endpos,
         status_interval: Duration::from_secs(10),
         start,
+        snapshot: None,
     };
     tracing::info!(
         "replaying {} (slot {}, PostgreSQL {}, pgoutput protocol {}, {} frames)",

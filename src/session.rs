@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::config::{Config, EndPos, SinkSpec, SlotMode};
+use crate::config::{Config, EndPos, SinkSpec, SlotMode, SnapshotMode};
 use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
 use crate::event::Lsn;
@@ -19,6 +19,7 @@ use crate::pg::catalog::{self, ServerInfo};
 use crate::pg::conn::ReplConn;
 use crate::pg::publication::{self, Publications};
 use crate::pg::slot;
+use crate::pg::snapshot::{self, SnapshotReader};
 use crate::pg::stream::ReplStream;
 use crate::pipeline::{self, Reopen, Retry, StopReason, StreamSetup};
 use crate::recording::{self, Recorder};
@@ -386,8 +387,28 @@ async fn stream_with_publication(
     let Extras { started, recorder } = extras;
     let (types, remembered) = start_types(&config, meta, publications).await?;
     let server_version = repl.server_version_num();
-    let (slot_name, start, created) =
-        open_slot(&config, &mut repl, meta, info, slot_name, held_by(&sinks)).await?;
+    let OpenSlot {
+        name: slot_name,
+        start,
+        created,
+        snapshot,
+    } = open_slot(&config, &mut repl, meta, info, slot_name, held_by(&sinks)).await?;
+    // The exported snapshot must be imported before the replication connection's next
+    // command (START_REPLICATION below).
+    let feed = match &snapshot {
+        Some(name) => Some(
+            snapshot_feed(
+                &config,
+                name,
+                start,
+                &types,
+                publications,
+                tables.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let endpos = match config.endpos {
         None => None,
         Some(EndPos::At(lsn)) => Some(lsn),
@@ -437,7 +458,8 @@ async fn stream_with_publication(
         config.warn_retained_wal,
     ));
     let slot = plan.slot.clone();
-    let setup = plan.setup(&config, publications, sinks, recorder);
+    let mut setup = plan.setup(&config, publications, sinks, recorder);
+    setup.snapshot = feed;
     let outcome = pipeline::run_stream(stream, setup, retry, shutdown).await;
     monitor.abort();
     let outcome = outcome?;
@@ -494,9 +516,21 @@ async fn start_types(
     Ok((types, remembered))
 }
 
+/// The slot opened for a run.
+struct OpenSlot {
+    name: String,
+    /// Where the stream starts: the slot's confirmed position, or its consistent point.
+    start: Lsn,
+    /// Whether this run created it.
+    created: bool,
+    /// The snapshot it exported at creation (`--snapshot`), until the next replication command.
+    snapshot: Option<String>,
+}
+
 /// The slot to stream from, where to start, and whether this run created it: a temporary slot
 /// is created; a permanent one is resumed where it was confirmed (after checking it and what
-/// the resumed sinks hold, `held`), or created.
+/// the resumed sinks hold, `held`), or created. With `--snapshot`, a slot this run creates
+/// exports its snapshot.
 async fn open_slot(
     config: &Config,
     repl: &mut ReplConn,
@@ -504,30 +538,56 @@ async fn open_slot(
     info: &ServerInfo,
     slot_name: String,
     held: Vec<(String, Lsn)>,
-) -> Result<(String, Lsn, bool)> {
+) -> Result<OpenSlot> {
     let server_version = repl.server_version_num();
+    let export = config.snapshot != SnapshotMode::Never;
     let name = match &config.slot {
         SlotMode::Temporary => {
-            let point = create_slot_noisily(repl, meta, &slot_name, true, server_version).await?;
-            return Ok((slot_name, point, true));
+            let made =
+                create_slot_noisily(repl, meta, &slot_name, true, server_version, export).await?;
+            return Ok(OpenSlot {
+                name: slot_name,
+                start: made.point,
+                created: true,
+                snapshot: made.snapshot,
+            });
         }
         SlotMode::Permanent(name) => name,
     };
     match slot_when_free(meta, name).await? {
         Some(existing) => {
             check_existing_slot(name, &existing, info)?;
+            if export {
+                return Err(Error::Snapshot(format!(
+                    "--snapshot: slot {name} already exists, and the snapshot of the rows \
+                     that meets its changes exactly was only available when it was created. \
+                     To stream its changes, run without --snapshot; to take a snapshot, drop \
+                     the slot (walwatch slots drop {name}) and start again with a new output, \
+                     or use a new --slot"
+                )));
+            }
             // Resume where the slot was confirmed (0/0 says the same). Never from
             // IDENTIFY_SYSTEM's position, which would skip whatever the slot still holds.
             let from = existing.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
             check_held(held, name, meta, true).await?;
             tracing::info!("resuming slot {name} from {from}");
-            Ok((name.clone(), from, false))
+            Ok(OpenSlot {
+                name: name.clone(),
+                start: from,
+                created: false,
+                snapshot: None,
+            })
         }
         None => {
             check_held(held, name, meta, false).await?;
             tracing::info!("creating replication slot {name}");
-            let point = create_slot_noisily(repl, meta, name, false, server_version).await?;
-            Ok((name.clone(), point, true))
+            let made = create_slot_noisily(repl, meta, name, false, server_version, export).await?;
+            Ok(OpenSlot {
+                name: name.clone(),
+                start: made.point,
+                created: true,
+                snapshot: made.snapshot,
+            })
         }
     }
 }
@@ -636,8 +696,52 @@ impl Plan {
             endpos: self.endpos,
             status_interval: config.status_interval,
             start: self.start,
+            snapshot: None,
         }
     }
+}
+
+/// Opens the reader of the slot's exported snapshot `name` and lists what it reads: the
+/// relations the publications publish, among the watched tables.
+async fn snapshot_feed(
+    config: &Config,
+    name: &str,
+    at: Lsn,
+    types: &TypeRegistry,
+    publications: &Publications,
+    watched: Option<&[(String, String)]>,
+) -> Result<pipeline::SnapshotFeed> {
+    let client = connect_meta(config).await?;
+    let reader = SnapshotReader::open(client, Some(name), at).await?;
+    // walwatch's own publications hold exactly the watched tables; a given one may hold more.
+    let given = config.publication.is_some();
+    let tables = snapshot::plan(
+        reader.client(),
+        &publications.names,
+        reader.server_version(),
+        types,
+        |s, t| !given || watched.is_none_or(|w| w.iter().any(|(ws, wt)| ws == s && wt == t)),
+    )
+    .await?;
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "{}.{} (~{} rows)",
+                t.relation.namespace,
+                t.relation.name,
+                t.estimate.max(0)
+            )
+        })
+        .collect();
+    tracing::info!("snapshot at {at} of {}", names.join(", "));
+    Ok(pipeline::SnapshotFeed {
+        reader,
+        tables,
+        types: types.clone(),
+        chunk: config.snapshot_chunk,
+        only: config.snapshot == SnapshotMode::Only,
+    })
 }
 
 /// Reloads the type registry for types created after start-up. On a permanent slot, new
@@ -856,8 +960,9 @@ async fn create_slot_noisily(
     name: &str,
     temporary: bool,
     server_version: u32,
-) -> Result<Lsn> {
-    let create = slot::create_slot(repl, name, temporary, server_version);
+    export: bool,
+) -> Result<slot::Created> {
+    let create = slot::create_slot(repl, name, temporary, server_version, export);
     tokio::pin!(create);
     tokio::select! {
         res = &mut create => return res,

@@ -535,6 +535,74 @@ fn a_schema_change_mid_stream_splits_the_files() {
     );
 }
 
+/// `--snapshot only` on a new slot writes READ rows typed as the stream's changes: the file of
+/// the rows and the file of the changes streamed after them have the same schema (the
+/// snapshot describes each table as its Relation message does), and `_op` says READ.
+#[test]
+fn snapshot_rows_have_the_stream_schema_and_op_read() {
+    let table = unique_name("arrow_snap");
+    let slot = unique_name("arrow_snap");
+    sql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, a text, b numeric(5,1), t timestamptz);
+         INSERT INTO {table} VALUES (1, 'one', 1.5, '2026-01-01 00:00:00+00'),
+           (2, NULL, NULL, NULL), (3, 'three', -3.0, '2026-03-03 03:03:03.5+00');"
+    ));
+    let rows_dir = tempfile::tempdir().unwrap();
+    let sink = format!("arrow:{}", rows_dir.path().display());
+    run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &table,
+            "--snapshot",
+            "only",
+            "--sink",
+            &sink,
+        ],
+        0,
+    );
+    sql(&format!(
+        "INSERT INTO {table} VALUES (4, 'four', 4.5, now());"
+    ));
+    let changes_dir = tempfile::tempdir().unwrap();
+    drain_to(&slot, &table, changes_dir.path(), "");
+    drop_slot(&slot);
+    let read = &read_ipc(&files_of(rows_dir.path(), &format!("public.{table}"))[0])[0];
+    let changed = &read_ipc(&files_of(changes_dir.path(), &format!("public.{table}"))[0])[0];
+    assert_eq!(
+        read.schema().fields(),
+        changed.schema().fields(),
+        "the snapshot's rows and the stream's changes have one schema"
+    );
+    let op_names = |b: &RecordBatch| -> Vec<String> {
+        let ops = b.column_by_name("_op").unwrap();
+        let ops = ops.as_dictionary::<Int8Type>();
+        (0..b.num_rows())
+            .map(|i| {
+                let k = ops.keys().value(i) as usize;
+                ops.values().as_string::<i32>().value(k).to_string()
+            })
+            .collect()
+    };
+    assert_eq!(op_names(read), ["READ", "READ", "READ"]);
+    let rows: Vec<String> = (0..read.num_rows())
+        .map(|i| {
+            (0..4)
+                .map(|c| render(read.column(c), i))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[0].starts_with("1 one 1.5"), "{rows:?}");
+    assert!(rows[1].starts_with("2 NULL NULL NULL"), "{rows:?}");
+    assert!(rows[2].starts_with("3 three -3.0"), "{rows:?}");
+    assert_eq!(op_names(changed), ["INSERT"]);
+}
+
 #[test]
 fn serial_kill_9_mid_batch_then_restart_loses_nothing() {
     let table = unique_name("arrow_kill");

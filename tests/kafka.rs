@@ -429,6 +429,52 @@ fn the_debezium_envelope_validates_and_tombstones_follow_deletes() {
     drop_slot(&slot);
 }
 
+/// `--snapshot only` into Kafka: each row is a Debezium `r` message with `source.snapshot`
+/// "true" and no before, keyed by the primary key, valid against the envelope's schema.
+#[test]
+fn snapshot_rows_reach_kafka_as_read_messages_keyed_by_the_primary_key() {
+    let broker = Tansu::start();
+    let t = support::unique_name("ksnap");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, v text);
+         INSERT INTO {t} SELECT g, 'v' || g FROM generate_series(1, 250) g;"
+    ));
+    let sink = format!(
+        "kafka://{}?topic=snap.{{table}}&envelope=debezium&name=shop",
+        broker.addr
+    );
+    run_ok(&[
+        "--dsn",
+        &dsn(),
+        "--tables",
+        &t,
+        "--snapshot",
+        "only",
+        "--sink",
+        &sink,
+    ]);
+    let topic = format!("snap.{t}");
+    let msgs = consume(&broker.addr, &[&topic], 250, Duration::from_secs(60));
+    assert_eq!(msgs.len(), 250, "one message per row");
+    let validator = debezium_validator();
+    let mut ids: Vec<i64> = Vec::new();
+    for m in &msgs {
+        let v = m.value.as_ref().expect("a value");
+        let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{v}");
+        assert_eq!(v["op"], "r", "{v}");
+        assert_eq!(v["source"]["snapshot"], "true", "{v}");
+        assert_eq!(v["before"], Value::Null, "{v}");
+        let id = v["after"]["id"].as_i64().unwrap();
+        assert_eq!(v["after"]["v"], format!("v{id}"));
+        assert_eq!(m.key, Some(serde_json::json!({ "id": id })), "{m:?}");
+        ids.push(id);
+    }
+    ids.sort();
+    assert_eq!(ids, (1..=250).collect::<Vec<i64>>());
+    sql(&format!("DROP TABLE {t};"));
+}
+
 /// `kill -9` of walwatch mid-stream, restarted on the same slot, three times: every change is
 /// in Kafka at least once.
 #[test]

@@ -38,7 +38,7 @@ if [ "${CI:-}" = "true" ]; then profile=ci; fi
 # kafka: what it adds to capture is the broker side (its server side is capture's, and its
 # primary-key lookup is tests/catalog.rs's).
 MATRIX_BINARIES=(arrow capture catalog cli demo durable harness_cli harness_isolation insert_rejected large_txn pg_conn privilege
-  proxy proxy_tls real_world scratch tls types watch)
+  proxy proxy_tls real_world scratch snapshot tls types watch)
 # Those that need a server built with SSL: run only where it has it.
 SSL_BINARIES=(tls proxy_tls)
 

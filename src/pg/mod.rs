@@ -7,5 +7,6 @@ pub mod params;
 pub mod publication;
 pub mod quote;
 pub mod slot;
+pub mod snapshot;
 pub mod stream;
 pub(crate) mod tls;

@@ -37,7 +37,15 @@ pub fn start_options(server_version_num: u32, publications: &[String]) -> Vec<(S
     opts
 }
 
-/// Creates a logical slot for pgoutput and returns its consistent point.
+/// A slot just created: its consistent point, and the name of the snapshot it exported when
+/// asked to (valid until the replication connection runs its next command).
+pub struct Created {
+    pub point: Lsn,
+    pub snapshot: Option<String>,
+}
+
+/// Creates a logical slot for pgoutput and returns its consistent point, and with `export`
+/// the snapshot it exports: the database as of that point, for `--snapshot` to read.
 ///
 /// The server waits here until every transaction that has already written finishes (it needs
 /// a consistent snapshot point); the caller warns about that wait.
@@ -46,14 +54,17 @@ pub async fn create_slot(
     name: &str,
     temporary: bool,
     server_version_num: u32,
-) -> Result<Lsn> {
+    export: bool,
+) -> Result<Created> {
     let temp = if temporary { " TEMPORARY" } else { "" };
     // PostgreSQL 15 introduced the parenthesised option list; older servers take the bare
-    // NOEXPORT_SNAPSHOT keyword (docs, 55.4 "Streaming Replication Protocol").
-    let snapshot = if server_version_num >= 150_000 {
-        format!("(SNAPSHOT {})", quote_literal("nothing"))
-    } else {
-        "NOEXPORT_SNAPSHOT".to_string()
+    // EXPORT_SNAPSHOT / NOEXPORT_SNAPSHOT keywords (docs, 55.4 "Streaming Replication
+    // Protocol").
+    let snapshot = match (server_version_num >= 150_000, export) {
+        (true, true) => format!("(SNAPSHOT {})", quote_literal("export")),
+        (true, false) => format!("(SNAPSHOT {})", quote_literal("nothing")),
+        (false, true) => "EXPORT_SNAPSHOT".to_string(),
+        (false, false) => "NOEXPORT_SNAPSHOT".to_string(),
     };
     let sql = format!(
         "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput {snapshot}",
@@ -68,9 +79,20 @@ pub async fn create_slot(
         .ok_or_else(|| {
             Error::Setup("CREATE_REPLICATION_SLOT returned no consistent point".to_string())
         })?;
-    point
+    let point = point
         .parse()
-        .map_err(|e| Error::Setup(format!("CREATE_REPLICATION_SLOT returned a bad LSN: {e}")))
+        .map_err(|e| Error::Setup(format!("CREATE_REPLICATION_SLOT returned a bad LSN: {e}")))?;
+    let snapshot = rows
+        .first()
+        .and_then(|r| r.get(2))
+        .and_then(|v| v.clone())
+        .filter(|_| export);
+    if export && snapshot.is_none() {
+        return Err(Error::Setup(
+            "CREATE_REPLICATION_SLOT exported no snapshot".to_string(),
+        ));
+    }
+    Ok(Created { point, snapshot })
 }
 
 /// A fresh name for a temporary slot or publication: `walwatch_<pid>_<nanos>`, unique on this

@@ -201,6 +201,14 @@ impl Fanout {
                 self.decoder.reset();
                 self.out.restart()?;
             }
+            Frame::Rows(events) => {
+                for ev in events {
+                    self.out.emit(ev);
+                }
+                if let Some(e) = self.out.error.take() {
+                    return Err(e);
+                }
+            }
             Frame::Message(ReplMessage::Keepalive { wal_end, .. }) => {
                 // Idle (no transaction open or buffered): everything the server decoded up to
                 // wal_end has been received, so once every sink has acknowledged what came
@@ -344,6 +352,12 @@ impl Output {
                 self.candidate = self.candidate.max(end);
                 if self.endpos.is_some_and(|e| end >= e) {
                     self.done = true;
+                }
+            }
+            Op::Read => {
+                // A snapshot's row: in no transaction, so no BEGIN goes before it.
+                if self.accepts(&ev) {
+                    self.write(ev);
                 }
             }
             _ if marker::is_marker(&ev) => {

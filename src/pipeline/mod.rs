@@ -48,6 +48,9 @@ pub enum Frame {
     /// A new connection follows: forget the old one's partial state and skip what the server
     /// replays of what was already written.
     Reset,
+    /// Rows a snapshot read (`--snapshot`), as READ events: before the stream's first frame,
+    /// they go through the same lookups, filter and batches as decoded changes.
+    Rows(Vec<crate::event::Event>),
 }
 
 /// Frames crossing from the socket to the decode thread together, with the bytes they hold in
@@ -92,6 +95,19 @@ pub enum StopReason {
     OutputClosed,
     /// A replayed recording ended (`walwatch replay`).
     RecordingEnded,
+    /// `--snapshot only`: the snapshot's rows were handed on.
+    SnapshotTaken,
+}
+
+/// A snapshot to read before the stream (`--snapshot`), in the slot's exported snapshot.
+pub struct SnapshotFeed {
+    pub reader: crate::pg::snapshot::SnapshotReader,
+    pub tables: Vec<crate::pg::snapshot::SnapshotTable>,
+    pub types: TypeRegistry,
+    /// Rows per FETCH.
+    pub chunk: usize,
+    /// `--snapshot only`: the run ends once the rows are handed on.
+    pub only: bool,
 }
 
 /// What a finished stream reports.
@@ -131,6 +147,8 @@ pub struct StreamSetup {
     /// Where the stream starts (the slot's confirmed position or its creation point): durable
     /// from the outset, and what a reconnect before any progress resumes from.
     pub start: Lsn,
+    /// Rows to hand on before the stream's first frame.
+    pub snapshot: Option<SnapshotFeed>,
 }
 
 /// Runs the stream until the end position, shutdown, server close, or an error; with `retry`,
@@ -138,7 +156,7 @@ pub struct StreamSetup {
 /// and ends the copy before returning.
 pub async fn run_stream(
     stream: ReplStream,
-    setup: StreamSetup,
+    mut setup: StreamSetup,
     mut retry: Option<Retry>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<StreamOutcome> {
@@ -147,11 +165,21 @@ pub async fn run_stream(
         durable: setup.start,
         ..Progress::default()
     }));
+    let feed = setup.snapshot.take();
     let mut pump = Pump::new(&setup, tx, progress.subscribe());
     let worker = fanout::spawn(setup, rx, progress)?;
 
     tokio::pin!(shutdown);
     let mut stream = Some(stream);
+    if let Some(feed) = feed
+        && let Some(s) = stream.as_mut()
+    {
+        match pump.snapshot(s, feed, &mut shutdown).await {
+            Ok(None) => {}
+            Ok(Some(reason)) => return conclude(pump, worker, stream, Ok(reason)).await,
+            Err(e) => return conclude(pump, worker, stream, Err(e)).await,
+        }
+    }
     let ended: Result<StopReason> = loop {
         let Some(current) = stream.as_mut() else {
             break Err(Error::StreamEnded);

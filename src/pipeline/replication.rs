@@ -18,7 +18,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::feedback::Feedback;
-use super::{Frame, Frames, Progress, StopReason, StreamSetup};
+use super::{Frame, Frames, Progress, SnapshotFeed, StopReason, StreamSetup};
 use crate::error::Result;
 use crate::event::Lsn;
 use crate::pg::error::PgError;
@@ -245,6 +245,64 @@ impl Pump {
             Err(_) => self.tx = None, // the thread stopped; its result says why
         }
         Ok(false)
+    }
+
+    /// Hands the snapshot's rows to the decode thread, table after table, chunk after chunk,
+    /// before the stream's first frame is read: the server's frames wait in the socket (the
+    /// walsender blocks on a full socket, and reads our status updates meanwhile). `Some` when
+    /// the run ends here: shutdown, the decode thread stopped, or `--snapshot only`.
+    pub(super) async fn snapshot(
+        &mut self,
+        stream: &mut ReplStream,
+        feed: SnapshotFeed,
+        shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<StopReason>> {
+        let SnapshotFeed {
+            reader,
+            tables,
+            types,
+            chunk,
+            only,
+        } = feed;
+        for table in &tables {
+            let began = std::time::Instant::now();
+            let name = table.name();
+            reader.start(table).await?;
+            let mut rows = 0u64;
+            while let Some(events) = reader.next_chunk(table, &types, chunk).await? {
+                rows += events.len() as u64;
+                if self.status.tick().now_or_never().is_some() {
+                    self.report(stream, false).await?;
+                }
+                let bytes = events.iter().map(super::budget::footprint).sum();
+                let stopped = if self
+                    .forward(stream, vec![Frame::Rows(events)], bytes, shutdown)
+                    .await?
+                {
+                    Some(StopReason::Shutdown)
+                } else if self.tx.is_none() {
+                    Some(StopReason::EndPos) // the decode thread stopped: its result says why
+                } else {
+                    None
+                };
+                if stopped.is_some() {
+                    tracing::info!(
+                        "snapshot of {}.{} stopped after {rows} rows",
+                        name.schema,
+                        name.table
+                    );
+                    return Ok(stopped);
+                }
+            }
+            tracing::info!(
+                "snapshot of {}.{}: {rows} rows in {:.1} s",
+                name.schema,
+                name.table,
+                began.elapsed().as_secs_f64()
+            );
+        }
+        reader.close().await?;
+        Ok(only.then_some(StopReason::SnapshotTaken))
     }
 
     /// Tells the decode thread a new connection follows.

@@ -374,6 +374,7 @@ fn running_dry_inside_a_transaction_hands_nothing_on_until_its_commit() {
         endpos: None,
         status_interval: Duration::from_secs(10),
         start: Lsn::ZERO,
+        snapshot: None,
     };
     let mut fanout = Fanout::new(setup, Arc::clone(&p)).unwrap();
     // Each frame arrives alone, with nothing queued behind it: the input is dry after each,

@@ -150,6 +150,14 @@ impl Tap for Recorder {
                     data: base64::engine::general_purpose::STANDARD.encode(encode_copy_data(msg)),
                 },
                 Frame::Reset => Line::Reset { n },
+                // Config refuses --raw with --snapshot: a raw recording is the stream's bytes.
+                Frame::Rows(_) => {
+                    return Err(Error::Config(
+                        "a raw recording holds the replication stream only: take the snapshot \
+                         in a run without --raw"
+                            .into(),
+                    ));
+                }
             };
             inner.line(&line)
         })

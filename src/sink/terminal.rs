@@ -28,7 +28,7 @@ fn op_colour(op: Op) -> &'static str {
         Op::Delete => "\x1b[31m",
         Op::Truncate => "\x1b[35m",
         Op::Message | Op::Proxy => "\x1b[36m",
-        Op::Begin | Op::Commit => DIM,
+        Op::Begin | Op::Commit | Op::Read => DIM,
     }
 }
 
@@ -305,6 +305,16 @@ mod tests {
             render(&e),
             "INSERT public.orders id=1 item='it''s' amount=12.50 note=NULL\n"
         );
+    }
+
+    #[test]
+    fn a_snapshot_row_reads_like_an_insert_under_its_own_op() {
+        let mut e = change(Op::Read);
+        e.data = Some(row(&[
+            ("id", Value::Int(1)),
+            ("item", Value::Text("book".into())),
+        ]));
+        assert_eq!(render(&e), "READ public.orders id=1 item='book'\n");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub fn op_letter(op: Op) -> Option<&'static str> {
         Op::Delete => "d",
         Op::Truncate => "t",
         Op::Message => "m",
+        Op::Read => "r",
         _ => return None,
     })
 }
@@ -48,7 +49,12 @@ fn source(out: &mut Vec<u8>, ev: &Event, db: &str, name: &str) {
         Some(ts) => int(out, ts.unix_micros().div_euclid(1000)),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"snapshot\":\"false\",\"db\":");
+    // Debezium's `source.snapshot`: "true" on a row a snapshot read, "false" on a change.
+    out.extend_from_slice(if ev.op == Op::Read {
+        b",\"snapshot\":\"true\",\"db\":"
+    } else {
+        b",\"snapshot\":\"false\",\"db\":"
+    });
     string(out, db);
     out.extend_from_slice(b",\"sequence\":null,\"schema\":");
     string(out, ev.schema());
@@ -76,7 +82,7 @@ pub fn write(ev: &Event, db: &str, name: &str, now_ms: i64, out: &mut Vec<u8>) -
         return false;
     };
     let (before, after) = match ev.op {
-        Op::Insert => (None, ev.data.as_ref()),
+        Op::Insert | Op::Read => (None, ev.data.as_ref()),
         Op::Update => (ev.old.as_ref(), ev.data.as_ref()),
         Op::Delete => (ev.data.as_ref(), None),
         _ => (None, None),
@@ -192,6 +198,22 @@ mod tests {
             v["source"]["partition_of"],
             serde_json::json!({"schema": "public", "table": "orders"})
         );
+    }
+
+    #[test]
+    fn a_snapshot_row_is_op_r_with_source_snapshot_true() {
+        let mut read = ev(Op::Read);
+        read.xid = None;
+        read.data = Some(row(&[("id", 1), ("qty", 2)]));
+        let v = json(&read);
+        assert_eq!(v["op"], "r");
+        assert_eq!(v["before"], serde_json::Value::Null);
+        assert_eq!(v["after"], serde_json::json!({"id": 1, "qty": 2}));
+        assert_eq!(v["source"]["snapshot"], "true");
+        assert_eq!(v["source"]["txId"], serde_json::Value::Null);
+        let mut ins = ev(Op::Insert);
+        ins.data = Some(row(&[("id", 1)]));
+        assert_eq!(json(&ins)["source"]["snapshot"], "false");
     }
 
     #[test]

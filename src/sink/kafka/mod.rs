@@ -389,11 +389,15 @@ impl KafkaSink {
                 string(&mut self.key, prefix);
                 self.send(&topic, "", ev, true, true)
             }
-            Op::Insert | Op::Update | Op::Delete | Op::Truncate => {
+            Op::Insert | Op::Update | Op::Delete | Op::Truncate | Op::Read => {
                 let table = self.table(ev)?;
-                match self.tx_counts.iter_mut().find(|(t, _)| *t == table.name) {
-                    Some((_, n)) => *n += 1,
-                    None => self.tx_counts.push((table.name.clone(), 1)),
+                // A snapshot's rows belong to no transaction: the transaction topic's counts
+                // are of changes.
+                if ev.op != Op::Read {
+                    match self.tx_counts.iter_mut().find(|(t, _)| *t == table.name) {
+                        Some((_, n)) => *n += 1,
+                        None => self.tx_counts.push((table.name.clone(), 1)),
+                    }
                 }
                 self.value.clear();
                 match self.spec.envelope {

@@ -1,0 +1,581 @@
+//! `--snapshot`: the watched tables' rows as READ events, meeting the stream of changes with
+//! no gap and no overlap while a writer changes the tables the whole time.
+//!
+//! Each test replays what walwatch wrote, per table, into a state (READ and INSERT add a row,
+//! UPDATE replaces it, DELETE removes it), refusing an INSERT or READ of a row already there
+//! (overlap) and an UPDATE or DELETE of a row not there (gap), and compares the state with
+//! the table read by psql at the end.
+
+mod harness;
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use harness::{drop_slot, dsn, parse_jsonl, run_expecting, slot_confirmed, sql, walwatch};
+use serde_json::Value;
+
+/// The three tables of a test: keyed with a TOASTed column, keyless (REPLICA IDENTITY FULL),
+/// and partitioned by list (two partitions, rows moving between them).
+struct Tables {
+    keyed: String,
+    keyless: String,
+    part: String,
+}
+
+impl Tables {
+    fn create(prefix: &str) -> Tables {
+        let t = Tables {
+            keyed: support::unique_name(&format!("{prefix}_k")),
+            keyless: support::unique_name(&format!("{prefix}_nk")),
+            part: support::unique_name(&format!("{prefix}_p")),
+        };
+        let (k, nk, p) = (&t.keyed, &t.keyless, &t.part);
+        // doc: about 9.6 KB of hex, stored out of line (TOAST) even compressed; an UPDATE
+        // that leaves it alone sends it as unchanged.
+        sql(&format!(
+            "CREATE TABLE {k} (id int PRIMARY KEY, n int, doc text);
+             ALTER TABLE {k} ALTER COLUMN doc SET STORAGE EXTERNAL;
+             CREATE TABLE {nk} (a int, b text);
+             ALTER TABLE {nk} REPLICA IDENTITY FULL;
+             CREATE TABLE {p} (id int, region text, v int, PRIMARY KEY (id, region))
+               PARTITION BY LIST (region);
+             CREATE TABLE {p}_a PARTITION OF {p} FOR VALUES IN ('a');
+             CREATE TABLE {p}_b PARTITION OF {p} FOR VALUES IN ('b');
+             INSERT INTO {k} SELECT g, g, CASE WHEN g % 10 = 0 THEN
+                 (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 300) i)
+               ELSE 'short ' || g END FROM generate_series(1, 2000) g;
+             INSERT INTO {nk} SELECT g % 100, 'b' || g FROM generate_series(1, 500) g;
+             INSERT INTO {p} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g
+               FROM generate_series(1, 1000) g;"
+        ));
+        t
+    }
+
+    fn list(&self) -> String {
+        format!("{},{},{}", self.keyed, self.keyless, self.part)
+    }
+
+    fn drop(&self) {
+        sql(&format!(
+            "DROP TABLE IF EXISTS {}, {}, {};",
+            self.keyed, self.keyless, self.part
+        ));
+    }
+}
+
+/// A writer changing the three tables at random, one statement per transaction, until
+/// `stop`; counts the transactions it committed.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(t: &Tables, seed: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let committed = Arc::new(AtomicU64::new(0));
+        let (k, nk, p) = (t.keyed.clone(), t.keyless.clone(), t.part.clone());
+        let (stop2, committed2) = (stop.clone(), committed.clone());
+        let dsn = dsn();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .expect("writer connects");
+                tokio::spawn(conn);
+                let mut rng = seed;
+                let mut next_id = 100_000;
+                while !stop2.load(Ordering::Relaxed) {
+                    // xorshift64: deterministic for a seed, no dependency.
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let r = (rng % 2000) as i64 + 1;
+                    next_id += 1;
+                    let stmt = match rng % 11 {
+                        0 => format!("INSERT INTO {k} VALUES ({next_id}, 0, 'new')"),
+                        1 => format!("UPDATE {k} SET n = n + 1 WHERE id = {r}"),
+                        2 => format!("UPDATE {k} SET doc = doc || 'x' WHERE id = {r}"),
+                        3 => format!("DELETE FROM {k} WHERE id = {r}"),
+                        4 => format!("INSERT INTO {nk} VALUES ({}, 'w{next_id}')", r % 100),
+                        5 => format!(
+                            "UPDATE {nk} SET b = b || 'u' WHERE ctid = \
+                             (SELECT ctid FROM {nk} WHERE a = {} LIMIT 1)",
+                            r % 100
+                        ),
+                        6 => format!(
+                            "DELETE FROM {nk} WHERE ctid = \
+                             (SELECT ctid FROM {nk} WHERE a = {} LIMIT 1)",
+                            r % 100
+                        ),
+                        7 => format!("INSERT INTO {p} VALUES ({next_id}, 'a', 0)"),
+                        8 => format!("UPDATE {p} SET v = v + 1 WHERE id = {}", r % 1000),
+                        9 => format!(
+                            "UPDATE {p} SET region = CASE region WHEN 'a' THEN 'b' ELSE 'a' END \
+                             WHERE id = {}",
+                            r % 1000
+                        ),
+                        _ => format!("DELETE FROM {p} WHERE id = {}", r % 1000),
+                    };
+                    c.batch_execute(&stmt).await.expect("writer statement");
+                    committed2.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        });
+        Writer {
+            stop,
+            committed,
+            thread: Some(thread),
+        }
+    }
+
+    fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Stops the writer and waits for it.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+        self.committed()
+    }
+}
+
+/// What replaying a table's events found.
+#[derive(Default)]
+struct Replayed {
+    /// Row identity (the key, or the whole row for the keyless table) -> rows.
+    rows: BTreeMap<String, Vec<BTreeMap<String, Value>>>,
+    reads: usize,
+    /// Changes (UPDATE, DELETE) to rows that came from the snapshot.
+    changed_read_rows: usize,
+}
+
+fn object(v: &Value) -> BTreeMap<String, Value> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not a row: {v}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The identity of a row: its key columns, or all its columns.
+fn identity(row: &BTreeMap<String, Value>, key: &[&str]) -> String {
+    if key.is_empty() {
+        serde_json::to_string(row).unwrap()
+    } else {
+        key.iter()
+            .map(|k| row.get(*k).map(Value::to_string).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+}
+
+/// Replays `events` of `table` (key columns `key`, none for a keyless table).
+fn replay(events: &[Value], table: &str, key: &[&str]) -> Replayed {
+    let mut out = Replayed::default();
+    let mut from_read: std::collections::HashSet<String> = Default::default();
+    for (i, e) in events.iter().enumerate() {
+        if e["table"] != table {
+            continue;
+        }
+        let op = e["op"].as_str().unwrap();
+        let here = || format!("event {i} ({op} on {table}): {e}");
+        match op {
+            "READ" | "INSERT" => {
+                let row = object(&e["data"]);
+                let id = identity(&row, key);
+                let rows = out.rows.entry(id.clone()).or_default();
+                if !key.is_empty() {
+                    assert!(
+                        rows.is_empty(),
+                        "overlap: the row is already there: {}",
+                        here()
+                    );
+                }
+                rows.push(row);
+                if op == "READ" {
+                    out.reads += 1;
+                    from_read.insert(id);
+                }
+            }
+            "UPDATE" | "DELETE" => {
+                // The row before: `old` (REPLICA IDENTITY FULL, or a key change), else the
+                // new row's key (UPDATE) or `data` (DELETE, the key or whole old row).
+                let before = if e["old"].is_object() {
+                    object(&e["old"])
+                } else if op == "DELETE" {
+                    object(&e["data"])
+                } else {
+                    object(&e["key"])
+                };
+                let id = identity(&before, key);
+                if from_read.contains(&id) {
+                    out.changed_read_rows += 1;
+                }
+                let rows = out
+                    .rows
+                    .get_mut(&id)
+                    .unwrap_or_else(|| panic!("gap: no such row to change: {}", here()));
+                let at = if key.is_empty() {
+                    rows.iter()
+                        .position(|r| *r == before)
+                        .unwrap_or_else(|| panic!("gap: no such row to change: {}", here()))
+                } else {
+                    0
+                };
+                let old = rows.remove(at);
+                if rows.is_empty() {
+                    out.rows.remove(&id);
+                }
+                if op == "UPDATE" {
+                    let mut row = object(&e["data"]);
+                    // An unchanged TOASTed value is not sent: it keeps its value.
+                    for c in e["unchanged"].as_array().unwrap() {
+                        let c = c.as_str().unwrap();
+                        row.insert(c.to_string(), old[c].clone());
+                    }
+                    let new_id = identity(&row, key);
+                    let rows = out.rows.entry(new_id).or_default();
+                    if !key.is_empty() {
+                        assert!(rows.is_empty(), "overlap: updated onto a row: {}", here());
+                    }
+                    rows.push(row);
+                }
+            }
+            "TRUNCATE" => panic!("no TRUNCATE in this workload: {}", here()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The replayed rows as sorted text lines `c1|c2|…` of `columns`, comparable with psql -At.
+fn lines(r: &Replayed, columns: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = r
+        .rows
+        .values()
+        .flatten()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|c| match &row[*c] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    v => v.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The table's rows as sorted `psql -At` lines of `columns`.
+fn table_lines(table: &str, columns: &[&str]) -> Vec<String> {
+    let out = sql(&format!("SELECT {} FROM {table};", columns.join(", ")));
+    let mut v: Vec<String> = out.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Checks each table's replayed events against its rows now; returns (READ rows, changes to
+/// rows the snapshot read) over the three tables.
+fn assert_replays_to_tables(events: &[Value], t: &Tables) -> (usize, usize) {
+    let mut reads = 0;
+    let mut changed = 0;
+    for (table, key, columns) in [
+        (&t.keyed, &["id"][..], &["id", "n", "doc"][..]),
+        (&t.keyless, &[][..], &["a", "b"][..]),
+        (&t.part, &["id", "region"][..], &["id", "region", "v"][..]),
+    ] {
+        let r = replay(events, table, key);
+        let got = lines(&r, columns);
+        let want = table_lines(table, columns);
+        if got != want {
+            let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).take(5).collect();
+            let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).take(5).collect();
+            panic!(
+                "{table}: replaying READ + changes gives {} rows, the table has {}; \
+                 missing (first 5): {missing:?}; extra (first 5): {extra:?}",
+                got.len(),
+                want.len()
+            );
+        }
+        reads += r.reads;
+        changed += r.changed_read_rows;
+    }
+    (reads, changed)
+}
+
+/// The lines of the JSONL file at `path`, each validated against the schema.
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    parse_jsonl(&std::fs::read(path).expect("read the output"))
+}
+
+/// `--snapshot initial` on a new slot while a writer inserts, updates and deletes in all three
+/// tables (keyed with TOASTed values, keyless, partitioned) the whole time: replaying READ and
+/// changes gives exactly each table's rows, and the writer's changes both preceded the
+/// snapshot and touched rows it read (asserted, so the interleaving is certain).
+#[test]
+fn initial_snapshot_meets_the_stream_exactly_while_a_writer_runs() {
+    let t = Tables::create("snap");
+    let slot = support::unique_name("snap");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let ready = dir.path().join("ready");
+    let log = dir.path().join("walwatch.log");
+    let writer = Writer::start(&t, 0x9E37_79B9_7F4A_7C15);
+    support::wait_until(
+        "the writer's first 50 commits",
+        Duration::from_secs(30),
+        || (writer.committed() >= 50).then_some(()),
+    );
+    let before_snapshot = writer.committed();
+    let mut proc = harness::spawn_logged(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t.list(),
+            "--snapshot",
+            "initial",
+            "--snapshot-chunk",
+            "97",
+            "--output",
+            out.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+        &log,
+    );
+    support::wait_until("walwatch streaming", Duration::from_secs(60), || {
+        ready.exists().then_some(())
+    });
+    // Let the writer run on through the snapshot and after it.
+    let at_ready = writer.committed();
+    support::wait_until(
+        "200 more commits after the slot was created",
+        Duration::from_secs(60),
+        || (writer.committed() >= at_ready + 200).then_some(()),
+    );
+    let committed = writer.finish();
+    let end = harness::current_lsn();
+    support::wait_until(
+        "the slot confirmed every change",
+        Duration::from_secs(60),
+        || (slot_confirmed(&slot) >= end).then_some(()),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(proc.id() as i32, libc::SIGTERM) };
+    let status = proc.wait().expect("wait for walwatch");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM is a clean stop; log:\n{log_text}"
+    );
+    let events = read_jsonl(&out);
+    let (reads, changed) = assert_replays_to_tables(&events, &t);
+    assert!(
+        reads > 3000 && changed > 0,
+        "the snapshot should have read the ~3,500 rows and the stream changed some of them \
+         (reads {reads}, changes to read rows {changed}; writer: {before_snapshot} commits \
+         before walwatch started, {committed} in all)\nlog:\n{log_text}"
+    );
+    drop_slot(&slot);
+    t.drop();
+}
+
+/// `--snapshot only` on a new permanent slot ends (exit 0) after the rows; a later run on the
+/// slot without --snapshot streams from where the rows were read: together, no gap and no
+/// overlap, with the writer running across both.
+#[test]
+fn snapshot_only_then_streaming_on_the_slot_has_no_gap_or_overlap() {
+    let t = Tables::create("snaponly");
+    let slot = support::unique_name("snaponly");
+    let dir = tempfile::tempdir().unwrap();
+    let rows_file = dir.path().join("rows.jsonl");
+    let changes_file = dir.path().join("changes.jsonl");
+    let writer = Writer::start(&t, 0xD1B5_4A32_D192_ED03);
+    support::wait_until(
+        "the writer's first 50 commits",
+        Duration::from_secs(30),
+        || (writer.committed() >= 50).then_some(()),
+    );
+    let only = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t.list(),
+            "--snapshot",
+            "only",
+            "--output",
+            rows_file.to_str().unwrap(),
+        ],
+        0,
+    );
+    let at_end = writer.committed();
+    support::wait_until("100 more commits", Duration::from_secs(60), || {
+        (writer.committed() >= at_end + 100).then_some(())
+    });
+    writer.finish();
+    run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t.list(),
+            "--endpos",
+            "now",
+            "--output",
+            changes_file.to_str().unwrap(),
+        ],
+        0,
+    );
+    let rows = read_jsonl(&rows_file);
+    assert!(
+        rows.iter().all(|e| e["op"] == "READ"),
+        "--snapshot only writes READ rows only; stderr:\n{}",
+        harness::stderr(&only)
+    );
+    let mut events = rows;
+    events.extend(read_jsonl(&changes_file));
+    let (reads, changed) = assert_replays_to_tables(&events, &t);
+    assert!(
+        reads > 3000 && changed > 0,
+        "reads {reads}, changes to read rows {changed}"
+    );
+    drop_slot(&slot);
+    t.drop();
+}
+
+/// `--where` and `--ops` apply to READ rows as to changes; READ rows carry the key, the
+/// position the snapshot is consistent with, and no xid.
+#[test]
+fn filters_apply_to_snapshot_rows() {
+    let t = support::unique_name("snapf");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, n int);
+         INSERT INTO {t} SELECT g, g % 7 FROM generate_series(1, 100) g;"
+    ));
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &t,
+            "--snapshot",
+            "only",
+            "--where",
+            "data.n == 3",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let events = parse_jsonl(&out.stdout);
+    let ids: Vec<i64> = events
+        .iter()
+        .map(|e| e["data"]["id"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = (1..=100).filter(|i| i % 7 == 3).collect();
+    assert_eq!(ids, want, "READ rows passing --where 'data.n == 3'");
+    for e in &events {
+        assert_eq!(e["op"], "READ");
+        assert_eq!(e["key"], serde_json::json!({"id": e["data"]["id"]}));
+        assert_eq!(e["lsn"], e["commit_lsn"]);
+        assert!(e["xid"].is_null(), "a READ row has no xid: {e}");
+    }
+    let none = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &t,
+            "--snapshot",
+            "only",
+            "--ops",
+            "insert",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    assert!(
+        none.stdout.is_empty(),
+        "--ops insert leaves out READ rows, got:\n{}",
+        harness::stdout(&none)
+    );
+    sql(&format!("DROP TABLE {t};"));
+}
+
+/// A snapshot needs the slot's exported snapshot, which only its creation gives: asking for
+/// one on an existing slot is a named error (exit 2) that leaves the slot where it was.
+#[test]
+fn a_snapshot_on_an_existing_slot_is_refused_with_the_fix() {
+    let t = support::unique_name("snapx");
+    let slot = support::unique_name("snapx");
+    sql(&format!("CREATE TABLE {t} (id int PRIMARY KEY);"));
+    harness::create_slot(&slot, &t);
+    let before = slot_confirmed(&slot);
+    sql(&format!("INSERT INTO {t} VALUES (1);"));
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--snapshot",
+            "initial",
+        ],
+        2,
+    );
+    let err = harness::stderr(&out);
+    assert!(
+        err.contains("already exists") && err.contains("without --snapshot"),
+        "the error names the problem and the fix: {err}"
+    );
+    assert_eq!(slot_confirmed(&slot), before, "the slot did not move");
+    drop_slot(&slot);
+    sql(&format!("DROP TABLE {t};"));
+}
+
+/// `--raw` records the stream's bytes, which hold no snapshot rows: refused before any I/O.
+#[test]
+fn raw_recording_with_a_snapshot_is_refused() {
+    let out = walwatch()
+        .args([
+            "--dsn",
+            "host=/nonexistent",
+            "--snapshot",
+            "initial",
+            "--raw",
+            "x.raw",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--raw"));
+}
