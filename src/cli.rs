@@ -691,6 +691,11 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ROWS", default_value = "10000")]
     pub snapshot_chunk: usize,
 
+    /// With --snapshot: how many tables are read at the same time, each on a connection of
+    /// its own in the same snapshot.
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub snapshot_parallel: usize,
+
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -779,6 +784,11 @@ impl WatchArgs {
                     .into(),
             ));
         }
+        if !(1..=64).contains(&self.snapshot_parallel) {
+            return Err(Error::Config(
+                "--snapshot-parallel must be between 1 and 64 connections".into(),
+            ));
+        }
         if self.snapshot_chunk == 0 {
             return Err(Error::Config(
                 "--snapshot-chunk must be at least 1 row".into(),
@@ -827,6 +837,8 @@ impl WatchArgs {
             raw: self.raw.clone(),
             snapshot,
             snapshot_chunk: self.snapshot_chunk,
+            snapshot_parallel: self.snapshot_parallel,
+            progress: false,
         })
     }
 

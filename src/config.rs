@@ -145,6 +145,11 @@ pub struct Config {
     pub snapshot: SnapshotMode,
     /// `--snapshot-chunk`: rows per fetch while reading them.
     pub snapshot_chunk: usize,
+    /// `--snapshot-parallel`: tables read at the same time, each on a connection of its own.
+    pub snapshot_parallel: usize,
+    /// Draw progress bars on stderr (the binary sets it when stderr is a terminal and not
+    /// `-q`).
+    pub progress: bool,
 }
 
 /// Default for [`Config::spill_threshold`]: 64 MiB.
@@ -179,6 +184,8 @@ impl Config {
             raw: None,
             snapshot: SnapshotMode::Never,
             snapshot_chunk: DEFAULT_SNAPSHOT_CHUNK,
+            snapshot_parallel: 1,
+            progress: false,
         }
     }
 }

@@ -16,8 +16,9 @@ use walwatch::session;
 use harness::Verdict;
 
 /// The default command: watch (and with --until, wait for one event).
-async fn watch(args: &WatchArgs) -> anyhow::Result<Verdict> {
-    let config = args.to_config()?;
+async fn watch(args: &WatchArgs, log: &LogArgs) -> anyhow::Result<Verdict> {
+    let mut config = args.to_config()?;
+    config.progress = !log.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     match args.until()? {
         None => {
             let outcome = session::run(config, stop_signal(args)).await?;
@@ -153,8 +154,8 @@ fn main() -> ExitCode {
     let result: anyhow::Result<Verdict> = runtime.block_on(async {
         match cli.command {
             Some(Command::Demo(args)) => demo::run(args).await.map(|()| Verdict::Done),
-            Some(Command::Watch(args)) => watch(&args).await,
-            None => watch(&cli.watch).await,
+            Some(Command::Watch(args)) => watch(&args, &cli.log).await,
+            None => watch(&cli.watch, &cli.log).await,
             Some(Command::Record(args)) => {
                 let config = args.to_record_config()?;
                 session::run(config, stop_signal(&args)).await?;

@@ -711,8 +711,12 @@ async fn snapshot_feed(
     publications: &Publications,
     watched: Option<&[(String, String)]>,
 ) -> Result<pipeline::SnapshotFeed> {
-    let client = connect_meta(config).await?;
-    let reader = SnapshotReader::open(client, Some(name), at).await?;
+    let mut readers = Vec::with_capacity(config.snapshot_parallel);
+    for _ in 0..config.snapshot_parallel {
+        let client = connect_meta(config).await?;
+        readers.push(SnapshotReader::open(client, Some(name), at).await?);
+    }
+    let reader = &readers[0];
     // walwatch's own publications hold exactly the watched tables; a given one may hold more.
     let given = config.publication.is_some();
     let tables = snapshot::plan(
@@ -736,11 +740,12 @@ async fn snapshot_feed(
         .collect();
     tracing::info!("snapshot at {at} of {}", names.join(", "));
     Ok(pipeline::SnapshotFeed {
-        reader,
+        readers,
         tables,
         types: types.clone(),
         chunk: config.snapshot_chunk,
         only: config.snapshot == SnapshotMode::Only,
+        progress: config.progress,
     })
 }
 

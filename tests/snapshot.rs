@@ -356,6 +356,8 @@ fn initial_snapshot_meets_the_stream_exactly_while_a_writer_runs() {
             "initial",
             "--snapshot-chunk",
             "97",
+            "--snapshot-parallel",
+            "2",
             "--output",
             out.to_str().unwrap(),
             "--ready-file",
@@ -559,6 +561,132 @@ fn a_snapshot_on_an_existing_slot_is_refused_with_the_fix() {
     );
     assert_eq!(slot_confirmed(&slot), before, "the slot did not move");
     drop_slot(&slot);
+    sql(&format!("DROP TABLE {t};"));
+}
+
+/// `--snapshot-parallel 2` reads two tables at the same time, on two connections in the same
+/// snapshot: the server shows both readers in the middle of their FETCHes at one instant (one
+/// reader never could), and every row of both tables arrives.
+#[test]
+fn parallel_readers_read_two_tables_at_once() {
+    let (a, b) = (
+        support::unique_name("snappa"),
+        support::unique_name("snappb"),
+    );
+    sql(&format!(
+        "CREATE TABLE {a} (id int PRIMARY KEY, v text);
+         CREATE TABLE {b} (id int PRIMARY KEY, v text);
+         INSERT INTO {a} SELECT g, repeat('a', 50) FROM generate_series(1, 150000) g;
+         INSERT INTO {b} SELECT g, repeat('b', 50) FROM generate_series(1, 150000) g;"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let log = dir.path().join("walwatch.log");
+    let tables = format!("{a},{b}");
+    let mut proc = harness::spawn_logged(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &tables,
+            "--snapshot",
+            "only",
+            "--snapshot-chunk",
+            "50",
+            "--snapshot-parallel",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let both = support::wait_until_or(
+        "two readers fetching at once",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+        || {
+            let n: usize = support::cluster()
+                .psql(
+                    "walwatch",
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'walwatch-meta' AND query LIKE 'FETCH%';",
+                )
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (n >= 2).then_some(n)
+        },
+    );
+    assert!(both >= 2);
+    let status = proc.wait().expect("walwatch ends");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "log:\n{log_text}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows_of = |t: &str| text.matches(&format!("\"table\":\"{t}\"")).count();
+    assert_eq!(
+        (rows_of(&a), rows_of(&b)),
+        (150_000, 150_000),
+        "log:\n{log_text}"
+    );
+    sql(&format!("DROP TABLE {a}, {b};"));
+}
+
+/// On a terminal, the snapshot draws each table's progress on stderr (rows of the estimate,
+/// the rate); into a file or a pipe it draws nothing, and the log line says when each table is
+/// done. The terminal is a pseudo-terminal made by `script` (util-linux).
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    let t = support::unique_name("snapprog");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY, v text);
+         INSERT INTO {t} SELECT g, 'v' || g FROM generate_series(1, 5000) g;
+         ANALYZE {t};"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let args = format!(
+        "'{}' --dsn '{}' --tables {t} --snapshot only --snapshot-chunk 100 --output '{}'",
+        env!("CARGO_BIN_EXE_walwatch"),
+        dsn(),
+        out.display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &args, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("rows/s") && screen.contains("/~5,000 rows"),
+        "a progress bar with the estimate and the rate on the terminal:\n{screen}"
+    );
+    let piped = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &t,
+            "--snapshot",
+            "only",
+            "--snapshot-chunk",
+            "100",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        0,
+    );
+    let err = harness::stderr(&piped);
+    assert!(
+        !err.contains("rows/s"),
+        "no progress bar into a pipe:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("snapshot of public.{t}: 5000 rows")),
+        "{err}"
+    );
     sql(&format!("DROP TABLE {t};"));
 }
 

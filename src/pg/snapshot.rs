@@ -353,6 +353,91 @@ impl SnapshotReader {
     }
 }
 
+/// Rows read from the table at `table` (an index into the plan), or the end of that table.
+pub struct Chunk {
+    pub table: usize,
+    pub events: Vec<Event>,
+    /// The last message of its table: every row read (how many, and how long it took).
+    pub finished: Option<(u64, std::time::Duration)>,
+}
+
+/// Chunks queued between the readers and their consumer, per reader.
+const CHUNKS_AHEAD: usize = 2;
+
+/// Reads `tables` with `readers` (all in the same snapshot), `chunk` rows at a time, each
+/// reader on a task of its own taking the next table not yet taken. The chunks arrive on the
+/// returned channel, bounded, so a consumer that waits stops the readers; an error is the
+/// last message. Dropping the receiver stops the readers (their transactions end with their
+/// connections).
+pub fn read_all(
+    readers: Vec<SnapshotReader>,
+    tables: Arc<Vec<SnapshotTable>>,
+    types: Arc<TypeRegistry>,
+    chunk: usize,
+) -> tokio::sync::mpsc::Receiver<Result<Chunk>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD * readers.len().max(1));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for reader in readers {
+        let (tx, next, tables, types) = (tx.clone(), next.clone(), tables.clone(), types.clone());
+        tokio::spawn(async move {
+            let res = reader.read_tables(&tables, &types, chunk, &next, &tx).await;
+            match res {
+                Ok(()) => {
+                    if let Err(e) = reader.close().await {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+        });
+    }
+    rx
+}
+
+impl SnapshotReader {
+    /// Reads the tables not yet taken by another reader, one after the other, into `tx`;
+    /// returns early (Ok) once the receiver is gone.
+    async fn read_tables(
+        &self,
+        tables: &[SnapshotTable],
+        types: &TypeRegistry,
+        chunk: usize,
+        next: &std::sync::atomic::AtomicUsize,
+        tx: &tokio::sync::mpsc::Sender<Result<Chunk>>,
+    ) -> Result<()> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(table) = tables.get(i) else {
+                return Ok(());
+            };
+            let began = std::time::Instant::now();
+            self.start(table).await?;
+            let mut rows = 0u64;
+            while let Some(events) = self.next_chunk(table, types, chunk).await? {
+                rows += events.len() as u64;
+                let c = Chunk {
+                    table: i,
+                    events,
+                    finished: None,
+                };
+                if tx.send(Ok(c)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let end = Chunk {
+                table: i,
+                events: Vec::new(),
+                finished: Some((rows, began.elapsed())),
+            };
+            if tx.send(Ok(end)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// A table that could not be read: named, with what to do.
 fn read_error(table: &TableName, e: tokio_postgres::Error) -> Error {
     let what = match e.code() {

@@ -18,6 +18,7 @@ mod budget;
 mod fanout;
 mod feedback;
 mod lookups;
+mod progress;
 mod replication;
 mod retry;
 mod sinks;
@@ -101,13 +102,16 @@ pub enum StopReason {
 
 /// A snapshot to read before the stream (`--snapshot`), in the slot's exported snapshot.
 pub struct SnapshotFeed {
-    pub reader: crate::pg::snapshot::SnapshotReader,
+    /// `--snapshot-parallel` readers, each in the slot's exported snapshot.
+    pub readers: Vec<crate::pg::snapshot::SnapshotReader>,
     pub tables: Vec<crate::pg::snapshot::SnapshotTable>,
     pub types: TypeRegistry,
     /// Rows per FETCH.
     pub chunk: usize,
     /// `--snapshot only`: the run ends once the rows are handed on.
     pub only: bool,
+    /// Draw the progress on stderr (a terminal, not `-q`).
+    pub progress: bool,
 }
 
 /// What a finished stream reports.

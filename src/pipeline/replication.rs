@@ -258,50 +258,64 @@ impl Pump {
         shutdown: &mut Pin<&mut impl Future<Output = ()>>,
     ) -> Result<Option<StopReason>> {
         let SnapshotFeed {
-            reader,
+            readers,
             tables,
             types,
             chunk,
             only,
+            progress,
         } = feed;
-        for table in &tables {
-            let began = std::time::Instant::now();
-            let name = table.name();
-            reader.start(table).await?;
-            let mut rows = 0u64;
-            while let Some(events) = reader.next_chunk(table, &types, chunk).await? {
-                rows += events.len() as u64;
-                if self.status.tick().now_or_never().is_some() {
+        let mut progress = super::progress::SnapshotProgress::new(progress, &tables);
+        let tables = Arc::new(tables);
+        let mut chunks =
+            crate::pg::snapshot::read_all(readers, tables.clone(), Arc::new(types), chunk);
+        let mut rows = vec![0u64; tables.len()];
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => return Ok(Some(StopReason::Shutdown)),
+                next = chunks.recv() => next,
+                _ = self.status.tick() => {
                     self.report(stream, false).await?;
+                    continue;
                 }
-                let bytes = events.iter().map(super::budget::footprint).sum();
-                let stopped = if self
-                    .forward(stream, vec![Frame::Rows(events)], bytes, shutdown)
-                    .await?
-                {
-                    Some(StopReason::Shutdown)
-                } else if self.tx.is_none() {
-                    Some(StopReason::EndPos) // the decode thread stopped: its result says why
-                } else {
-                    None
-                };
-                if stopped.is_some() {
+            };
+            let Some(c) = next.transpose()? else { break };
+            let name = tables[c.table].name();
+            if let Some((n, took)) = c.finished {
+                progress.finish(c.table, || {
                     tracing::info!(
-                        "snapshot of {}.{} stopped after {rows} rows",
+                        "snapshot of {}.{}: {n} rows in {:.1} s",
                         name.schema,
-                        name.table
+                        name.table,
+                        took.as_secs_f64()
                     );
-                    return Ok(stopped);
-                }
+                });
+                continue;
             }
-            tracing::info!(
-                "snapshot of {}.{}: {rows} rows in {:.1} s",
-                name.schema,
-                name.table,
-                began.elapsed().as_secs_f64()
-            );
+            rows[c.table] += c.events.len() as u64;
+            progress.advance(c.table, c.events.len() as u64);
+            let bytes = c.events.iter().map(super::budget::footprint).sum();
+            let stopped = if self
+                .forward(stream, vec![Frame::Rows(c.events)], bytes, shutdown)
+                .await?
+            {
+                Some(StopReason::Shutdown)
+            } else if self.tx.is_none() {
+                Some(StopReason::EndPos) // the decode thread stopped: its result says why
+            } else {
+                None
+            };
+            if stopped.is_some() {
+                tracing::info!(
+                    "snapshot of {}.{} stopped after {} rows",
+                    name.schema,
+                    name.table,
+                    rows[c.table]
+                );
+                return Ok(stopped);
+            }
         }
-        reader.close().await?;
         Ok(only.then_some(StopReason::SnapshotTaken))
     }
 
