@@ -86,6 +86,19 @@ fn the_least_privileged_role_works_and_each_missing_grant_is_named() {
         err.contains(&format!("GRANT SELECT ON public.{table} TO \"{role}\";")),
         "the error should name the missing SELECT grant: {err}"
     );
+    // Nor a snapshot of it: refused before a slot is made.
+    let snap_slot = unique_name("priv_snap");
+    let (code, _, err) = run_with(&["--slot", &snap_slot, "--snapshot", "only"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("GRANT SELECT ON"), "{err}");
+    assert_eq!(
+        sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{snap_slot}';"
+        ))
+        .trim(),
+        "0",
+        "no slot was made"
+    );
     admin(&format!("GRANT SELECT ON {table} TO {role};"));
 
     // Without REPLICATION.

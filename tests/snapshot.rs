@@ -690,6 +690,117 @@ fn progress_is_drawn_on_a_terminal_only() {
     sql(&format!("DROP TABLE {t};"));
 }
 
+/// A table dropped while the snapshot reads another is a named error (exit 2), and the slot
+/// stays at its consistent point. The drop is certain to come first: walwatch's stdout is not
+/// read, so it stalls in the first table (27 MB of JSON, more than every queue holds) until
+/// the second one is gone.
+#[test]
+fn a_table_dropped_mid_snapshot_is_a_named_error() {
+    let (a, b) = (
+        support::unique_name("sdrop_a"),
+        support::unique_name("sdrop_b"),
+    );
+    let slot = support::unique_name("sdrop");
+    sql(&format!(
+        "CREATE TABLE {a} (id int PRIMARY KEY, v text);
+         CREATE TABLE {b} (id int PRIMARY KEY);
+         INSERT INTO {a} SELECT g, repeat('a', 40) FROM generate_series(1, 300000) g;
+         INSERT INTO {b} VALUES (1);"
+    ));
+    let tables = format!("{a},{b}");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("walwatch.log");
+    let mut child = harness::KillOnDrop(
+        walwatch()
+            .args([
+                "--dsn",
+                &dsn(),
+                "--slot",
+                &slot,
+                "--tables",
+                &tables,
+                "--snapshot",
+                "only",
+                "--snapshot-chunk",
+                "100",
+                "--format",
+                "json",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    support::wait_until(
+        "the snapshot reading the first table",
+        Duration::from_secs(60),
+        || {
+            let n: usize = support::cluster()
+                .psql(
+                    "walwatch",
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'walwatch-meta' AND query LIKE 'FETCH%';",
+                )
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (n >= 1).then_some(())
+        },
+    );
+    sql(&format!("DROP TABLE {b};"));
+    let mut stdout = child.0.stdout.take().unwrap();
+    let drained = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let status = child.0.wait().unwrap();
+    let read = drained.join().unwrap().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("could not read public.{b} for the snapshot"))
+            && err.contains("dropped while the snapshot was being taken"),
+        "the error names the table and what happened: {err}"
+    );
+    assert!(
+        read > 20_000_000,
+        "the first table's rows came out first ({read} bytes)"
+    );
+    let at: walwatch::Lsn = err
+        .split("snapshot at ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the log names the snapshot's position: {err}"));
+    assert_eq!(
+        slot_confirmed(&slot),
+        at,
+        "nothing is confirmed past the slot's consistent point"
+    );
+    drop_slot(&slot);
+    sql(&format!("DROP TABLE {a};"));
+}
+
+/// A table that does not exist is the usual named error, before any slot is made.
+#[test]
+fn a_snapshot_of_a_missing_table_is_a_named_error() {
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            "no_such_table_for_snapshot",
+            "--snapshot",
+            "only",
+        ],
+        2,
+    );
+    let err = harness::stderr(&out);
+    assert!(
+        err.contains("no table matches `no_such_table_for_snapshot`"),
+        "{err}"
+    );
+}
+
 /// `--raw` records the stream's bytes, which hold no snapshot rows: refused before any I/O.
 #[test]
 fn raw_recording_with_a_snapshot_is_refused() {
