@@ -801,6 +801,64 @@ fn a_snapshot_of_a_missing_table_is_a_named_error() {
     );
 }
 
+/// A READ row is exactly what the INSERT of the same row carries on the stream, for values that
+/// are awkward to carry as text: tabs, newlines, backslashes, quotes, `\N`, empty strings and
+/// NULLs, bytea, arrays with quotes and NULLs, json, intervals, the infinities, NaN, BC dates,
+/// enums and domains (through the type registry), and a generated column.
+#[test]
+fn read_rows_equal_the_stream_s_inserts_value_for_value() {
+    let t = support::unique_name("snapeq");
+    let slot = support::unique_name("snapeq");
+    let (mood, pos) = (format!("{t}_mood"), format!("{t}_pos"));
+    sql(&format!(
+        "CREATE TYPE {mood} AS ENUM ('ok', 'so sad');
+         CREATE DOMAIN {pos} AS int CHECK (VALUE > 0);
+         CREATE TABLE {t} (id int PRIMARY KEY, s text, b bytea, a text[], j jsonb, iv interval,
+             ts timestamptz, d date, f float8, n numeric, m {mood}, p {pos}, u uuid,
+             g int GENERATED ALWAYS AS (id * 2) STORED);"
+    ));
+    harness::create_slot(&slot, &t);
+    let rows = r#"INSERT INTO TABLE (id, s, b, a, j, iv, ts, d, f, n, m, p, u) VALUES
+         (1, E'tab\there\nnew line \\ back\\slash', '\x00ff0a09',
+          ARRAY['x,y', 'q"uote', NULL, '', 'back\slash'], '{"k": [1, "t\tab"]}',
+          '1 year 2 mons -3 days 04:05:06.5', 'infinity', '0044-03-15 BC', 'NaN', 'NaN',
+          'so sad', 7, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'),
+         (2, '\N', '', '{}', 'null', '0', '-infinity', '5874897-12-31', '-Infinity', '-0.000',
+          'ok', 1, NULL),
+         (3, '', NULL, NULL, NULL, NULL, '2026-11-22 03:22:01.000001+05:30', NULL, 1e-300,
+          '123456789012345678901234567890.123', NULL, NULL, NULL);"#;
+    sql(&rows.replace("TABLE", &t));
+    let inserts = harness::drain(&slot, &t, &["--ops", "insert"]);
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &t,
+            "--snapshot",
+            "only",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let reads = parse_jsonl(&out.stdout);
+    let data = |events: &[Value]| -> Vec<Value> {
+        let mut v: Vec<Value> = events.iter().map(|e| e["data"].clone()).collect();
+        v.sort_by_key(|d| d["id"].as_i64());
+        v
+    };
+    assert_eq!(inserts.len(), 3, "{inserts:?}");
+    assert_eq!(
+        data(&reads),
+        data(&inserts),
+        "READ rows against the stream's INSERTs"
+    );
+    sql(&format!(
+        "DROP TABLE {t}; DROP TYPE {mood}; DROP DOMAIN {pos};"
+    ));
+}
+
 /// `--raw` records the stream's bytes, which hold no snapshot rows: refused before any I/O.
 #[test]
 fn raw_recording_with_a_snapshot_is_refused() {

@@ -122,7 +122,16 @@ pub async fn plan(
         }
         let identity: String = column(r, Q, 3)?;
         let published: Option<Vec<String>> = column(r, Q, 4)?;
-        let relation = describe(client, oid, &schema, &table, &identity, published, types).await?;
+        let relation = describe(
+            client,
+            oid,
+            (&schema, &table),
+            &identity,
+            published,
+            server_version,
+            types,
+        )
+        .await?;
         out.push(SnapshotTable {
             relation: Arc::new(relation),
             row_filter: None,
@@ -154,10 +163,10 @@ pub async fn plan(
 async fn describe(
     client: &Client,
     oid: u32,
-    schema: &str,
-    table: &str,
+    (schema, table): (&str, &str),
     identity: &str,
     published: Option<Vec<String>>,
+    server_version: u32,
     types: &TypeRegistry,
 ) -> Result<Relation> {
     const Q: &str = "snapshot::describe";
@@ -186,9 +195,11 @@ async fn describe(
     for r in &rows {
         let name: String = column(r, Q, 0)?;
         let generated: bool = column(r, Q, 3)?;
+        // pgoutput sends generated columns from PostgreSQL 18 on, when the publication says
+        // so (`publish_generated_columns`, which attnames then follows); before 18 never
+        // (`logicalrep_should_publish_column`), though 15-17 list them in attnames.
         let sent = match &published {
-            Some(list) => list.contains(&name),
-            // Before PostgreSQL 15 pgoutput sends every column but generated ones.
+            Some(list) => list.contains(&name) && (server_version >= 180_000 || !generated),
             None => !generated,
         };
         if !sent {
