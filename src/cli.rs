@@ -687,7 +687,7 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value = "never")]
     pub snapshot: SnapshotArg,
 
-    /// With --snapshot: rows fetched from the server at a time.
+    /// With --snapshot: rows handed on at a time (at most 1 MB of them).
     #[arg(long, value_name = "ROWS", default_value = "10000")]
     pub snapshot_chunk: usize,
 

@@ -742,7 +742,6 @@ async fn snapshot_feed(
     Ok(pipeline::SnapshotFeed {
         readers,
         tables,
-        types: types.clone(),
         chunk: config.snapshot_chunk,
         only: config.snapshot == SnapshotMode::Only,
         progress: config.progress,

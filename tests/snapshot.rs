@@ -565,7 +565,7 @@ fn a_snapshot_on_an_existing_slot_is_refused_with_the_fix() {
 }
 
 /// `--snapshot-parallel 2` reads two tables at the same time, on two connections in the same
-/// snapshot: the server shows both readers in the middle of their FETCHes at one instant (one
+/// snapshot: the server shows both readers in the middle of their COPYs at one instant (one
 /// reader never could), and every row of both tables arrives.
 #[test]
 fn parallel_readers_read_two_tables_at_once() {
@@ -601,7 +601,7 @@ fn parallel_readers_read_two_tables_at_once() {
         &log,
     );
     let both = support::wait_until_or(
-        "two readers fetching at once",
+        "two readers copying at once",
         Duration::from_secs(60),
         || std::fs::read_to_string(&log).unwrap_or_default(),
         || {
@@ -609,7 +609,7 @@ fn parallel_readers_read_two_tables_at_once() {
                 .psql(
                     "walwatch",
                     "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = 'walwatch-meta' AND query LIKE 'FETCH%';",
+                     WHERE application_name = 'walwatch-meta' AND query LIKE 'COPY%';",
                 )
                 .ok()?
                 .trim()
@@ -740,7 +740,7 @@ fn a_table_dropped_mid_snapshot_is_a_named_error() {
                 .psql(
                     "walwatch",
                     "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = 'walwatch-meta' AND query LIKE 'FETCH%';",
+                 WHERE application_name = 'walwatch-meta' AND query LIKE 'COPY%';",
                 )
                 .ok()?
                 .trim()

@@ -26,6 +26,7 @@
 //! keeps the WAL start it arrived with; COMMIT's `lsn` is the WAL start of Stream Commit
 //! (or Commit Prepared), `commit_lsn`/`end_lsn`/`ts` come from that message.
 
+pub mod copy_text;
 pub mod error;
 pub mod pgoutput;
 mod txbuf;

@@ -3,6 +3,8 @@
 //! shaped exactly like the stream's.
 //!
 //! Why it looks like this:
+//! - The rows are read with `COPY (SELECT …) TO STDOUT`, the server's fastest way out, and
+//!   turned into events on the decode thread ([`SnapshotRows::events`]).
 //! - The rows must meet the stream exactly, so they are read in the snapshot the slot exported
 //!   when it was created (`CREATE_REPLICATION_SLOT … (SNAPSHOT 'export')`, imported with `SET
 //!   TRANSACTION SNAPSHOT`, docs 55.4 and "SET TRANSACTION"): every change committed before the
@@ -18,12 +20,14 @@
 
 use std::sync::Arc;
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_postgres::Client;
 
-use crate::decode::TypeRegistry;
+use crate::decode::{TypeRegistry, copy_text};
 use crate::error::{Error, Result};
 use crate::event::{Column, Event, Lsn, Op, Relation, RelationColumn, ReplicaIdentity, Row};
-use crate::event::{TableName, Timestamp};
+use crate::event::{TableName, Timestamp, Value};
 use crate::pg::catalog::column;
 use crate::pg::quote::{quote_ident, quote_literal};
 
@@ -282,95 +286,86 @@ impl SnapshotReader {
         self.server_version
     }
 
-    /// Starts reading `table`: [`SnapshotReader::next_chunk`] then returns its rows.
-    pub async fn start(&self, table: &SnapshotTable) -> Result<()> {
-        self.client
-            .batch_execute(&format!(
-                "DECLARE walwatch_snapshot NO SCROLL CURSOR FOR {}",
-                table.select_sql()
-            ))
-            .await
-            .map_err(|e| read_error(&table.name(), e))
-    }
-
-    /// The next `chunk` rows of the table being read, as READ events in the order the server
-    /// returns them; `None` once it is read to its end (the cursor is then closed).
-    pub async fn next_chunk(
-        &self,
-        table: &SnapshotTable,
-        types: &TypeRegistry,
-        chunk: usize,
-    ) -> Result<Option<Vec<Event>>> {
-        let messages = self
-            .client
-            .simple_query(&format!("FETCH {chunk} FROM walwatch_snapshot"))
-            .await
-            .map_err(|e| read_error(&table.name(), e))?;
-        let mut events = Vec::with_capacity(chunk);
-        for m in &messages {
-            if let SimpleQueryMessage::Row(r) = m {
-                events.push(self.event(table, types, r)?);
-            }
-        }
-        if events.is_empty() {
-            self.client.batch_execute("CLOSE walwatch_snapshot").await?;
-            return Ok(None);
-        }
-        Ok(Some(events))
-    }
-
     /// Ends the transaction (read-only: nothing to keep).
     pub async fn close(self) -> Result<()> {
         self.client.batch_execute("COMMIT").await?;
         Ok(())
     }
+}
 
-    /// One row as a READ event: the row in `data`, the replica identity's columns in `key`
-    /// (the pipeline makes it the primary key, as for changes).
-    fn event(
-        &self,
-        table: &SnapshotTable,
-        types: &TypeRegistry,
-        r: &tokio_postgres::SimpleQueryRow,
-    ) -> Result<Event> {
-        let rel = &table.relation;
-        let mut columns = Vec::with_capacity(rel.columns.len());
-        let mut key = Vec::with_capacity(rel.key_count);
-        for (i, col) in rel.columns.iter().enumerate() {
-            let value = match r.try_get(i)? {
-                Some(text) => types.parse_text(col.type_oid, text),
-                None => crate::event::Value::Null,
-            };
-            if col.is_key {
-                key.push(Column {
+/// Rows of one table as `COPY … TO STDOUT` sent them (one text line each), and what their
+/// READ events carry besides: converted on the decode thread ([`SnapshotRows::events`]), so
+/// the task reading the connection only moves bytes.
+pub struct SnapshotRows {
+    pub relation: Arc<Relation>,
+    pub at: Lsn,
+    pub taken: Timestamp,
+    pub lines: Vec<Bytes>,
+}
+
+impl SnapshotRows {
+    /// The bytes the lines hold (what the pipeline's budgets count).
+    pub fn bytes(&self) -> usize {
+        self.lines.iter().map(Bytes::len).sum()
+    }
+
+    /// Each line as a READ event: the row in `data`, the replica identity's columns in `key`
+    /// (the pipeline makes it the primary key, as for changes), values decoded by `types` as
+    /// the stream's are.
+    pub fn events(&self, types: &TypeRegistry, mut each: impl FnMut(Event)) -> Result<()> {
+        let rel = &self.relation;
+        let mut fields = Vec::with_capacity(rel.columns.len());
+        for line in &self.lines {
+            copy_text::fields(line, rel.columns.len(), &mut fields).map_err(|e| {
+                Error::Snapshot(format!(
+                    "reading {}.{} for the snapshot: {e}; this is a walwatch bug, please \
+                     report it",
+                    rel.namespace, rel.name
+                ))
+            })?;
+            let mut columns = Vec::with_capacity(rel.columns.len());
+            let mut key = Vec::with_capacity(rel.key_count);
+            for (col, text) in rel.columns.iter().zip(fields.drain(..)) {
+                let value = match text {
+                    Some(text) => types.parse_text(col.type_oid, &text),
+                    None => Value::Null,
+                };
+                if col.is_key {
+                    key.push(Column {
+                        name: col.name.clone(),
+                        value: value.clone(),
+                    });
+                }
+                columns.push(Column {
                     name: col.name.clone(),
-                    value: value.clone(),
+                    value,
                 });
             }
-            columns.push(Column {
-                name: col.name.clone(),
-                value,
-            });
+            let mut ev = Event::new(Op::Read, self.at);
+            ev.commit_lsn = self.at;
+            ev.ts = Some(self.taken);
+            ev.schema = Some(rel.namespace.clone());
+            ev.table = Some(rel.name.clone());
+            ev.data = Some(Row { columns });
+            ev.key = (!key.is_empty()).then_some(Row { columns: key });
+            ev.relation = Some(rel.clone());
+            each(ev);
         }
-        let mut ev = Event::new(Op::Read, self.at);
-        ev.commit_lsn = self.at;
-        ev.ts = Some(self.taken);
-        ev.schema = Some(rel.namespace.clone());
-        ev.table = Some(rel.name.clone());
-        ev.data = Some(Row { columns });
-        ev.key = (!key.is_empty()).then_some(Row { columns: key });
-        ev.relation = Some(rel.clone());
-        Ok(ev)
+        Ok(())
     }
 }
 
-/// Rows read from the table at `table` (an index into the plan), or the end of that table.
+/// What a reader sends: rows of the table at `table` (an index into the plan), or the end of
+/// that table.
 pub struct Chunk {
     pub table: usize,
-    pub events: Vec<Event>,
+    pub rows: SnapshotRows,
     /// The last message of its table: every row read (how many, and how long it took).
     pub finished: Option<(u64, std::time::Duration)>,
 }
+
+/// Bytes of rows per chunk, at most (a single larger row goes alone).
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Chunks queued between the readers and their consumer, per reader.
 const CHUNKS_AHEAD: usize = 2;
@@ -383,15 +378,14 @@ const CHUNKS_AHEAD: usize = 2;
 pub fn read_all(
     readers: Vec<SnapshotReader>,
     tables: Arc<Vec<SnapshotTable>>,
-    types: Arc<TypeRegistry>,
     chunk: usize,
 ) -> tokio::sync::mpsc::Receiver<Result<Chunk>> {
     let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD * readers.len().max(1));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for reader in readers {
-        let (tx, next, tables, types) = (tx.clone(), next.clone(), tables.clone(), types.clone());
+        let (tx, next, tables) = (tx.clone(), next.clone(), tables.clone());
         tokio::spawn(async move {
-            let res = reader.read_tables(&tables, &types, chunk, &next, &tx).await;
+            let res = reader.read_tables(&tables, chunk, &next, &tx).await;
             match res {
                 Ok(()) => {
                     if let Err(e) = reader.close().await {
@@ -408,12 +402,20 @@ pub fn read_all(
 }
 
 impl SnapshotReader {
+    fn rows(&self, table: &SnapshotTable, lines: Vec<Bytes>) -> SnapshotRows {
+        SnapshotRows {
+            relation: table.relation.clone(),
+            at: self.at,
+            taken: self.taken,
+            lines,
+        }
+    }
+
     /// Reads the tables not yet taken by another reader, one after the other, into `tx`;
     /// returns early (Ok) once the receiver is gone.
     async fn read_tables(
         &self,
         tables: &[SnapshotTable],
-        types: &TypeRegistry,
         chunk: usize,
         next: &std::sync::atomic::AtomicUsize,
         tx: &tokio::sync::mpsc::Sender<Result<Chunk>>,
@@ -424,22 +426,50 @@ impl SnapshotReader {
                 return Ok(());
             };
             let began = std::time::Instant::now();
-            self.start(table).await?;
+            let copy = format!("COPY ({}) TO STDOUT", table.select_sql());
+            let stream = self
+                .client
+                .copy_out(copy.as_str())
+                .await
+                .map_err(|e| read_error(&table.name(), e))?;
+            futures_util::pin_mut!(stream);
             let mut rows = 0u64;
-            while let Some(events) = self.next_chunk(table, types, chunk).await? {
-                rows += events.len() as u64;
-                let c = Chunk {
-                    table: i,
-                    events,
-                    finished: None,
-                };
-                if tx.send(Ok(c)).await.is_err() {
-                    return Ok(());
+            let mut lines = Vec::with_capacity(chunk);
+            let mut bytes = 0;
+            loop {
+                let line = stream
+                    .next()
+                    .await
+                    .transpose()
+                    .map_err(|e| read_error(&table.name(), e))?;
+                let end = line.is_none();
+                if let Some(line) = line {
+                    bytes += line.len();
+                    lines.push(line);
+                }
+                // A chunk is `chunk` rows, or fewer of large rows (1 MB), or the table's last.
+                if lines.len() >= chunk || bytes >= CHUNK_BYTES || (end && !lines.is_empty()) {
+                    rows += lines.len() as u64;
+                    let c = Chunk {
+                        table: i,
+                        rows: self.rows(
+                            table,
+                            std::mem::replace(&mut lines, Vec::with_capacity(chunk)),
+                        ),
+                        finished: None,
+                    };
+                    bytes = 0;
+                    if tx.send(Ok(c)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if end {
+                    break;
                 }
             }
             let end = Chunk {
                 table: i,
-                events: Vec::new(),
+                rows: self.rows(table, Vec::new()),
                 finished: Some((rows, began.elapsed())),
             };
             if tx.send(Ok(end)).await.is_err() {

@@ -201,10 +201,9 @@ impl Fanout {
                 self.decoder.reset();
                 self.out.restart()?;
             }
-            Frame::Rows(events) => {
-                for ev in events {
-                    self.out.emit(ev);
-                }
+            Frame::Rows(rows) => {
+                let out = &mut self.out;
+                rows.events(self.decoder.types(), |ev| out.emit(ev))?;
                 if let Some(e) = self.out.error.take() {
                     return Err(e);
                 }

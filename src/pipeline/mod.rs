@@ -49,9 +49,10 @@ pub enum Frame {
     /// A new connection follows: forget the old one's partial state and skip what the server
     /// replays of what was already written.
     Reset,
-    /// Rows a snapshot read (`--snapshot`), as READ events: before the stream's first frame,
-    /// they go through the same lookups, filter and batches as decoded changes.
-    Rows(Vec<crate::event::Event>),
+    /// Rows a snapshot read (`--snapshot`), as COPY sent them: before the stream's first
+    /// frame, they become READ events and go through the same lookups, filter and batches as
+    /// decoded changes.
+    Rows(crate::pg::snapshot::SnapshotRows),
 }
 
 /// Frames crossing from the socket to the decode thread together, with the bytes they hold in
@@ -105,8 +106,7 @@ pub struct SnapshotFeed {
     /// `--snapshot-parallel` readers, each in the slot's exported snapshot.
     pub readers: Vec<crate::pg::snapshot::SnapshotReader>,
     pub tables: Vec<crate::pg::snapshot::SnapshotTable>,
-    pub types: TypeRegistry,
-    /// Rows per FETCH.
+    /// Rows per chunk handed on.
     pub chunk: usize,
     /// `--snapshot only`: the run ends once the rows are handed on.
     pub only: bool,

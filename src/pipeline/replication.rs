@@ -260,15 +260,13 @@ impl Pump {
         let SnapshotFeed {
             readers,
             tables,
-            types,
             chunk,
             only,
             progress,
         } = feed;
         let mut progress = super::progress::SnapshotProgress::new(progress, &tables);
         let tables = Arc::new(tables);
-        let mut chunks =
-            crate::pg::snapshot::read_all(readers, tables.clone(), Arc::new(types), chunk);
+        let mut chunks = crate::pg::snapshot::read_all(readers, tables.clone(), chunk);
         let mut rows = vec![0u64; tables.len()];
         loop {
             let next = tokio::select! {
@@ -293,11 +291,12 @@ impl Pump {
                 });
                 continue;
             }
-            rows[c.table] += c.events.len() as u64;
-            progress.advance(c.table, c.events.len() as u64);
-            let bytes = c.events.iter().map(super::budget::footprint).sum();
+            let n = c.rows.lines.len() as u64;
+            rows[c.table] += n;
+            progress.advance(c.table, n);
+            let bytes = c.rows.bytes();
             let stopped = if self
-                .forward(stream, vec![Frame::Rows(c.events)], bytes, shutdown)
+                .forward(stream, vec![Frame::Rows(c.rows)], bytes, shutdown)
                 .await?
             {
                 Some(StopReason::Shutdown)
