@@ -142,6 +142,15 @@ impl Writer {
         self.committed.load(Ordering::Relaxed)
     }
 
+    /// Waits until the writer has committed `n` transactions in all.
+    fn wait_for(&self, n: u64) {
+        support::wait_until(
+            &format!("the writer's first {n} commits"),
+            Duration::from_secs(60),
+            || (self.committed() >= n).then_some(()),
+        );
+    }
+
     /// Stops the writer and waits for it.
     fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
@@ -325,6 +334,20 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
     parse_jsonl(&std::fs::read(path).expect("read the output"))
 }
 
+/// How many of walwatch's snapshot readers the server shows in the middle of a COPY now.
+fn copying_readers() -> Option<usize> {
+    support::cluster()
+        .psql(
+            "walwatch",
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'walwatch-meta' AND query LIKE 'COPY%';",
+        )
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// `--snapshot initial` on a new slot while a writer inserts, updates and deletes in all three
 /// tables (keyed with TOASTed values, keyless, partitioned) the whole time: replaying READ and
 /// changes gives exactly each table's rows, and the writer's changes both preceded the
@@ -338,11 +361,7 @@ fn initial_snapshot_meets_the_stream_exactly_while_a_writer_runs() {
     let ready = dir.path().join("ready");
     let log = dir.path().join("walwatch.log");
     let writer = Writer::start(&t, 0x9E37_79B9_7F4A_7C15);
-    support::wait_until(
-        "the writer's first 50 commits",
-        Duration::from_secs(30),
-        || (writer.committed() >= 50).then_some(()),
-    );
+    writer.wait_for(50);
     let before_snapshot = writer.committed();
     let mut proc = harness::spawn_logged(
         &[
@@ -370,11 +389,7 @@ fn initial_snapshot_meets_the_stream_exactly_while_a_writer_runs() {
     });
     // Let the writer run on through the snapshot and after it.
     let at_ready = writer.committed();
-    support::wait_until(
-        "200 more commits after the slot was created",
-        Duration::from_secs(60),
-        || (writer.committed() >= at_ready + 200).then_some(()),
-    );
+    writer.wait_for(at_ready + 200);
     let committed = writer.finish();
     let end = harness::current_lsn();
     support::wait_until(
@@ -414,11 +429,7 @@ fn snapshot_only_then_streaming_on_the_slot_has_no_gap_or_overlap() {
     let rows_file = dir.path().join("rows.jsonl");
     let changes_file = dir.path().join("changes.jsonl");
     let writer = Writer::start(&t, 0xD1B5_4A32_D192_ED03);
-    support::wait_until(
-        "the writer's first 50 commits",
-        Duration::from_secs(30),
-        || (writer.committed() >= 50).then_some(()),
-    );
+    writer.wait_for(50);
     let only = run_expecting(
         &[
             "--dsn",
@@ -435,9 +446,7 @@ fn snapshot_only_then_streaming_on_the_slot_has_no_gap_or_overlap() {
         0,
     );
     let at_end = writer.committed();
-    support::wait_until("100 more commits", Duration::from_secs(60), || {
-        (writer.committed() >= at_end + 100).then_some(())
-    });
+    writer.wait_for(at_end + 100);
     writer.finish();
     run_expecting(
         &[
@@ -604,19 +613,7 @@ fn parallel_readers_read_two_tables_at_once() {
         "two readers copying at once",
         Duration::from_secs(60),
         || std::fs::read_to_string(&log).unwrap_or_default(),
-        || {
-            let n: usize = support::cluster()
-                .psql(
-                    "walwatch",
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = 'walwatch-meta' AND query LIKE 'COPY%';",
-                )
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            (n >= 2).then_some(n)
-        },
+        || copying_readers().filter(|n| *n >= 2),
     );
     assert!(both >= 2);
     let status = proc.wait().expect("walwatch ends");
@@ -735,19 +732,7 @@ fn a_table_dropped_mid_snapshot_is_a_named_error() {
     support::wait_until(
         "the snapshot reading the first table",
         Duration::from_secs(60),
-        || {
-            let n: usize = support::cluster()
-                .psql(
-                    "walwatch",
-                    "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = 'walwatch-meta' AND query LIKE 'COPY%';",
-                )
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-            (n >= 1).then_some(())
-        },
+        || copying_readers().filter(|n| *n >= 1),
     );
     sql(&format!("DROP TABLE {b};"));
     let mut stdout = child.0.stdout.take().unwrap();
