@@ -844,6 +844,62 @@ fn read_rows_equal_the_stream_s_inserts_value_for_value() {
     ));
 }
 
+/// With a given publication that lists a partitioned table's partitions (no
+/// `publish_via_partition_root`), the snapshot reads each partition under its own name, as the
+/// stream reports their changes, with the watched table in `partition_of`.
+#[test]
+fn a_given_publication_s_partitions_are_read_under_their_own_names() {
+    let t = support::unique_name("snappub");
+    let publication = support::unique_name("snappub");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY) PARTITION BY RANGE (id);
+         CREATE TABLE {t}_lo PARTITION OF {t} FOR VALUES FROM (MINVALUE) TO (10);
+         CREATE TABLE {t}_hi PARTITION OF {t} FOR VALUES FROM (10) TO (MAXVALUE);
+         INSERT INTO {t} VALUES (1), (2), (11);
+         CREATE PUBLICATION {publication} FOR TABLE {t};"
+    ));
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &t,
+            "--publication",
+            &publication,
+            "--snapshot",
+            "only",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let mut got: Vec<(String, i64, String)> = parse_jsonl(&out.stdout)
+        .iter()
+        .map(|e| {
+            (
+                e["table"].as_str().unwrap().to_string(),
+                e["data"]["id"].as_i64().unwrap(),
+                e["partition_of"]["table"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    let (lo, hi) = (format!("{t}_hi"), format!("{t}_lo"));
+    assert_eq!(
+        got,
+        [
+            (lo.clone(), 11, t.clone()),
+            (hi.clone(), 1, t.clone()),
+            (hi, 2, t.clone())
+        ],
+        "each partition's rows under its own name, with partition_of"
+    );
+    sql(&format!("DROP PUBLICATION {publication}; DROP TABLE {t};"));
+}
+
 /// `--raw` records the stream's bytes, which hold no snapshot rows: refused before any I/O.
 #[test]
 fn raw_recording_with_a_snapshot_is_refused() {

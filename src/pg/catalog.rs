@@ -214,6 +214,30 @@ pub async fn check_select(
     )))
 }
 
+/// The tables a publication publishes, and the partitioned tables it publishes partitions of
+/// (without `publish_via_partition_root`, `pg_publication_tables` lists the partitions, not
+/// the table named in CREATE PUBLICATION; `pg_partition_ancestors` lists a relation itself
+/// first, then its ancestors, PostgreSQL 12+).
+async fn published_or_partitioned(client: &Client, name: &str) -> Result<Vec<(String, String)>> {
+    const Q: &str = "published_or_partitioned";
+    let rows = client
+        .query(
+            "SELECT DISTINCT an.nspname::text, ac.relname::text \
+             FROM pg_publication_tables pt \
+             JOIN pg_namespace n ON n.nspname = pt.schemaname \
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
+             CROSS JOIN LATERAL pg_partition_ancestors(c.oid) a \
+             JOIN pg_class ac ON ac.oid = a.relid \
+             JOIN pg_namespace an ON an.oid = ac.relnamespace \
+             WHERE pt.pubname = $1",
+            &[&name],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((column(r, Q, 0)?, column(r, Q, 1)?)))
+        .collect()
+}
+
 /// Checks that an existing publication exists and publishes every watched table.
 pub async fn check_publication(
     client: &Client,
@@ -237,7 +261,7 @@ pub async fn check_publication(
     };
     let all: bool = column(&row, "check_publication", 0)?;
     if let (false, Some(list)) = (all, tables) {
-        let published = publication_tables(client, name).await?;
+        let published = published_or_partitioned(client, name).await?;
         let missing: Vec<String> = list
             .iter()
             .filter(|t| !published.contains(t))

@@ -82,7 +82,9 @@ impl SnapshotTable {
 }
 
 /// The relations the publications publish, among those `watched` accepts (by schema and
-/// name), each described as the stream's Relation message would describe it.
+/// name, its own or a partitioned table's it is a partition of: a publication without
+/// `publish_via_partition_root` lists partitions), each described as the stream's Relation
+/// message would describe it.
 pub async fn plan(
     client: &Client,
     publications: &[String],
@@ -101,7 +103,12 @@ pub async fn plan(
         .query(
             &format!(
                 "SELECT c.oid, pt.schemaname::text, pt.tablename::text, c.relreplident::text, \
-                        {attnames}, {rowfilter}, c.reltuples::int8 \
+                        {attnames}, {rowfilter}, c.reltuples::int8, \
+                        ARRAY(SELECT an.nspname::text FROM pg_partition_ancestors(c.oid) a \
+                              JOIN pg_class ac ON ac.oid = a.relid \
+                              JOIN pg_namespace an ON an.oid = ac.relnamespace), \
+                        ARRAY(SELECT ac.relname::text FROM pg_partition_ancestors(c.oid) a \
+                              JOIN pg_class ac ON ac.oid = a.relid) \
                  FROM pg_publication_tables pt \
                  JOIN pg_namespace n ON n.nspname = pt.schemaname \
                  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
@@ -116,7 +123,10 @@ pub async fn plan(
         let oid: u32 = column(r, Q, 0)?;
         let schema: String = column(r, Q, 1)?;
         let table: String = column(r, Q, 2)?;
-        if !watched(&schema, &table) {
+        // pg_partition_ancestors lists the relation itself first (PostgreSQL 12+).
+        let schemas: Vec<String> = column(r, Q, 7)?;
+        let names: Vec<String> = column(r, Q, 8)?;
+        if !watched(&schema, &table) && !schemas.iter().zip(&names).any(|(s, t)| watched(s, t)) {
             continue;
         }
         let filter: Option<String> = column(r, Q, 5)?;
