@@ -216,13 +216,16 @@ pub async fn check_select(
 
 /// The tables a publication publishes, and the partitioned tables it publishes partitions of
 /// (without `publish_via_partition_root`, `pg_publication_tables` lists the partitions, not
-/// the table named in CREATE PUBLICATION; `pg_partition_ancestors` lists a relation itself
-/// first, then its ancestors, PostgreSQL 12+).
+/// the table named in CREATE PUBLICATION; `pg_partition_ancestors`, PostgreSQL 12+, lists a
+/// partition itself and its ancestors, and nothing for a table that is not a partition).
 async fn published_or_partitioned(client: &Client, name: &str) -> Result<Vec<(String, String)>> {
     const Q: &str = "published_or_partitioned";
     let rows = client
         .query(
-            "SELECT DISTINCT an.nspname::text, ac.relname::text \
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+             WHERE pubname = $1 \
+             UNION \
+             SELECT an.nspname::text, ac.relname::text \
              FROM pg_publication_tables pt \
              JOIN pg_namespace n ON n.nspname = pt.schemaname \
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \

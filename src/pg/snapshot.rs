@@ -123,7 +123,8 @@ pub async fn plan(
         let oid: u32 = column(r, Q, 0)?;
         let schema: String = column(r, Q, 1)?;
         let table: String = column(r, Q, 2)?;
-        // pg_partition_ancestors lists the relation itself first (PostgreSQL 12+).
+        // pg_partition_ancestors (PostgreSQL 12+) lists a partition and its ancestors, and
+        // nothing for a table that is not a partition.
         let schemas: Vec<String> = column(r, Q, 7)?;
         let names: Vec<String> = column(r, Q, 8)?;
         if !watched(&schema, &table) && !schemas.iter().zip(&names).any(|(s, t)| watched(s, t)) {
