@@ -591,7 +591,7 @@ pub struct WatchArgs {
     pub tables: Vec<String>,
 
     /// Operations to show, comma-separated: insert, update, delete, truncate, message, begin,
-    /// commit. Default: all.
+    /// commit, read (the rows of --snapshot). Default: all.
     #[arg(long, value_name = "OPS")]
     pub ops: Vec<String>,
 
