@@ -412,8 +412,10 @@ async fn stream_with_publication(
     let endpos = match config.endpos {
         None => None,
         Some(EndPos::At(lsn)) => Some(lsn),
+        // A slot created by this run with --endpos now: no change can be before it, but a
+        // snapshot's rows are: read them, then stop where the slot starts.
+        Some(EndPos::Now) if created && feed.is_some() => Some(start),
         Some(EndPos::Now) if created => {
-            // A slot created by this run with --endpos now: nothing can be before it.
             tracing::info!("slot {slot_name} created at {start}; --endpos now: done");
             return Ok(Outcome {
                 reason: StopReason::EndPos,

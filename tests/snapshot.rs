@@ -480,6 +480,40 @@ fn snapshot_only_then_streaming_on_the_slot_has_no_gap_or_overlap() {
     t.drop();
 }
 
+/// `--snapshot initial --endpos now` on a new slot: the rows, then the run ends (the slot was
+/// created now, so no change is before the end).
+#[test]
+fn initial_with_endpos_now_on_a_new_slot_gives_the_rows_and_ends() {
+    let t = support::unique_name("snapend");
+    let slot = support::unique_name("snapend");
+    sql(&format!(
+        "CREATE TABLE {t} (id int PRIMARY KEY);
+         INSERT INTO {t} SELECT generate_series(1, 10);"
+    ));
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t,
+            "--snapshot",
+            "initial",
+            "--endpos",
+            "now",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let events = parse_jsonl(&out.stdout);
+    assert_eq!(events.len(), 10, "{}", harness::stderr(&out));
+    assert!(events.iter().all(|e| e["op"] == "READ"));
+    drop_slot(&slot);
+    sql(&format!("DROP TABLE {t};"));
+}
+
 /// `--where` and `--ops` apply to READ rows as to changes; READ rows carry the key, the
 /// position the snapshot is consistent with, and no xid.
 #[test]
