@@ -514,6 +514,36 @@ fn initial_with_endpos_now_on_a_new_slot_gives_the_rows_and_ends() {
     sql(&format!("DROP TABLE {t};"));
 }
 
+/// A table with no columns still has rows: each is a READ event with empty `data`.
+#[test]
+fn a_table_without_columns_is_read_row_by_row() {
+    let t = support::unique_name("snapnocol");
+    sql(&format!(
+        "CREATE TABLE {t} (); INSERT INTO {t} DEFAULT VALUES; INSERT INTO {t} DEFAULT VALUES;"
+    ));
+    let out = run_expecting(
+        &[
+            "--dsn",
+            &dsn(),
+            "--tables",
+            &t,
+            "--snapshot",
+            "only",
+            "--format",
+            "json",
+        ],
+        0,
+    );
+    let events = parse_jsonl(&out.stdout);
+    assert_eq!(events.len(), 2, "{}", harness::stderr(&out));
+    assert!(
+        events
+            .iter()
+            .all(|e| e["op"] == "READ" && e["data"] == serde_json::json!({}))
+    );
+    sql(&format!("DROP TABLE {t};"));
+}
+
 /// `--where` and `--ops` apply to READ rows as to changes; READ rows carry the key, the
 /// position the snapshot is consistent with, and no xid.
 #[test]

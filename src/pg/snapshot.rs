@@ -64,13 +64,11 @@ impl SnapshotTable {
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
+        // No published column (a table of no columns): an empty select list, whose COPY lines
+        // are empty, one per row, as its Relation message has no columns.
         let mut sql = format!(
             "SELECT {} FROM {}.{}",
-            if cols.is_empty() {
-                "NULL".to_string()
-            } else {
-                cols.join(", ")
-            },
+            cols.join(", "),
             quote_ident(&self.relation.namespace),
             quote_ident(&self.relation.name)
         );
