@@ -364,13 +364,16 @@ impl SnapshotRows {
     }
 }
 
-/// What a reader sends: rows of the table at `table` (an index into the plan), or the end of
-/// that table.
-pub struct Chunk {
-    pub table: usize,
-    pub rows: SnapshotRows,
-    /// The last message of its table: every row read (how many, and how long it took).
-    pub finished: Option<(u64, std::time::Duration)>,
+/// What a reader sends about the table at `table` (an index into the plan).
+pub enum Chunk {
+    /// Its next rows.
+    Rows { table: usize, rows: SnapshotRows },
+    /// Every row is read: how many, and how long it took.
+    Done {
+        table: usize,
+        rows: u64,
+        took: std::time::Duration,
+    },
 }
 
 /// Bytes of rows per chunk, at most (a single larger row goes alone).
@@ -459,13 +462,12 @@ impl SnapshotReader {
                 // A chunk is `chunk` rows, or fewer of large rows (1 MB), or the table's last.
                 if lines.len() >= chunk || bytes >= CHUNK_BYTES || (end && !lines.is_empty()) {
                     rows += lines.len() as u64;
-                    let c = Chunk {
+                    let c = Chunk::Rows {
                         table: i,
                         rows: self.rows(
                             table,
                             std::mem::replace(&mut lines, Vec::with_capacity(chunk)),
                         ),
-                        finished: None,
                     };
                     bytes = 0;
                     if tx.send(Ok(c)).await.is_err() {
@@ -476,10 +478,10 @@ impl SnapshotReader {
                     break;
                 }
             }
-            let end = Chunk {
+            let end = Chunk::Done {
                 table: i,
-                rows: self.rows(table, Vec::new()),
-                finished: Some((rows, began.elapsed())),
+                rows,
+                took: began.elapsed(),
             };
             if tx.send(Ok(end)).await.is_err() {
                 return Ok(());

@@ -22,6 +22,7 @@ use super::{Frame, Frames, Progress, SnapshotFeed, StopReason, StreamSetup};
 use crate::error::Result;
 use crate::event::Lsn;
 use crate::pg::error::PgError;
+use crate::pg::snapshot::Chunk;
 use crate::pg::stream::{ReplMessage, ReplStream};
 
 /// Batches of frames queued for the decode thread.
@@ -278,25 +279,28 @@ impl Pump {
                     continue;
                 }
             };
-            let Some(c) = next.transpose()? else { break };
-            let name = tables[c.table].name();
-            if let Some((n, took)) = c.finished {
-                progress.finish(c.table, || {
-                    tracing::info!(
-                        "snapshot of {}.{}: {n} rows in {:.1} s",
-                        name.schema,
-                        name.table,
-                        took.as_secs_f64()
-                    );
-                });
-                continue;
-            }
-            let n = c.rows.lines.len() as u64;
-            rows[c.table] += n;
-            progress.advance(c.table, n);
-            let bytes = c.rows.bytes();
+            let (table, batch) = match next.transpose()? {
+                None => break,
+                Some(Chunk::Done { table, rows, took }) => {
+                    let name = tables[table].name();
+                    progress.finish(table, || {
+                        tracing::info!(
+                            "snapshot of {}.{}: {rows} rows in {:.1} s",
+                            name.schema,
+                            name.table,
+                            took.as_secs_f64()
+                        );
+                    });
+                    continue;
+                }
+                Some(Chunk::Rows { table, rows }) => (table, rows),
+            };
+            let n = batch.lines.len() as u64;
+            rows[table] += n;
+            progress.advance(table, n);
+            let bytes = batch.bytes();
             let stopped = if self
-                .forward(stream, vec![Frame::Rows(c.rows)], bytes, shutdown)
+                .forward(stream, vec![Frame::Rows(batch)], bytes, shutdown)
                 .await?
             {
                 Some(StopReason::Shutdown)
@@ -306,11 +310,12 @@ impl Pump {
                 None
             };
             if stopped.is_some() {
+                let name = tables[table].name();
                 tracing::info!(
                     "snapshot of {}.{} stopped after {} rows",
                     name.schema,
                     name.table,
-                    rows[c.table]
+                    rows[table]
                 );
                 return Ok(stopped);
             }
