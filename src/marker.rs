@@ -17,6 +17,9 @@ use crate::event::{Event, Op};
 pub const MARK_PREFIX: &str = "walwatch.mark";
 /// The prefix of a fence; the content is a unique id. Scoped like a mark.
 pub const FENCE_PREFIX: &str = "walwatch.fence";
+/// The prefix of a snapshot's watermarks (`pipeline::backfill`), scoped to the slot; the
+/// content says which run and chunk, low or high.
+pub const BACKFILL_PREFIX: &str = "walwatch.backfill";
 /// The prefix of the first line `walwatch record` writes: who is recording
 /// ([`RecorderInfo`], as JSON). Never sent through the database.
 pub const RECORDER_PREFIX: &str = "walwatch.recorder";
@@ -37,7 +40,7 @@ fn parse_prefix(prefix: &str) -> Option<(&str, Option<&str>)> {
         None => (prefix, None),
     };
     match kind {
-        MARK_PREFIX | FENCE_PREFIX => Some((kind, scope)),
+        MARK_PREFIX | FENCE_PREFIX | BACKFILL_PREFIX => Some((kind, scope)),
         RECORDER_PREFIX if scope.is_none() => Some((kind, None)),
         _ => None,
     }
@@ -67,6 +70,11 @@ pub fn is_for(e: &Event, scope: Option<&str>) -> bool {
         None => true,
         Some(s) => Some(s) == scope,
     }
+}
+
+/// A snapshot watermark's content, when `e` is one.
+pub fn backfill_content(e: &Event) -> Option<&str> {
+    content_with_prefix(e, BACKFILL_PREFIX)
 }
 
 fn content_with_prefix<'e>(e: &'e Event, prefix: &str) -> Option<&'e str> {

@@ -74,6 +74,7 @@ pub fn run(config: &ReplayConfig) -> Result<StreamOutcome> {
         status_interval: Duration::from_secs(10),
         start,
         snapshot: None,
+        backfill: None,
     };
     tracing::info!(
         "replaying {} (slot {}, PostgreSQL {}, pgoutput protocol {}, {} frames)",

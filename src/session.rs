@@ -386,13 +386,22 @@ async fn stream_with_publication(
 ) -> Result<Outcome> {
     let Extras { started, recorder } = extras;
     let (types, remembered) = start_types(&config, meta, publications).await?;
+    let record = remembered.map(|r| std::sync::Arc::new(tokio::sync::Mutex::new(r)));
     let server_version = repl.server_version_num();
     let OpenSlot {
         name: slot_name,
         start,
         created,
         snapshot,
-    } = open_slot(&config, &mut repl, meta, info, slot_name, held_by(&sinks)).await?;
+    } = open_slot(
+        &config,
+        &mut repl,
+        (meta, record.as_ref().map(|r| (r, &publications.names[..]))),
+        info,
+        slot_name,
+        held_by(&sinks),
+    )
+    .await?;
     // The exported snapshot must be imported before the replication connection's next
     // command (START_REPLICATION below).
     let feed = match &snapshot {
@@ -408,6 +417,27 @@ async fn stream_with_publication(
             .await?,
         ),
         None => None,
+    };
+    let backfill = match backfill_for(
+        &config,
+        record.as_ref(),
+        publications,
+        (&slot_name, created),
+        feed.as_ref(),
+        (&types, server_version),
+        tables.as_deref(),
+    )
+    .await?
+    {
+        Continue::With(b) => b,
+        Continue::Taken => {
+            return Ok(Outcome {
+                reason: StopReason::SnapshotTaken,
+                events: 0,
+                durable: start,
+                slot: slot_name,
+            });
+        }
     };
     let endpos = match config.endpos {
         None => None,
@@ -433,7 +463,7 @@ async fn stream_with_publication(
         endpos,
         server_version,
         types,
-        remembered,
+        remembered: record,
         tables,
     };
     let stream = repl
@@ -462,6 +492,7 @@ async fn stream_with_publication(
     let slot = plan.slot.clone();
     let mut setup = plan.setup(&config, publications, sinks, recorder);
     setup.snapshot = feed;
+    setup.backfill = backfill.map(|b| *b);
     let outcome = pipeline::run_stream(stream, setup, retry, shutdown).await;
     monitor.abort();
     let outcome = outcome?;
@@ -536,7 +567,7 @@ struct OpenSlot {
 async fn open_slot(
     config: &Config,
     repl: &mut ReplConn,
-    meta: &Client,
+    (meta, record): (&Client, Option<(&pipeline::SharedRecord, &[String])>),
     info: &ServerInfo,
     slot_name: String,
     held: Vec<(String, Lsn)>,
@@ -559,15 +590,6 @@ async fn open_slot(
     match slot_when_free(meta, name).await? {
         Some(existing) => {
             check_existing_slot(name, &existing, info)?;
-            if export {
-                return Err(Error::Snapshot(format!(
-                    "--snapshot: slot {name} already exists, and the snapshot of the rows \
-                     that meets its changes exactly was only available when it was created. \
-                     To stream its changes, run without --snapshot; to take a snapshot, drop \
-                     the slot (walwatch slots drop {name}) and start again with a new output, \
-                     or use a new --slot"
-                )));
-            }
             // Resume where the slot was confirmed (0/0 says the same). Never from
             // IDENTIFY_SYSTEM's position, which would skip whatever the slot still holds.
             let from = existing.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
@@ -582,6 +604,13 @@ async fn open_slot(
         }
         None => {
             check_held(held, name, meta, false).await?;
+            if let Some((record, publications)) = record.filter(|_| export) {
+                // Before the slot exists: a stop from its creation on leaves its snapshot to
+                // be read, not a slot that looks like it never had one.
+                let mut r = record.lock().await;
+                r.backfill = Some(publication::BackfillRecord::default());
+                publication::write_record(meta, publications, &r).await?;
+            }
             tracing::info!("creating replication slot {name}");
             let made = create_slot_noisily(repl, meta, name, false, server_version, export).await?;
             Ok(OpenSlot {
@@ -602,7 +631,7 @@ struct Plan {
     options: Vec<(String, String)>,
     server_version: u32,
     types: TypeRegistry,
-    remembered: Option<publication::Record>,
+    remembered: Option<pipeline::SharedRecord>,
     tables: Option<Vec<(String, String)>>,
 }
 
@@ -699,6 +728,7 @@ impl Plan {
             status_interval: config.status_interval,
             start: self.start,
             snapshot: None,
+            backfill: None,
         }
     }
 }
@@ -719,16 +749,52 @@ async fn snapshot_feed(
         readers.push(SnapshotReader::open(client, Some(name), at).await?);
     }
     let reader = &readers[0];
+    let tables = snapshot_plan(
+        config,
+        reader.client(),
+        reader.server_version(),
+        types,
+        publications,
+        watched,
+    )
+    .await?;
+    tracing::info!("snapshot at {at} of {}", describe_plan(&tables));
+    Ok(pipeline::SnapshotFeed {
+        readers,
+        tables,
+        chunk: config.snapshot_chunk,
+        only: config.snapshot == SnapshotMode::Only,
+        progress: config.progress,
+    })
+}
+
+/// The relations a snapshot reads: those the publications publish, among the watched tables.
+async fn snapshot_plan(
+    config: &Config,
+    client: &Client,
+    server_version: u32,
+    types: &TypeRegistry,
+    publications: &Publications,
+    watched: Option<&[(String, String)]>,
+) -> Result<Vec<snapshot::SnapshotTable>> {
     // walwatch's own publications hold exactly the watched tables; a given one may hold more.
     let given = config.publication.is_some();
-    let tables = snapshot::plan(
-        reader.client(),
+    let mut tables = snapshot::plan(
+        client,
         &publications.names,
-        reader.server_version(),
+        server_version,
         types,
         |s, t| !given || watched.is_none_or(|w| w.iter().any(|(ws, wt)| ws == s && wt == t)),
     )
     .await?;
+    // Tables without a key first: only the exported snapshot reads them exactly while they
+    // change (a stopped run reads them again between watermarks, which cannot match their
+    // changes to rows), so they are the first to be durable.
+    tables.sort_by_key(|t| !t.key.is_empty());
+    Ok(tables)
+}
+
+fn describe_plan(tables: &[snapshot::SnapshotTable]) -> String {
     let names: Vec<String> = tables
         .iter()
         .map(|t| {
@@ -740,14 +806,155 @@ async fn snapshot_feed(
             )
         })
         .collect();
-    tracing::info!("snapshot at {at} of {}", names.join(", "));
-    Ok(pipeline::SnapshotFeed {
-        readers,
+    names.join(", ")
+}
+
+/// What a run does about the slot's snapshot besides streaming.
+enum Continue {
+    /// Keep its progress (and read what is left of it) with this, if anything.
+    With(Option<Box<pipeline::Backfill>>),
+    /// `--snapshot only`, and the slot's snapshot is complete: nothing to do.
+    Taken,
+}
+
+/// The snapshot's progress to keep for a permanent slot with walwatch's own publications
+/// (their record holds it), and, for a slot whose snapshot a stopped run left unfinished,
+/// what is left to read while the stream runs.
+async fn backfill_for(
+    config: &Config,
+    record: Option<&pipeline::SharedRecord>,
+    publications: &Publications,
+    (slot, created): (&str, bool),
+    feed: Option<&pipeline::SnapshotFeed>,
+    (types, server_version): (&TypeRegistry, u32),
+    watched: Option<&[(String, String)]>,
+) -> Result<Continue> {
+    let wanted = config.snapshot != SnapshotMode::Never;
+    let Some(record) = record else {
+        if wanted && !created {
+            return Err(Error::Snapshot(format!(
+                "--snapshot: slot {slot} already exists and its publication (--publication) \
+                 holds no record of a snapshot: the rows that meet its changes exactly could \
+                 only be read when it was created. To stream its changes, run without \
+                 --snapshot; to take a snapshot, drop the slot (walwatch slots drop {slot}) \
+                 and start again with a new output, or use a new --slot"
+            )));
+        }
+        if wanted && matches!(config.slot, SlotMode::Permanent(_)) {
+            tracing::warn!(
+                "--snapshot with --publication: walwatch keeps a snapshot's progress in its \
+                 own publications, so a run stopped before the snapshot is read cannot \
+                 continue it; it would need a new slot"
+            );
+        }
+        return Ok(Continue::With(None));
+    };
+    let state = record.lock().await.backfill.clone();
+    let (tables, read) = match (created, feed, state) {
+        // A new slot reads its exported snapshot: keep its progress from an empty record.
+        (true, Some(feed), _) => (feed.tables.clone(), false),
+        (true, None, None) | (false, _, None) if !wanted => return Ok(Continue::With(None)),
+        (true, None, _) => {
+            // A new slot without a snapshot: forget one an older slot of this name had.
+            let mut r = record.lock().await;
+            r.backfill = None;
+            publication::write_record(&connect_meta(config).await?, &publications.names, &r)
+                .await?;
+            return Ok(Continue::With(None));
+        }
+        (false, _, None) => {
+            return Err(Error::Snapshot(format!(
+                "--snapshot: slot {slot} already exists and was created without a snapshot: \
+                 the rows that meet its changes exactly could only be read when it was \
+                 created. To stream its changes, run without --snapshot; to take a snapshot, \
+                 drop the slot (walwatch slots drop {slot}) and start again with a new \
+                 output, or use a new --slot"
+            )));
+        }
+        (false, _, Some(state)) if state.complete() => {
+            tracing::info!("the snapshot of slot {slot} is complete");
+            return Ok(if config.snapshot == SnapshotMode::Only {
+                Continue::Taken
+            } else {
+                Continue::With(None)
+            });
+        }
+        (false, _, Some(_)) if !wanted => {
+            tracing::warn!(
+                "the snapshot of slot {slot} is not complete; run with --snapshot initial to \
+                 read the rest of it while streaming"
+            );
+            return Ok(Continue::With(None));
+        }
+        (false, _, Some(_)) => {
+            let client = connect_meta(config).await?;
+            let tables = snapshot_plan(
+                config,
+                &client,
+                server_version,
+                types,
+                publications,
+                watched,
+            )
+            .await?;
+            (tables, true)
+        }
+    };
+    let old = record.lock().await.backfill.clone().unwrap_or_default();
+    let state: Vec<publication::TableBackfill> = tables
+        .iter()
+        .map(|t| {
+            let (schema, table) = (&*t.relation.namespace, &*t.relation.name);
+            old.tables
+                .iter()
+                .find(|o| o.schema == schema && o.table == table && read)
+                .cloned()
+                .unwrap_or_else(|| publication::TableBackfill {
+                    schema: schema.to_string(),
+                    table: table.to_string(),
+                    ..Default::default()
+                })
+        })
+        .collect();
+    let reader = snapshot::ChunkReader::open(connect_meta(config).await?).await?;
+    {
+        // Before any row is read: a stop from here on leaves the snapshot unfinished.
+        let mut r = record.lock().await;
+        r.backfill = Some(publication::BackfillRecord {
+            planned: true,
+            tables: state.clone(),
+        });
+        publication::write_record(reader.client(), &publications.names, &r).await?;
+    }
+    if read {
+        let left: Vec<&publication::TableBackfill> = state.iter().filter(|t| !t.done).collect();
+        tracing::info!(
+            "continuing the snapshot of slot {slot}: {}",
+            left.iter()
+                .map(|t| match &t.after {
+                    Some(k) => format!("{}.{} after ({})", t.schema, t.table, k.join(", ")),
+                    None => format!("{}.{} from its start", t.schema, t.table),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Ok(Continue::With(Some(Box::new(pipeline::Backfill {
+        record: record.clone(),
+        publications: publications.names.clone(),
+        reader,
         tables,
+        state,
+        read,
         chunk: config.snapshot_chunk,
         only: config.snapshot == SnapshotMode::Only,
         progress: config.progress,
-    })
+        prefix: crate::marker::scoped(crate::marker::BACKFILL_PREFIX, Some(slot)),
+        run: format!("{:x}-{nanos:x}", std::process::id()),
+    }))))
 }
 
 /// Reloads the type registry for types created after start-up. On a permanent slot, new
@@ -755,21 +962,25 @@ async fn snapshot_feed(
 /// no longer has are kept (a change written before a `DROP TYPE` renders as it did).
 fn type_loader(
     catalog: DecodeCatalog,
-    mut remembered: Option<publication::Record>,
+    remembered: Option<pipeline::SharedRecord>,
     publications: Vec<String>,
 ) -> pipeline::TypeLoader {
     Box::new(move || {
-        let mut types = catalog.call(async |c| catalog::load_types(c).await)?;
-        if let Some(record) = &mut remembered {
+        let types = catalog.call(async |c| catalog::load_types(c).await)?;
+        let Some(shared) = &remembered else {
+            return Ok(types);
+        };
+        catalog.call(async |c| {
+            let mut types = types;
+            let mut record = shared.lock().await;
             if record.remember_types(&types)
-                && let Err(e) = catalog
-                    .call(async |c| publication::write_record(c, &publications, record).await)
+                && let Err(e) = publication::write_record(c, &publications, &record).await
             {
                 tracing::warn!("could not remember the slot's new types in its publication: {e}");
             }
             record.restore_types(&mut types);
-        }
-        Ok(types)
+            Ok(types)
+        })
     })
 }
 

@@ -197,6 +197,42 @@ pub struct Record {
     /// User types resolved on this slot (permanent slots only): OID and kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<(u32, crate::decode::TypeKind)>,
+    /// The slot's snapshot (`--snapshot`), while and after it is read: how far each table
+    /// is durable in every sink, so a run that stops mid-snapshot is continued, not redone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillRecord>,
+}
+
+/// How far a slot's snapshot got, table by table. Written only once what it says is durable
+/// in every sink (`pipeline::backfill`), so it is never ahead of the output.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackfillRecord {
+    /// The tables are listed (false from before the slot is created until its snapshot's
+    /// tables are known: a stop then leaves every table to read).
+    #[serde(default)]
+    pub planned: bool,
+    pub tables: Vec<TableBackfill>,
+}
+
+impl BackfillRecord {
+    /// Whether every table is read.
+    pub fn complete(&self) -> bool {
+        self.planned && self.tables.iter().all(|t| t.done)
+    }
+}
+
+/// One table of a snapshot: done, or read up to a key (in key order).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TableBackfill {
+    pub schema: String,
+    pub table: String,
+    /// The chunk key's values (text, as the server prints them) of the last row durable, for
+    /// a table read in key order; `None` before its first chunk, or for a table without a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+    /// Rows durable so far.
+    pub rows: u64,
+    pub done: bool,
 }
 
 impl Record {
@@ -216,6 +252,7 @@ impl Record {
             backend_pid: column(&row, "Record::for_run", 0)?,
             backend_start: column(&row, "Record::for_run", 1)?,
             types: Vec::new(),
+            backfill: None,
         })
     }
 
@@ -476,14 +513,16 @@ async fn legacy(
     })
 }
 
-/// This run's record, keeping the types `old` remembered for the same slot.
+/// This run's record, keeping the types `old` remembered for the same slot, and how far its
+/// snapshot got.
 async fn refreshed_record(client: &Client, want: &Want<'_>, old: Option<Record>) -> Result<Record> {
-    let types = match old {
-        Some(r) if r.slot == want.slot => r.types,
-        _ => Vec::new(),
+    let (types, backfill) = match old {
+        Some(r) if r.slot == want.slot => (r.types, r.backfill),
+        _ => (Vec::new(), None),
     };
     Ok(Record {
         types,
+        backfill,
         ..Record::for_run(client, want.slot, want.temporary).await?
     })
 }
@@ -792,6 +831,16 @@ mod tests {
             backend_pid: 42,
             backend_start: "2026-12-01 00:00:00+00".into(),
             types: vec![(16_400, crate::decode::TypeKind::Enum)],
+            backfill: Some(BackfillRecord {
+                planned: true,
+                tables: vec![TableBackfill {
+                    schema: "public".into(),
+                    table: "orders".into(),
+                    after: Some(vec!["42".into()]),
+                    rows: 42,
+                    done: false,
+                }],
+            }),
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.starts_with("{\"walwatch\":1,"), "{json}");

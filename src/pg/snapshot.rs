@@ -46,6 +46,40 @@ pub struct SnapshotTable {
     pub row_filter: Option<String>,
     /// `pg_class.reltuples`: the planner's estimate of the row count (-1 when unknown).
     pub estimate: i64,
+    /// The columns its rows are read in order of (empty: none, the table is read in
+    /// physical order).
+    pub key: ChunkKey,
+}
+
+/// The columns a table is read in order of, so a read can stop after any chunk and go on
+/// from its last row: the primary key, else the replica identity index, when every column of
+/// it is published (their values are then in every row read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkKey {
+    /// Each column's position among the relation's (published) columns, and its type as SQL
+    /// names it (`format_type`), for the literals that resume after a row.
+    pub columns: Vec<(usize, String)>,
+}
+
+impl ChunkKey {
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+}
+
+/// Which rows of a table one read takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Range<'a> {
+    /// Every row, in key order when the table has a [`ChunkKey`].
+    All,
+    /// The first `limit` rows in key order after the key values `after` (from the start
+    /// when `None`).
+    After {
+        after: Option<&'a [String]>,
+        limit: usize,
+    },
+    /// The rows in the heap pages `from..to` (a table without a key).
+    Pages { from: u64, to: u64 },
 }
 
 impl SnapshotTable {
@@ -56,8 +90,8 @@ impl SnapshotTable {
         }
     }
 
-    /// The query that reads every row: the published columns, in table order.
-    fn select_sql(&self) -> String {
+    /// The query that reads the rows of `range`: the published columns, in table order.
+    pub fn select_sql(&self, range: Range<'_>) -> String {
         let cols: Vec<String> = self
             .relation
             .columns
@@ -72,10 +106,61 @@ impl SnapshotTable {
             quote_ident(&self.relation.namespace),
             quote_ident(&self.relation.name)
         );
-        if let Some(f) = &self.row_filter {
-            sql.push_str(&format!(" WHERE {f}"));
+        let mut conds: Vec<String> = self.row_filter.iter().map(|f| format!("({f})")).collect();
+        let keys: Vec<String> = self
+            .key
+            .columns
+            .iter()
+            .map(|(i, _)| quote_ident(&self.relation.columns[*i].name))
+            .collect();
+        match range {
+            Range::After {
+                after: Some(after), ..
+            } if after.len() == keys.len() => {
+                // A row comparison walks the key's btree order, as ORDER BY does
+                // (docs 9.25.5, "Row Constructor Comparison").
+                let lits: Vec<String> = self
+                    .key
+                    .columns
+                    .iter()
+                    .zip(after)
+                    .map(|((_, ty), v)| format!("{}::{ty}", quote_literal(v)))
+                    .collect();
+                conds.push(format!("({}) > ({})", keys.join(", "), lits.join(", ")));
+            }
+            Range::Pages { from, to } => {
+                // A TID range scan (PostgreSQL 14+) reads just those pages.
+                conds.push(format!(
+                    "ctid >= '({from},0)'::tid AND ctid < '({to},0)'::tid"
+                ));
+            }
+            _ => {}
+        }
+        if !conds.is_empty() {
+            sql.push_str(&format!(" WHERE {}", conds.join(" AND ")));
+        }
+        if !keys.is_empty() && !matches!(range, Range::Pages { .. }) {
+            sql.push_str(&format!(" ORDER BY {}", keys.join(", ")));
+        }
+        if let Range::After { limit, .. } = range {
+            sql.push_str(&format!(" LIMIT {limit}"));
         }
         sql
+    }
+
+    /// The chunk key's values in a row as COPY sent it (`None` without a key, or for a line
+    /// that is not a row of this table).
+    pub fn key_of(&self, line: &[u8]) -> Option<Vec<String>> {
+        if self.key.is_empty() {
+            return None;
+        }
+        let mut fields = Vec::with_capacity(self.relation.columns.len());
+        copy_text::fields(line, self.relation.columns.len(), &mut fields).ok()?;
+        self.key
+            .columns
+            .iter()
+            .map(|(i, _)| fields.get(*i).cloned().flatten().map(|v| v.into_owned()))
+            .collect()
     }
 }
 
@@ -145,10 +230,12 @@ pub async fn plan(
             types,
         )
         .await?;
+        let key = chunk_key(client, oid, &relation).await?;
         out.push(SnapshotTable {
             relation: Arc::new(relation),
             row_filter: None,
             estimate: column(r, Q, 6)?,
+            key,
         });
     }
     // pgoutput ORs the row filters of a table's publications, and a publication without one
@@ -169,6 +256,34 @@ pub async fn plan(
         }
     }
     Ok(out)
+}
+
+/// The columns `relation` (table `oid`) is read in order of: its primary key, else its
+/// replica identity index, if every column of it is published.
+async fn chunk_key(client: &Client, oid: u32, relation: &Relation) -> Result<ChunkKey> {
+    const Q: &str = "snapshot::chunk_key";
+    // A partitioned table's primary key is a partitioned index, in pg_index too.
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL) \
+             FROM (SELECT i.indkey FROM pg_index i \
+                   WHERE i.indrelid = $1::oid AND (i.indisprimary OR i.indisreplident) \
+                   ORDER BY i.indisprimary DESC LIMIT 1) i, \
+                  unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = $1::oid AND a.attnum = k.attnum \
+             ORDER BY k.ord",
+            &[&oid],
+        )
+        .await?;
+    let mut columns = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let name: String = column(r, Q, 0)?;
+        let Some(i) = relation.columns.iter().position(|c| *c.name == *name) else {
+            return Ok(ChunkKey::default()); // a key column is not published
+        };
+        columns.push((i, column::<String>(r, Q, 1)?));
+    }
+    Ok(ChunkKey { columns })
 }
 
 /// The relation as a Relation message would describe it: its published columns in table
@@ -307,9 +422,30 @@ impl SnapshotReader {
 /// the task reading the connection only moves bytes.
 pub struct SnapshotRows {
     pub relation: Arc<Relation>,
+    /// The table's index in the snapshot's plan.
+    pub table: usize,
     pub at: Lsn,
     pub taken: Timestamp,
     pub lines: Vec<Bytes>,
+    /// The chunk key's values of the last line (a table read in key order).
+    pub after: Option<Vec<String>>,
+    /// The table's last rows: it is read once these are.
+    pub last: bool,
+    /// Read between two watermarks (`pipeline::windows`), by the run `run` as its chunk
+    /// `chunk`: the rows are held until the high watermark, and the snapshot's transactions
+    /// in progress are what the decode thread checks against the ones it saw commit.
+    pub window: Option<ChunkWindow>,
+}
+
+/// What a chunk read between watermarks carries besides its rows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChunkWindow {
+    pub chunk: u64,
+    /// The transactions in progress in the chunk's snapshot (`pg_current_snapshot()`'s
+    /// xmin and xip, low 32 bits as pgoutput's BEGIN carries them).
+    pub in_progress: Vec<u32>,
+    /// Whether the table has a chunk key (else any change in the window discards the chunk).
+    pub keyed: bool,
 }
 
 impl SnapshotRows {
@@ -414,12 +550,16 @@ pub fn read_all(
 }
 
 impl SnapshotReader {
-    fn rows(&self, table: &SnapshotTable, lines: Vec<Bytes>) -> SnapshotRows {
+    fn rows(&self, i: usize, table: &SnapshotTable, lines: Vec<Bytes>, last: bool) -> SnapshotRows {
         SnapshotRows {
             relation: table.relation.clone(),
+            table: i,
             at: self.at,
             taken: self.taken,
+            after: lines.last().and_then(|l| table.key_of(l)),
             lines,
+            last,
+            window: None,
         }
     }
 
@@ -438,7 +578,7 @@ impl SnapshotReader {
                 return Ok(());
             };
             let began = std::time::Instant::now();
-            let copy = format!("COPY ({}) TO STDOUT", table.select_sql());
+            let copy = format!("COPY ({}) TO STDOUT", table.select_sql(Range::All));
             let stream = self
                 .client
                 .copy_out(copy.as_str())
@@ -459,15 +599,14 @@ impl SnapshotReader {
                     bytes += line.len();
                     lines.push(line);
                 }
-                // A chunk is `chunk` rows, or fewer of large rows (1 MB), or the table's last.
-                if lines.len() >= chunk || bytes >= CHUNK_BYTES || (end && !lines.is_empty()) {
+                // A chunk is `chunk` rows, or fewer of large rows (1 MB), or the table's last
+                // (perhaps none: the end of the table is a chunk too).
+                if lines.len() >= chunk || bytes >= CHUNK_BYTES || end {
                     rows += lines.len() as u64;
+                    let taken = std::mem::replace(&mut lines, Vec::with_capacity(chunk));
                     let c = Chunk::Rows {
                         table: i,
-                        rows: self.rows(
-                            table,
-                            std::mem::replace(&mut lines, Vec::with_capacity(chunk)),
-                        ),
+                        rows: self.rows(i, table, taken, end),
                     };
                     bytes = 0;
                     if tx.send(Ok(c)).await.is_err() {
@@ -505,4 +644,210 @@ fn read_error(table: &TableName, e: tokio_postgres::Error) -> Error {
         "could not read {}.{} for the snapshot: {e}: {what}",
         table.schema, table.table
     ))
+}
+
+/// The connection a backfill reads its chunks on and emits its watermarks with: each chunk in
+/// a transaction of its own, between a low and a high watermark (`pipeline::backfill`).
+pub struct ChunkReader {
+    client: Client,
+}
+
+impl ChunkReader {
+    pub async fn open(client: Client) -> Result<ChunkReader> {
+        client.batch_execute(PINNED_SQL).await?;
+        // A logical walsender sends only WAL flushed to disk (walsender.c, `XLogSendLogical`
+        // reads up to `GetFlushRecPtr`): a watermark committed asynchronously would wait for
+        // the WAL writer (up to wal_writer_delay) before the stream could bring it back.
+        client.batch_execute("SET synchronous_commit = on").await?;
+        Ok(ChunkReader { client })
+    }
+
+    /// The connection (the backfill also keeps the slot's record with it).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Emits a transactional logical message: decoded at its commit, in commit order with
+    /// every other transaction (docs 9.28.6, `pg_logical_emit_message`), which is what makes it
+    /// a watermark. It returns once the commit is flushed (the session's synchronous_commit).
+    pub async fn watermark(&self, prefix: &str, content: &str) -> Result<()> {
+        self.client
+            .execute(
+                "SELECT pg_logical_emit_message(true, $1, $2)",
+                &[&prefix, &content],
+            )
+            .await
+            .map_err(|e| {
+                Error::Snapshot(format!(
+                    "could not emit a snapshot watermark: {e}; the role needs to be allowed \
+                     pg_logical_emit_message (a replication role is)"
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// The heap pages of `table` (of its largest partition, for a partitioned table: a TID
+    /// range applies to each partition).
+    pub async fn pages(&self, table: &SnapshotTable) -> Result<u64> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT COALESCE(max(pg_relation_size(relid)), 0)::int8 \
+                      / current_setting('block_size')::int8 \
+                 FROM pg_partition_tree($1::oid)",
+                &[&table.relation.oid],
+            )
+            .await?;
+        let pages: i64 = column(&row, "ChunkReader::pages", 0)?;
+        Ok(u64::try_from(pages).unwrap_or(0))
+    }
+
+    /// Reads the rows of `range` of table `i` in a snapshot of their own, with the
+    /// transactions that snapshot saw in progress.
+    pub async fn read(
+        &self,
+        i: usize,
+        table: &SnapshotTable,
+        range: Range<'_>,
+        chunk: u64,
+    ) -> Result<SnapshotRows> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        // The first query takes the transaction's snapshot; the COPY below reads in it.
+        let row = self
+            .client
+            .query_one(
+                "SELECT (extract(epoch FROM now()) * 1000000)::int8, \
+                        pg_current_snapshot()::text",
+                &[],
+            )
+            .await?;
+        let micros: i64 = column(&row, "ChunkReader::read", 0)?;
+        let snap: String = column(&row, "ChunkReader::read", 1)?;
+        let copy = format!("COPY ({}) TO STDOUT", table.select_sql(range));
+        let lines = async {
+            let stream = self.client.copy_out(copy.as_str()).await?;
+            futures_util::pin_mut!(stream);
+            let mut lines = Vec::new();
+            while let Some(line) = stream.next().await.transpose()? {
+                lines.push(line);
+            }
+            Ok::<_, tokio_postgres::Error>(lines)
+        }
+        .await
+        .map_err(|e| read_error(&table.name(), e));
+        let lines = match lines {
+            Ok(lines) => lines,
+            Err(e) => {
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        self.client.batch_execute("COMMIT").await?;
+        Ok(SnapshotRows {
+            relation: table.relation.clone(),
+            table: i,
+            at: Lsn::ZERO,
+            taken: Timestamp::from_unix_micros(micros),
+            after: lines.last().and_then(|l| table.key_of(l)),
+            lines,
+            last: false,
+            window: Some(ChunkWindow {
+                chunk,
+                in_progress: in_progress(&snap),
+                keyed: !table.key.is_empty(),
+            }),
+        })
+    }
+}
+
+/// The transactions a snapshot (`pg_current_snapshot()`'s text, `xmin:xmax:xip,...`) saw in
+/// progress: its xip list. Low 32 bits, as pgoutput's BEGIN messages carry xids.
+fn in_progress(snapshot: &str) -> Vec<u32> {
+    let xip = snapshot.splitn(3, ':').nth(2).unwrap_or("");
+    xip.split(',')
+        .filter_map(|x| x.trim().parse::<u64>().ok())
+        .map(|x| x as u32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(key: &[(usize, &str)], filter: Option<&str>) -> SnapshotTable {
+        let col = |name: &str| RelationColumn {
+            name: Arc::from(name),
+            type_oid: 23,
+            type_modifier: -1,
+            kind: crate::decode::TypeRegistry::default().kind_of(23),
+            is_key: false,
+        };
+        SnapshotTable {
+            relation: Arc::new(Relation {
+                oid: 1,
+                namespace: Arc::from("public"),
+                name: Arc::from("Orders"),
+                replica_identity: ReplicaIdentity::Default,
+                columns: vec![col("id"), col("region"), col("note")],
+                key_count: 0,
+            }),
+            row_filter: filter.map(str::to_string),
+            estimate: 0,
+            key: ChunkKey {
+                columns: key.iter().map(|(i, t)| (*i, t.to_string())).collect(),
+            },
+        }
+    }
+
+    #[test]
+    fn keyed_reads_go_in_key_order_and_resume_after_a_row() {
+        let t = table(&[(1, "text"), (0, "integer")], Some("id > 0"));
+        assert_eq!(
+            t.select_sql(Range::All),
+            "SELECT \"id\", \"region\", \"note\" FROM \"public\".\"Orders\" WHERE (id > 0) \
+             ORDER BY \"region\", \"id\""
+        );
+        let after = ["it's".to_string(), "7".to_string()];
+        assert_eq!(
+            t.select_sql(Range::After {
+                after: Some(&after),
+                limit: 10
+            }),
+            "SELECT \"id\", \"region\", \"note\" FROM \"public\".\"Orders\" WHERE (id > 0) \
+             AND (\"region\", \"id\") > ('it''s'::text, '7'::integer) ORDER BY \"region\", \"id\" \
+             LIMIT 10"
+        );
+        assert_eq!(
+            t.key_of(b"7\teu\\tx\t\\N\n"),
+            Some(vec!["eu\tx".into(), "7".into()])
+        );
+    }
+
+    #[test]
+    fn keyless_reads_go_by_pages() {
+        let t = table(&[], None);
+        assert_eq!(
+            t.select_sql(Range::All),
+            "SELECT \"id\", \"region\", \"note\" FROM \"public\".\"Orders\""
+        );
+        assert_eq!(
+            t.select_sql(Range::Pages { from: 8, to: 16 }),
+            "SELECT \"id\", \"region\", \"note\" FROM \"public\".\"Orders\" WHERE \
+             ctid >= '(8,0)'::tid AND ctid < '(16,0)'::tid"
+        );
+        assert_eq!(t.key_of(b"1\t2\t3"), None);
+    }
+
+    #[test]
+    fn a_snapshot_lists_its_transactions_in_progress() {
+        assert_eq!(in_progress("100:105:100,102"), vec![100, 102]);
+        assert_eq!(in_progress("100:100:"), Vec::<u32>::new());
+        assert_eq!(
+            in_progress(&format!("{}:1:", 1u64 << 32)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(in_progress(&format!("1:2:{}", (1u64 << 32) + 5)), vec![5]);
+    }
 }

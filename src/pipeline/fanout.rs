@@ -18,12 +18,14 @@ use tokio::sync::{mpsc, watch};
 use super::budget::footprint;
 use super::lookups::{Partitions, PrimaryKeys};
 use super::sinks::SinkSet;
+use super::windows::{Note, Ready, Windows};
 use super::{Frame, Frames, KeyLookup, PartitionLookup, Progress, StreamSetup, Tap, TypeLoader};
-use crate::decode::Decoder;
+use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
 use crate::event::{Event, Lsn, Op};
 use crate::filter::Filter;
 use crate::marker;
+use crate::pg::snapshot::SnapshotRows;
 use crate::pg::stream::ReplMessage;
 use crate::sink::resume::{Resume, Tally};
 
@@ -36,14 +38,19 @@ const BATCH_EVENTS: usize = 4096;
 /// ... or this many bytes (estimated, `budget::footprint`).
 const BATCH_BYTES: usize = 1 << 20;
 
+/// Where a run with a backfill has the decode thread report the snapshot rows it hands on,
+/// and the run's id in its watermarks.
+pub(super) type Reports = (tokio::sync::mpsc::UnboundedSender<Note>, String);
+
 /// Starts the decode thread: it decodes, filters and batches what `rx` brings, and publishes
 /// on `progress` that it stopped when it ends (what is durable, the sinks publish).
 pub(super) fn spawn(
     setup: StreamSetup,
+    reports: Option<Reports>,
     rx: mpsc::Receiver<Frames>,
     progress: Arc<watch::Sender<Progress>>,
 ) -> Result<thread::JoinHandle<Result<u64>>> {
-    let mut fanout = Fanout::new(setup, Arc::clone(&progress))?;
+    let mut fanout = Fanout::new(setup, reports, Arc::clone(&progress))?;
     thread::Builder::new()
         .name("walwatch-decode".into())
         .spawn(move || {
@@ -92,11 +99,16 @@ pub(super) struct Output {
     tally: Tally,
     resume: Resume,
     error: Option<Error>,
+    /// A snapshot read while the stream runs: its chunks and watermarks.
+    windows: Windows,
+    /// Where the snapshot's rows handed on are reported (`backfill.rs`).
+    notes: Option<tokio::sync::mpsc::UnboundedSender<Note>>,
 }
 
 impl Fanout {
     pub(super) fn new(
         setup: StreamSetup,
+        reports: Option<Reports>,
         progress: Arc<watch::Sender<Progress>>,
     ) -> Result<Fanout> {
         let sinks = SinkSet::start(setup.sinks, setup.start, Arc::clone(&progress))?;
@@ -107,7 +119,8 @@ impl Fanout {
             looked_up: HashSet::new(),
             out: Output::new(setup.filter, sinks, setup.endpos, progress)
                 .starting_at(setup.start)
-                .with_lookups(setup.partitions, setup.primary_keys),
+                .with_lookups(setup.partitions, setup.primary_keys)
+                .with_backfill(reports),
             events: 0,
         })
     }
@@ -191,6 +204,10 @@ impl Fanout {
                 let out = &mut self.out;
                 self.decoder
                     .decode(wal_start, &data, &mut |ev| out.emit(ev))?;
+                // A high watermark was decoded: its chunk's rows go out before its COMMIT.
+                if let Some(ready) = self.out.windows.ready.take() {
+                    self.out.release(ready, self.decoder.types());
+                }
                 if let Some(e) = self.out.error.take() {
                     return Err(e);
                 }
@@ -199,14 +216,18 @@ impl Fanout {
             }
             Frame::Reset => {
                 self.decoder.reset();
+                self.out.windows.reset();
                 self.out.restart()?;
             }
+            Frame::Rows(rows) if rows.window.is_some() => self.out.windows.hold(rows),
             Frame::Rows(rows) => {
                 let out = &mut self.out;
                 rows.events(self.decoder.types(), |ev| out.emit(ev))?;
                 if let Some(e) = self.out.error.take() {
                     return Err(e);
                 }
+                let n = rows.lines.len() as u64;
+                self.out.note_rows(&rows, None, n, 0);
             }
             Frame::Message(ReplMessage::Keepalive { wal_end, .. }) => {
                 // Idle (no transaction open or buffered): everything the server decoded up to
@@ -286,6 +307,108 @@ impl Output {
             tally: Tally::default(),
             resume: Resume::default(),
             error: None,
+            windows: Windows::default(),
+            notes: None,
+        }
+    }
+
+    fn with_backfill(mut self, reports: Option<Reports>) -> Output {
+        if let Some((notes, run)) = reports {
+            self.notes = Some(notes);
+            self.windows.run = Some(run);
+        }
+        self
+    }
+
+    /// Tells the backfill that `rows` (of table `rows.table`) were handed on: `n` of them,
+    /// `dropped` superseded by the stream. They are all in the batch sealed next or before.
+    fn note_rows(&mut self, rows: &SnapshotRows, chunk: Option<u64>, n: u64, dropped: u64) {
+        let seq = self.sinks.as_ref().map_or(0, SinkSet::sent) + 1;
+        self.note(Note::Rows {
+            table: rows.table,
+            chunk,
+            rows: n,
+            dropped,
+            after: rows.after.clone(),
+            done: rows.last,
+            seq,
+        });
+    }
+
+    fn note(&mut self, note: Note) {
+        if let Some(tx) = &self.notes {
+            let _ = tx.send(note);
+        }
+    }
+
+    /// A chunk's high watermark was decoded: its rows go out as READ events at the high
+    /// watermark's place, minus those the window's changes supersede; or, when that would not
+    /// be exact, none, and the backfill reads the chunk again (`windows.rs`).
+    fn release(&mut self, ready: Ready, types: &TypeRegistry) {
+        let Ready {
+            mut rows,
+            window,
+            lsn,
+            commit_lsn,
+            ts,
+        } = ready;
+        let chunk = rows.window.as_ref().map_or(0, |w| w.chunk);
+        let table = rows.table;
+        if let Some(why) = window.discard(&rows) {
+            self.note(Note::Discarded { table, chunk, why });
+            return;
+        }
+        rows.at = commit_lsn;
+        rows.taken = ts.unwrap_or(rows.taken);
+        let mut events = Vec::with_capacity(rows.lines.len());
+        if let Err(e) = rows.events(types, |mut ev| {
+            ev.lsn = lsn;
+            events.push(ev);
+        }) {
+            self.fail(e);
+            return;
+        }
+        let mut kept = Vec::with_capacity(events.len());
+        let mut dropped = 0;
+        for mut ev in events {
+            if !self.enrich(&mut ev) {
+                return;
+            }
+            match window.drops(&ev) {
+                Some(false) => kept.push(ev),
+                Some(true) => dropped += 1,
+                None => {
+                    let why = "a change in the window left a TOASTed value of one of its rows out";
+                    self.note(Note::Discarded { table, chunk, why });
+                    return;
+                }
+            }
+        }
+        let n = kept.len() as u64;
+        for ev in kept {
+            if self.accepts(&ev) {
+                self.write(ev);
+            }
+        }
+        self.note_rows(&rows, Some(chunk), n, dropped);
+    }
+
+    /// Fills in what is looked up once per relation (the partitioned table, the primary key);
+    /// `false` when a lookup failed (the run stops with its error).
+    fn enrich(&mut self, ev: &mut Event) -> bool {
+        let Some(rel) = ev.relation.clone() else {
+            return true;
+        };
+        let looked_up = self.partitions.of(&rel, &self.filter).and_then(|p| {
+            ev.partition_of = p;
+            self.keys.apply(&rel, ev)
+        });
+        match looked_up {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
         }
     }
 
@@ -321,15 +444,13 @@ impl Output {
         if self.done || self.error.is_some() {
             return;
         }
-        if let Some(rel) = ev.relation.clone() {
-            let looked_up = self.partitions.of(&rel, &self.filter).and_then(|p| {
-                ev.partition_of = p;
-                self.keys.apply(&rel, &mut ev)
-            });
-            if let Err(e) = looked_up {
-                self.fail(e);
-                return;
-            }
+        if !self.enrich(&mut ev) {
+            return;
+        }
+        // Every change counts for an open window, whatever the filter says of it; a
+        // watermark is for no one else.
+        if self.notes.is_some() && self.windows.observe(&ev) {
+            return;
         }
         match ev.op {
             Op::Begin => {
@@ -363,7 +484,8 @@ impl Output {
                 // walwatch's own fences and marks are transactions of one message: the message
                 // goes to recorders and watches alone, and its BEGIN and COMMIT to no one, so
                 // no predicate, count or report ever sees walwatch's own traffic.
-                if self.filter.keeps_marker(&ev) {
+                // A snapshot's watermarks are for no one (those of an earlier run too).
+                if self.filter.keeps_marker(&ev) && marker::backfill_content(&ev).is_none() {
                     self.write(ev);
                 }
             }

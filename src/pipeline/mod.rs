@@ -14,6 +14,7 @@
 //!   every sink acknowledged is what the replication task reports as `flush`: never a
 //!   position whose data is not durable.
 
+mod backfill;
 mod budget;
 mod fanout;
 mod feedback;
@@ -22,6 +23,7 @@ mod progress;
 mod replication;
 mod retry;
 mod sinks;
+mod windows;
 
 use std::sync::Arc;
 use std::thread;
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
+pub use backfill::{Backfill, SharedRecord};
 pub use budget::Reservation;
 pub use retry::{Reopen, Retry};
 
@@ -78,6 +81,8 @@ struct Progress {
     /// Every event before this position is durable in every sink (published by the sinks'
     /// acknowledgements).
     durable: Lsn,
+    /// Every event of the first `batches` batches handed on is durable in every sink.
+    batches: u64,
     /// The end position was reached: stop.
     done: bool,
     /// The decode thread stopped (finished or failed); its result is in the join handle.
@@ -153,6 +158,8 @@ pub struct StreamSetup {
     pub start: Lsn,
     /// Rows to hand on before the stream's first frame.
     pub snapshot: Option<SnapshotFeed>,
+    /// A snapshot's progress to keep, and what of it to read while the stream runs.
+    pub backfill: Option<Backfill>,
 }
 
 /// Runs the stream until the end position, shutdown, server close, or an error; with `retry`,
@@ -161,7 +168,7 @@ pub struct StreamSetup {
 pub async fn run_stream(
     stream: ReplStream,
     mut setup: StreamSetup,
-    mut retry: Option<Retry>,
+    retry: Option<Retry>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<StreamOutcome> {
     let (tx, rx) = mpsc::channel::<Frames>(replication::HANDOFF_BATCHES);
@@ -170,9 +177,58 @@ pub async fn run_stream(
         ..Progress::default()
     }));
     let feed = setup.snapshot.take();
+    let backfill = setup.backfill.take();
+    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    let reports = backfill.as_ref().map(|b| (notes_tx, b.run.clone()));
     let mut pump = Pump::new(&setup, tx, progress.subscribe());
-    let worker = fanout::spawn(setup, rx, progress)?;
+    let worker = fanout::spawn(setup, reports, rx, Arc::clone(&progress))?;
+    // The backfill runs beside the stream; when it says the run should stop (`--snapshot
+    // only` done, or failed), that ends the run as shutdown would, with its verdict.
+    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+    let keeper = backfill.map(|b| {
+        // Weak: the decode thread's input closes when the run ends, whatever the backfill does.
+        let frames = pump.tx.as_ref().map(mpsc::Sender::downgrade);
+        tokio::spawn(b.run(notes_rx, progress.subscribe(), frames, verdict_tx))
+    });
+    let verdict = Arc::new(std::sync::Mutex::new(None));
+    let heard = Arc::clone(&verdict);
+    let shutdown = async move {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            v = verdict_rx => match v {
+                Ok(v) => *heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(v),
+                // The backfill ended without a word (its work is done): only shutdown is left.
+                Err(_) => shutdown.await,
+            },
+        }
+    };
+    let (stream, ended) = drive(&mut pump, stream, feed, retry, shutdown).await;
+    let outcome = conclude(pump, worker, stream, ended).await;
+    if let Some(k) = keeper {
+        // It records what the end made durable, then ends (the notes' sender is gone).
+        let _ = k.await;
+    }
+    let verdict = verdict.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (verdict, outcome) {
+        (Some(backfill::Verdict::Failed(e)), _) => Err(e),
+        (Some(backfill::Verdict::Done), Ok(mut o)) if o.reason == StopReason::Shutdown => {
+            o.reason = StopReason::SnapshotTaken;
+            Ok(o)
+        }
+        (_, outcome) => outcome,
+    }
+}
 
+/// Pumps the stream (after the snapshot's rows, if any) until it ends, reconnecting when
+/// `retry` allows.
+async fn drive(
+    pump: &mut Pump,
+    stream: ReplStream,
+    feed: Option<SnapshotFeed>,
+    mut retry: Option<Retry>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> (Option<ReplStream>, Result<StopReason>) {
     tokio::pin!(shutdown);
     let mut stream = Some(stream);
     if let Some(feed) = feed
@@ -180,8 +236,8 @@ pub async fn run_stream(
     {
         match pump.snapshot(s, feed, &mut shutdown).await {
             Ok(None) => {}
-            Ok(Some(reason)) => return conclude(pump, worker, stream, Ok(reason)).await,
-            Err(e) => return conclude(pump, worker, stream, Err(e)).await,
+            Ok(Some(reason)) => return (stream, Ok(reason)),
+            Err(e) => return (stream, Err(e)),
         }
     }
     let ended: Result<StopReason> = loop {
@@ -215,7 +271,7 @@ pub async fn run_stream(
             Err(e) => break Err(e),
         }
     };
-    conclude(pump, worker, stream, ended).await
+    (stream, ended)
 }
 
 /// Stops the decode thread (closing the channel ends its loop after what is queued: on
@@ -281,7 +337,7 @@ pub fn replay(
         durable: setup.start,
         ..Progress::default()
     }));
-    let mut fanout = Fanout::new(setup, Arc::clone(&progress))?;
+    let mut fanout = Fanout::new(setup, None, Arc::clone(&progress))?;
     let mut drive = || -> Result<()> {
         let mut since_flush = 0;
         while !fanout.out.done {

@@ -46,6 +46,9 @@ const IDLE_TICK: Duration = Duration::from_millis(250);
 /// Turns acknowledgements into the durable position, published on `progress`.
 struct AckBoard {
     acks: Mutex<Vec<Lsn>>,
+    /// Batches each sink has made durable, every event of them (counted from the run's
+    /// first): what tells a snapshot's rows durable, which all share one position.
+    batches: Mutex<Vec<u64>>,
     progress: Arc<watch::Sender<Progress>>,
 }
 
@@ -60,6 +63,28 @@ impl AckBoard {
         drop(acks);
         publish_durable(&self.progress, least);
     }
+
+    fn ack_batches(&self, sink: usize, n: u64) {
+        let mut acks = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+        if n <= acks[sink] {
+            return;
+        }
+        acks[sink] = n;
+        let least = acks.iter().copied().min().unwrap_or(n);
+        drop(acks);
+        publish_batches(&self.progress, least);
+    }
+}
+
+/// Raises the count of batches durable in every sink.
+fn publish_batches(progress: &watch::Sender<Progress>, n: u64) {
+    progress.send_if_modified(|p| {
+        let raise = n > p.batches;
+        if raise {
+            p.batches = n;
+        }
+        raise
+    });
 }
 
 /// Raises the durable position (never lowers it).
@@ -84,6 +109,8 @@ pub(super) struct SinkSet {
     /// Events of dropped batches, sent back to be freed on this (the decode) thread.
     recycler: Sender<Vec<Event>>,
     recycled: Receiver<Vec<Event>>,
+    /// Batches handed on.
+    sent: u64,
 }
 
 impl SinkSet {
@@ -95,6 +122,7 @@ impl SinkSet {
     ) -> Result<SinkSet> {
         let board = Arc::new(AckBoard {
             acks: Mutex::new(vec![start; sinks.len()]),
+            batches: Mutex::new(vec![0; sinks.len()]),
             progress: Arc::clone(&progress),
         });
         let budget = Budget::new(BATCH_BUDGET);
@@ -108,6 +136,7 @@ impl SinkSet {
             failed,
             recycler,
             recycled,
+            sent: 0,
         };
         for (i, sink) in sinks.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(QUEUE_BATCHES);
@@ -120,6 +149,7 @@ impl SinkSet {
                 failed: Arc::clone(&set.failed),
                 budget: Arc::clone(&set.budget),
                 written: start,
+                batches: 0,
             };
             let handle = thread::Builder::new()
                 .name(format!("walwatch-sink-{i}"))
@@ -134,8 +164,10 @@ impl SinkSet {
     /// Hands `events` (whole transactions up to `end`, or part of one) to every sink, waiting
     /// while the budget or a queue is full. An error is the first failed sink's.
     pub(super) fn send(&mut self, events: Vec<Event>, bytes: usize, end: Lsn) -> Result<()> {
+        self.sent += 1;
         if self.queues.is_empty() {
             publish_durable(&self.progress, end);
+            publish_batches(&self.progress, self.sent);
             return Ok(());
         }
         self.free_recycled();
@@ -164,6 +196,11 @@ impl SinkSet {
             }
         }
         Ok(())
+    }
+
+    /// Batches handed on so far: the next one handed on is `sent() + 1`.
+    pub(super) fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// Frees the events the sinks are done with.
@@ -256,6 +293,8 @@ struct Runner {
     budget: Arc<Budget>,
     /// The `end` of the last batch written.
     written: Lsn,
+    /// Batches written.
+    batches: u64,
 }
 
 impl Runner {
@@ -264,6 +303,7 @@ impl Runner {
             Ok(true) => {
                 let at = self.sink.finish(self.written)?;
                 self.board.ack(self.slot, at);
+                self.board.ack_batches(self.slot, self.batches);
                 Ok(())
             }
             Ok(false) => Ok(()),
@@ -304,6 +344,7 @@ impl Runner {
                 Some(batch) => {
                     self.sink.write(&batch)?;
                     self.written = batch.end;
+                    self.batches += 1;
                     dirty = true;
                     last_ack.elapsed() >= ACK_EVERY
                 }
@@ -312,6 +353,9 @@ impl Runner {
             if due {
                 let at = self.sink.acknowledge(self.written)?;
                 self.board.ack(self.slot, at);
+                if !self.sink.holds_back() {
+                    self.board.ack_batches(self.slot, self.batches);
+                }
                 dirty = false;
                 last_ack = Instant::now();
             }

@@ -375,8 +375,9 @@ fn running_dry_inside_a_transaction_hands_nothing_on_until_its_commit() {
         status_interval: Duration::from_secs(10),
         start: Lsn::ZERO,
         snapshot: None,
+        backfill: None,
     };
-    let mut fanout = Fanout::new(setup, Arc::clone(&p)).unwrap();
+    let mut fanout = Fanout::new(setup, None, Arc::clone(&p)).unwrap();
     // Each frame arrives alone, with nothing queued behind it: the input is dry after each,
     // and the last hand-off was just now (so only running dry can make one due).
     let feed = |fanout: &mut Fanout, lsn: u64, data: Vec<u8>| {
@@ -422,4 +423,242 @@ fn running_dry_inside_a_transaction_hands_nothing_on_until_its_commit() {
         "one batch per transaction, each ending at its COMMIT"
     );
     assert_eq!(seen.events.len(), 10, "{:?}", seen.events);
+}
+
+/// A sink that keeps every event it is given.
+struct Keep(Arc<Mutex<Vec<crate::event::Event>>>);
+
+impl Sink for Keep {
+    fn write(&mut self, b: &Batch) -> Result<()> {
+        self.0.lock().unwrap().extend(b.events.iter().cloned());
+        Ok(())
+    }
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        Ok(written)
+    }
+    fn describe(&self) -> String {
+        "keep".into()
+    }
+}
+
+/// A chunk read between watermarks, through the decode thread: what it hands on, and what it
+/// tells the backfill.
+struct WindowRun {
+    fanout: super::fanout::Fanout,
+    kept: Arc<Mutex<Vec<crate::event::Event>>>,
+    notes: tokio::sync::mpsc::UnboundedReceiver<super::windows::Note>,
+    lsn: u64,
+}
+
+impl WindowRun {
+    const OID: u32 = 16384;
+
+    fn new() -> WindowRun {
+        use super::StreamSetup;
+        use crate::decode::{Decoder, TypeRegistry};
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let setup = StreamSetup {
+            decoder: Decoder::new(TypeRegistry::new()),
+            load_types: None,
+            partitions: None,
+            primary_keys: None,
+            tap: None,
+            filter: Filter::new(None, OpSet::all()),
+            sinks: vec![Box::new(Keep(kept.clone()))],
+            endpos: None,
+            status_interval: Duration::from_secs(10),
+            start: Lsn::ZERO,
+            snapshot: None,
+            backfill: None,
+        };
+        let (tx, notes) = tokio::sync::mpsc::unbounded_channel();
+        let reports = Some((tx, "run-1".to_string()));
+        let fanout = super::fanout::Fanout::new(setup, reports, progress()).unwrap();
+        WindowRun {
+            fanout,
+            kept,
+            notes,
+            lsn: 1000,
+        }
+    }
+
+    fn frame(&mut self, data: Vec<u8>) {
+        use crate::pg::stream::ReplMessage;
+        self.lsn += 10;
+        let frame = super::Frame::Message(ReplMessage::XLogData {
+            wal_start: Lsn(self.lsn),
+            wal_end: Lsn(self.lsn),
+            server_time_us: 0,
+            data: data.into(),
+        });
+        self.fanout.handle(frame).unwrap();
+    }
+
+    /// One transaction `xid` of `messages`.
+    fn transaction(&mut self, xid: u32, messages: Vec<Vec<u8>>) {
+        use crate::decode::tests::fx;
+        let commit = self.lsn + 100;
+        self.frame(fx::begin(commit, 0, xid));
+        let columns = [(1, "id", 23, -1), (0, "v", 25, -1)];
+        self.frame(fx::relation(None, Self::OID, "public", "t", b'd', &columns));
+        for m in messages {
+            self.frame(m);
+        }
+        self.frame(fx::commit(commit, commit + 5, 0));
+    }
+
+    fn watermark(&mut self, xid: u32, high: bool) {
+        use crate::decode::tests::fx;
+        let w = super::windows::Watermark {
+            run: "run-1".into(),
+            chunk: 1,
+            high,
+            rel: Self::OID,
+        };
+        let content = serde_json::to_vec(&w).unwrap();
+        let m = fx::message(None, true, self.lsn, "walwatch.backfill@s", &content);
+        self.transaction(xid, vec![m]);
+    }
+
+    /// The chunk: rows `id\tv`, read in a snapshot that saw `in_progress` running.
+    fn chunk(&mut self, rows: &[&str], in_progress: Vec<u32>, keyed: bool) {
+        use crate::event::{Relation, RelationColumn, ReplicaIdentity};
+        let types = crate::decode::TypeRegistry::new();
+        let col = |name: &str, oid: u32, key: bool| RelationColumn {
+            name: Arc::from(name),
+            type_oid: oid,
+            type_modifier: -1,
+            kind: types.kind_of(oid),
+            is_key: key,
+        };
+        let relation = Arc::new(Relation {
+            oid: Self::OID,
+            namespace: Arc::from("public"),
+            name: Arc::from("t"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![col("id", 23, keyed), col("v", 25, false)],
+            key_count: usize::from(keyed),
+        });
+        let rows = crate::pg::snapshot::SnapshotRows {
+            relation,
+            table: 0,
+            at: Lsn::ZERO,
+            taken: crate::event::Timestamp::from_unix_micros(0),
+            lines: rows
+                .iter()
+                .map(|r| bytes::Bytes::from(format!("{r}\n")))
+                .collect(),
+            after: Some(vec!["3".into()]),
+            last: true,
+            window: Some(crate::pg::snapshot::ChunkWindow {
+                chunk: 1,
+                in_progress,
+                keyed,
+            }),
+        };
+        self.fanout.handle(super::Frame::Rows(rows)).unwrap();
+    }
+
+    /// What went out (op and `id=v`), and the notes.
+    fn finish(mut self) -> (Vec<String>, Vec<super::windows::Note>) {
+        self.fanout.end(Ok(())).unwrap();
+        let kept = self.kept.lock().unwrap();
+        let out = kept
+            .iter()
+            .filter(|e| e.op != Op::Begin && e.op != Op::Commit)
+            .map(|e| {
+                let row = e.data.as_ref().unwrap();
+                let v: Vec<String> = row
+                    .columns
+                    .iter()
+                    .map(|c| format!("{:?}", c.value))
+                    .collect();
+                format!("{} {}", e.op, v.join("="))
+            })
+            .collect();
+        let mut notes = Vec::new();
+        while let Ok(n) = self.notes.try_recv() {
+            notes.push(n);
+        }
+        (out, notes)
+    }
+}
+
+/// A chunk's rows go out at its high watermark, minus the rows the stream changed between
+/// the watermarks (their changes stand for them); the backfill hears how many of each.
+#[test]
+fn rows_changed_between_the_watermarks_come_from_the_stream_not_the_chunk() {
+    use crate::decode::tests::fx;
+    let mut run = WindowRun::new();
+    // Queued before the high watermark existed (backfill.rs), so before it is decoded.
+    run.chunk(&["1\ta", "2\tb", "3\tc"], vec![], true);
+    run.watermark(7, false);
+    let update = fx::update(None, WindowRun::OID, None, &[fx::T("2"), fx::T("B")]);
+    run.transaction(8, vec![update]);
+    run.watermark(9, true);
+    // After the high watermark: applies after the chunk's rows.
+    let delete = fx::delete(None, WindowRun::OID, b'K', &[fx::T("3"), fx::N]);
+    run.transaction(10, vec![delete]);
+    let (out, notes) = run.finish();
+    assert_eq!(
+        out,
+        vec![
+            "UPDATE Int(2)=Text(\"B\")",
+            "READ Int(1)=Text(\"a\")",
+            "READ Int(3)=Text(\"c\")",
+            "DELETE Int(3)",
+        ],
+        "row 2, changed in the window, must not be overwritten by the chunk's older copy"
+    );
+    assert!(
+        matches!(
+            notes.as_slice(),
+            [super::windows::Note::Rows {
+                chunk: Some(1),
+                rows: 2,
+                dropped: 1,
+                done: true,
+                ..
+            }]
+        ),
+        "{notes:?}"
+    );
+}
+
+/// When matching the window's changes to the chunk's rows would not be exact, the chunk is
+/// discarded (read again), and nothing of it goes out.
+#[test]
+fn a_chunk_that_cannot_be_reconciled_is_discarded() {
+    use crate::decode::tests::fx;
+    let toast = || fx::update(None, WindowRun::OID, None, &[fx::T("2"), fx::U]);
+    let plain = || fx::update(None, WindowRun::OID, None, &[fx::T("2"), fx::T("B")]);
+    let cases: [(&str, bool, Vec<u32>, Vec<u8>); 3] = [
+        ("TOASTed value left out", true, vec![], toast()),
+        ("no key", false, vec![], plain()),
+        // xid 5 committed before the low watermark, yet the chunk's snapshot saw it running.
+        ("not yet visible", true, vec![5], plain()),
+    ];
+    for (case, keyed, in_progress, change) in cases {
+        let mut run = WindowRun::new();
+        run.transaction(
+            5,
+            vec![fx::insert(None, WindowRun::OID, &[fx::T("9"), fx::T("z")])],
+        );
+        run.chunk(&["1\ta", "2\tb"], in_progress, keyed);
+        run.watermark(7, false);
+        run.transaction(8, vec![change]);
+        run.watermark(9, true);
+        let (out, notes) = run.finish();
+        assert!(
+            out.iter().all(|e| !e.starts_with("READ")),
+            "{case}: the chunk's rows went out: {out:?}"
+        );
+        assert!(
+            matches!(
+                notes.as_slice(),
+                [super::windows::Note::Discarded { chunk: 1, .. }]
+            ),
+            "{case}: {notes:?}"
+        );
+    }
 }

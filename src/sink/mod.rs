@@ -86,6 +86,13 @@ pub trait Sink: Send {
     /// closes what is due). A sink that only delivers (stdout, memory) acknowledges at once.
     fn acknowledge(&mut self, written: Lsn) -> Result<Lsn>;
 
+    /// Whether some event written is not durable yet after the last acknowledgement (an open
+    /// Arrow batch, a Kafka message without its delivery report). The position acknowledged
+    /// cannot say so when many batches share it, as a snapshot's rows do.
+    fn holds_back(&self) -> bool {
+        false
+    }
+
     /// The run ends: write out everything held (partial batches) and make it durable.
     fn finish(&mut self, written: Lsn) -> Result<Lsn> {
         self.acknowledge(written)

@@ -330,6 +330,10 @@ impl Sink for ArrowSink {
         Ok(self.holding().map_or(written, |h| h.min(written)))
     }
 
+    fn holds_back(&self) -> bool {
+        self.holding().is_some()
+    }
+
     fn finish(&mut self, written: Lsn) -> Result<Lsn> {
         self.close_all()?;
         Ok(written)

@@ -507,6 +507,10 @@ impl Sink for KafkaSink {
         })
     }
 
+    fn holds_back(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
     /// The end: waits for every delivery report.
     fn finish(&mut self, written: Lsn) -> Result<Lsn> {
         self.flush()?;
