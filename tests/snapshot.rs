@@ -1151,14 +1151,22 @@ fn sigkill_during_the_snapshot_continues_from_the_last_durable_chunk() {
     for round in 1..=5 {
         let log = dir.path().join(format!("round{round}.log"));
         let before = recorded_progress(&slot);
-        // Where the partitioned table was durable up to, if it was part of the way.
-        let part_after: Option<(i64, String)> = before.as_ref().and_then(|(_, tables)| {
-            tables
-                .iter()
-                .find(|(name, rows, done, _)| *name == t.part && *rows > 0 && !done)
-                .and_then(|(_, _, _, after)| after.clone())
-                .map(|k| (k[0].parse().unwrap(), k[1].clone()))
-        });
+        // Where each keyed table was durable up to, if it was part of the way: (table, key
+        // as (id, region), region empty for the keyed table).
+        let partial: Vec<(String, (i64, String))> = before
+            .as_ref()
+            .map(|(_, tables)| {
+                tables
+                    .iter()
+                    .filter(|(_, rows, done, after)| *rows > 0 && !done && after.is_some())
+                    .map(|(name, _, _, after)| {
+                        let k = after.clone().unwrap();
+                        let region = k.get(1).cloned().unwrap_or_default();
+                        (name.clone(), (k[0].parse().unwrap(), region))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let lines_before = std::fs::read(&out).map_or(0, |b| b.split(|c| *c == b'\n').count() - 1);
         let mut proc = args(&log);
         if round == 1 {
@@ -1186,30 +1194,29 @@ fn sigkill_during_the_snapshot_continues_from_the_last_durable_chunk() {
         proc.kill().expect("SIGKILL walwatch");
         proc.wait().expect("reap walwatch");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(after) = &part_after {
-            // This run read the partitioned table on from its durable key, not from its start:
-            // its first READ row of it is past that key.
+        if !partial.is_empty() {
             // A kill mid-write leaves a partial last line (the next run cuts it off).
             let mut bytes = std::fs::read(&out).unwrap();
             bytes.truncate(bytes.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1));
             let events = parse_jsonl(&bytes);
-            let first = events[lines_before.min(events.len())..]
-                .iter()
-                .find(|e| e["table"] == t.part.as_str() && e["op"] == "READ")
-                .map(|e| {
-                    (
-                        e["data"]["id"].as_i64().unwrap(),
-                        e["data"]["region"].as_str().unwrap().to_string(),
-                    )
-                });
-            if let Some(first) = first {
-                assert!(
-                    first > *after,
-                    "round {round} read {} again from {first:?}, before its durable key \
-                     {after:?}; log:\n{text}",
-                    t.part
-                );
-                continued_mid_table += 1;
+            for (table, after) in &partial {
+                // This run read the table on from its durable key, not from its start: its
+                // first READ row of it is past that key.
+                let first = events[lines_before.min(events.len())..]
+                    .iter()
+                    .find(|e| e["table"] == table.as_str() && e["op"] == "READ")
+                    .map(|e| {
+                        let region = e["data"]["region"].as_str().unwrap_or("");
+                        (e["data"]["id"].as_i64().unwrap(), region.to_string())
+                    });
+                if let Some(first) = first {
+                    assert!(
+                        first > *after,
+                        "round {round} read {table} again from {first:?}, before its durable \
+                         key {after:?}; log:\n{text}"
+                    );
+                    continued_mid_table += 1;
+                }
             }
         }
         logs.push_str(&format!(

@@ -208,6 +208,10 @@ impl Fanout {
                 if let Some(ready) = self.out.windows.ready.take() {
                     self.out.release(ready, self.decoder.types());
                 }
+                if let Some((table, chunk)) = self.out.windows.lost.take() {
+                    let why = "the stream reconnected after its low watermark";
+                    self.out.note(Note::Discarded { table, chunk, why });
+                }
                 if let Some(e) = self.out.error.take() {
                     return Err(e);
                 }

@@ -662,3 +662,76 @@ fn a_chunk_that_cannot_be_reconciled_is_discarded() {
         );
     }
 }
+
+/// A sink that holds back what it is written (an open Arrow batch) until `flush` is set.
+struct Holding {
+    flush: Arc<std::sync::atomic::AtomicBool>,
+    held: bool,
+    /// Acknowledgements made while holding rows back.
+    held_acks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Sink for Holding {
+    fn write(&mut self, _: &Batch) -> Result<()> {
+        self.held = true;
+        Ok(())
+    }
+    fn acknowledge(&mut self, written: Lsn) -> Result<Lsn> {
+        if self.flush.load(std::sync::atomic::Ordering::SeqCst) {
+            self.held = false;
+        } else if self.held {
+            self.held_acks
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(written)
+    }
+    fn holds_back(&self) -> bool {
+        self.held
+    }
+    fn describe(&self) -> String {
+        "holding".into()
+    }
+}
+
+/// A snapshot's rows all share one position, so only the count of batches durable in every
+/// sink can say they are durable: a sink that holds rows back holds that count, whatever the
+/// position it acknowledges.
+#[test]
+fn batches_count_as_durable_only_once_no_sink_holds_them_back() {
+    let flush = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let live = Arc::new(Mutex::new(Seen::default()));
+    let p = progress();
+    let held_acks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let holding = Holding {
+        flush: flush.clone(),
+        held: false,
+        held_acks: held_acks.clone(),
+    };
+    let mut sinks = SinkSet::start(
+        vec![Box::new(Collect(live.clone())), Box::new(holding)],
+        Lsn(50),
+        Arc::clone(&p),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let mut e = Event::new(Op::Read, Lsn(50));
+        e.commit_lsn = Lsn(50);
+        sinks.send(vec![e], 100, Lsn(50)).unwrap();
+    }
+    wait_for("the live sink to get every batch", || {
+        live.lock().unwrap().ends.len() == 3
+    });
+    // The holding sink acknowledged after the last batch, still holding it back.
+    wait_for("acknowledgements while holding", || {
+        live.lock().unwrap().ends.len() == 3
+            && held_acks.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    });
+    assert_eq!(
+        p.borrow().batches,
+        0,
+        "a sink holds the rows back: no batch is durable in every sink"
+    );
+    flush.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for("the three batches durable", || p.borrow().batches == 3);
+    sinks.finish().unwrap();
+}

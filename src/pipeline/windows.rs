@@ -107,6 +107,8 @@ pub(super) struct Windows {
     xid: Option<u32>,
     /// A chunk whose high watermark was just decoded.
     pub ready: Option<Ready>,
+    /// A chunk (table, chunk) whose high watermark came without its low one.
+    pub lost: Option<(usize, u64)>,
 }
 
 impl Windows {
@@ -176,10 +178,14 @@ impl Windows {
             });
             return;
         }
-        let Some(window) = self.open.take_if(|o| o.chunk == w.chunk) else {
+        let window = self.open.take_if(|o| o.chunk == w.chunk);
+        let Some(rows) = self.pending.remove(&w.chunk) else {
             return; // a high watermark replayed after a reconnect: its chunk went out
         };
-        let Some(rows) = self.pending.remove(&w.chunk) else {
+        let Some(window) = window else {
+            // A reconnect resumed the stream past the low watermark: the window's changes are
+            // not all known.
+            self.lost = Some((rows.table, w.chunk));
             return;
         };
         self.ready = Some(Ready {
