@@ -188,6 +188,18 @@ fn object(v: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// The row an UPDATE or DELETE changes: `old` (REPLICA IDENTITY FULL, or a key change), else
+/// the new row's key (UPDATE) or `data` (DELETE: the key or the whole old row).
+fn row_before(e: &Value) -> BTreeMap<String, Value> {
+    if e["old"].is_object() {
+        object(&e["old"])
+    } else if e["op"] == "DELETE" {
+        object(&e["data"])
+    } else {
+        object(&e["key"])
+    }
+}
+
 /// The identity of a row: its key columns, or all its columns.
 fn identity(row: &BTreeMap<String, Value>, key: &[&str]) -> String {
     if key.is_empty() {
@@ -229,15 +241,7 @@ fn replay(events: &[Value], table: &str, key: &[&str]) -> Replayed {
                 }
             }
             "UPDATE" | "DELETE" => {
-                // The row before: `old` (REPLICA IDENTITY FULL, or a key change), else the
-                // new row's key (UPDATE) or `data` (DELETE, the key or whole old row).
-                let before = if e["old"].is_object() {
-                    object(&e["old"])
-                } else if op == "DELETE" {
-                    object(&e["data"])
-                } else {
-                    object(&e["key"])
-                };
+                let before = row_before(e);
                 let id = identity(&before, key);
                 if from_read.contains(&id) {
                     out.changed_read_rows += 1;
@@ -1073,13 +1077,7 @@ fn replay_upsert(events: &[Value], table: &str, key: &[&str]) -> (Replayed, usiz
                 rows.push(row);
             }
             "UPDATE" | "DELETE" => {
-                let before = if e["old"].is_object() {
-                    object(&e["old"])
-                } else if op == "DELETE" {
-                    object(&e["data"])
-                } else {
-                    object(&e["key"])
-                };
+                let before = row_before(e);
                 let old = remove(&mut out, &before);
                 if op == "UPDATE" {
                     let mut row = object(&e["data"]);
