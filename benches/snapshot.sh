@@ -12,6 +12,10 @@
 #   parquet        walwatch --tables orders --snapshot only --sink arrow:DIR?format=parquet
 #   copy x2        COPY of both halves, one after the other
 #   parquet x2 p2  walwatch --tables orders_a,orders_b --snapshot-parallel 2 --sink arrow:…parquet
+#   continued      walwatch --slot S --tables orders --snapshot only --output FILE on a slot whose
+#                  first run was killed as soon as the slot existed: the rows are read between
+#                  watermarks in key order, --snapshot-chunk at a time, instead of by one COPY
+#                  (rows/s counts the rows this run wrote)
 # and prints rows/s, the ratio to COPY's rows/s (jsonl to copy, parquet to copy, the two-table
 # run to copy x2), walwatch's user+sys CPU and peak RSS. The issue's targets (issue 17): jsonl
 # >= 0.8x copy, parquet x2 with --snapshot-parallel 2 >= 1.0x copy x2, peak RSS <= 150 MB.
@@ -63,12 +67,30 @@ PY
 PSQL=("$BIN/psql" -X -q -At "${PR_CONN[@]}")
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
-# timed NAME CMD...: appends "NAME wall rss user sys ROWS" (a failing CMD ends the bench).
+# timed NAME CMD...: appends "NAME wall rss user sys ROWS" (a failing CMD ends the bench;
+# N_ROWS, when set, is the row count instead of ROWS).
 timed() {
   local name=$1 r
   shift
   r=$(run_timed "$@")
-  echo "$name $r $ROWS" >>"$RESULTS"
+  echo "$name $r ${N_ROWS:-$ROWS}" >>"$RESULTS"
+}
+# continued OUT: a snapshot of orders continued between watermarks (see the header).
+continued() {
+  local slot=bench_continued_$$ out=$1 pid
+  "$WALWATCH" -q --dsn "$DSN" --slot "$slot" --tables orders --snapshot initial \
+    --output "$out/first.jsonl" &
+  pid=$!
+  until [ "$("${PSQL[@]}" -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'")" = 1 ]; do
+    sleep 0.01
+  done
+  kill -9 "$pid"
+  wait "$pid" || true
+  r=$(run_timed "$WALWATCH" -q --dsn "$DSN" --slot "$slot" --tables orders --snapshot only \
+    --output "$out/continued.jsonl")
+  echo "continued $r $(wc -l <"$out/continued.jsonl")" >>"$RESULTS"
+  "$WALWATCH" -q slots drop "$slot" --dsn "$DSN"
+  rm -f "$out/first.jsonl" "$out/continued.jsonl"
 }
 for rep in $(seq 1 "$REPS"); do
   out=$WORK/out
@@ -84,6 +106,7 @@ for rep in $(seq 1 "$REPS"); do
   timed copy_x2 bash -c "$(printf '%q ' "${PSQL[@]}") -c 'COPY orders_a TO STDOUT' && $(printf '%q ' "${PSQL[@]}") -c 'COPY orders_b TO STDOUT'"
   timed parquet_x2_p2 "$WALWATCH" -q --dsn "$DSN" --tables orders_a,orders_b --snapshot only --snapshot-parallel 2 --sink "arrow:$out/pq2?format=parquet"
   rm -rf "$out/pq2"
+  continued "$out"
 done
 
 python3 - "$RESULTS" "$SERVER_DESC" "$REPS" <<'PY'
@@ -96,11 +119,13 @@ def med(name, i):
     return statistics.median(r[i] for r in by[name])
 print(f"server: {sys.argv[2]}; medians of {sys.argv[3]}")
 print(f"{'run':<16}{'rows':>12}{'wall s':>9}{'rows/s':>12}{'vs COPY':>9}{'CPU s':>8}{'peak RSS':>10}")
-base = {"jsonl": "copy", "parquet": "copy", "\\copy": "copy", "parquet_x2_p2": "copy_x2"}
-for name in ["copy", "\\copy", "jsonl", "parquet", "copy_x2", "parquet_x2_p2"]:
+base = {"jsonl": "copy", "parquet": "copy", "\\copy": "copy", "parquet_x2_p2": "copy_x2",
+        "continued": "copy"}
+for name in ["copy", "\\copy", "jsonl", "parquet", "copy_x2", "parquet_x2_p2", "continued"]:
     wall, n = med(name, 0), by[name][0][4]
     rate = n / wall
-    ratio = f"{rate / (n / med(base[name], 0)):.2f}x" if name in base else "-"
+    base_rate = by[base[name]][0][4] / med(base[name], 0) if name in base else 0
+    ratio = f"{rate / base_rate:.2f}x" if name in base else "-"
     cpu = med(name, 2) + med(name, 3)
     rss = f"{int(med(name, 1))} MB"
     print(f"{name:<16}{n:>12,}{wall:>9.2f}{rate:>12,.0f}{ratio:>9}{cpu:>8.2f}{rss:>10}")
