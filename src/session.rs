@@ -66,6 +66,18 @@ pub struct Outcome {
     pub slot: String,
 }
 
+impl Outcome {
+    /// A run that ends before streaming anything, at the slot's `start`.
+    fn idle(reason: StopReason, start: Lsn, slot: String) -> Outcome {
+        Outcome {
+            reason,
+            events: 0,
+            durable: start,
+            slot,
+        }
+    }
+}
+
 /// Opens the metadata connection and spawns its connection task.
 pub async fn connect_meta(config: &Config) -> Result<Client> {
     let tls = crate::pg::tls::MakeRustls::new(&config.conn.tls)?;
@@ -420,7 +432,7 @@ async fn stream_with_publication(
     };
     let backfill = match backfill_for(
         &config,
-        record.as_ref(),
+        (meta, record.as_ref()),
         publications,
         (&slot_name, created),
         feed.as_ref(),
@@ -430,31 +442,11 @@ async fn stream_with_publication(
     .await?
     {
         Continue::With(b) => b,
-        Continue::Taken => {
-            return Ok(Outcome {
-                reason: StopReason::SnapshotTaken,
-                events: 0,
-                durable: start,
-                slot: slot_name,
-            });
-        }
+        Continue::Taken => return Ok(Outcome::idle(StopReason::SnapshotTaken, start, slot_name)),
     };
-    let endpos = match config.endpos {
-        None => None,
-        Some(EndPos::At(lsn)) => Some(lsn),
-        // A slot created by this run with --endpos now: no change can be before it, but a
-        // snapshot's rows are: read them, then stop where the slot starts.
-        Some(EndPos::Now) if created && feed.is_some() => Some(start),
-        Some(EndPos::Now) if created => {
-            tracing::info!("slot {slot_name} created at {start}; --endpos now: done");
-            return Ok(Outcome {
-                reason: StopReason::EndPos,
-                events: 0,
-                durable: start,
-                slot: slot_name,
-            });
-        }
-        Some(EndPos::Now) => Some(catalog::current_wal_lsn(meta).await?),
+    let Some(endpos) = end_position(&config, meta, (created, feed.is_some()), start).await? else {
+        tracing::info!("slot {slot_name} created at {start}; --endpos now: done");
+        return Ok(Outcome::idle(StopReason::EndPos, start, slot_name));
     };
     let plan = Plan {
         options: slot::start_options(server_version, &publications.names),
@@ -809,6 +801,25 @@ fn describe_plan(tables: &[snapshot::SnapshotTable]) -> String {
     names.join(", ")
 }
 
+/// Where the stream ends (`None` inside: it does not), or `None` when there is nothing to
+/// stream: `--endpos now` on a slot this run `created`, with no snapshot rows to read first.
+async fn end_position(
+    config: &Config,
+    meta: &Client,
+    (created, snapshot): (bool, bool),
+    start: Lsn,
+) -> Result<Option<Option<Lsn>>> {
+    Ok(match config.endpos {
+        None => Some(None),
+        Some(EndPos::At(lsn)) => Some(Some(lsn)),
+        // A slot created by this run with --endpos now: no change can be before it, but a
+        // snapshot's rows are: read them, then stop where the slot starts.
+        Some(EndPos::Now) if created && snapshot => Some(Some(start)),
+        Some(EndPos::Now) if created => None,
+        Some(EndPos::Now) => Some(Some(catalog::current_wal_lsn(meta).await?)),
+    })
+}
+
 /// What a run does about the slot's snapshot besides streaming.
 enum Continue {
     /// Keep its progress (and read what is left of it) with this, if anything.
@@ -817,12 +828,70 @@ enum Continue {
     Taken,
 }
 
+/// What a run does about the slot's snapshot record.
+enum Step {
+    /// Nothing to keep or read.
+    Nothing,
+    /// A new slot without a snapshot: forget one an older slot of this name had.
+    Forget,
+    /// `--snapshot only`, and the snapshot is complete.
+    Taken,
+    /// A new slot reads its exported snapshot: keep its progress.
+    Keep,
+    /// The slot's snapshot is unfinished: read the rest between watermarks.
+    Continue,
+}
+
+/// The step for a slot this run `created` (with an `exported` snapshot) or found, whose record
+/// holds `state`.
+fn next_step(
+    config: &Config,
+    slot: &str,
+    (created, exported): (bool, bool),
+    state: Option<&publication::BackfillRecord>,
+) -> Result<Step> {
+    let wanted = config.snapshot != SnapshotMode::Never;
+    Ok(match (created, state) {
+        (true, _) if exported => Step::Keep,
+        (true, Some(_)) => Step::Forget,
+        (_, None) if !wanted => Step::Nothing,
+        (true, None) => Step::Nothing,
+        (false, None) => return Err(no_snapshot_record(slot, "was created without a snapshot")),
+        (false, Some(state)) if state.complete() => {
+            tracing::info!("the snapshot of slot {slot} is complete");
+            if config.snapshot == SnapshotMode::Only {
+                Step::Taken
+            } else {
+                Step::Nothing
+            }
+        }
+        (false, Some(_)) if !wanted => {
+            tracing::warn!(
+                "the snapshot of slot {slot} is not complete; run with --snapshot initial to \
+                 read the rest of it while streaming"
+            );
+            Step::Nothing
+        }
+        (false, Some(_)) => Step::Continue,
+    })
+}
+
+/// `--snapshot` on an existing slot that has no snapshot to continue: the error, with the fix.
+fn no_snapshot_record(slot: &str, why: &str) -> Error {
+    Error::Snapshot(format!(
+        "--snapshot: slot {slot} already exists and {why}: the rows that meet its changes \
+         exactly could only be read when it was created. To stream its changes, run without \
+         --snapshot; to take a snapshot, drop the slot (walwatch slots drop {slot}) and start \
+         again with a new output, or use a new --slot"
+    ))
+}
+
 /// The snapshot's progress to keep for a permanent slot with walwatch's own publications
 /// (their record holds it), and, for a slot whose snapshot a stopped run left unfinished,
 /// what is left to read while the stream runs.
 async fn backfill_for(
     config: &Config,
-    record: Option<&pipeline::SharedRecord>,
+    (meta, record): (&Client, Option<&pipeline::SharedRecord>),
     publications: &Publications,
     (slot, created): (&str, bool),
     feed: Option<&pipeline::SnapshotFeed>,
@@ -832,13 +901,10 @@ async fn backfill_for(
     let wanted = config.snapshot != SnapshotMode::Never;
     let Some(record) = record else {
         if wanted && !created {
-            return Err(Error::Snapshot(format!(
-                "--snapshot: slot {slot} already exists and its publication (--publication) \
-                 holds no record of a snapshot: the rows that meet its changes exactly could \
-                 only be read when it was created. To stream its changes, run without \
-                 --snapshot; to take a snapshot, drop the slot (walwatch slots drop {slot}) \
-                 and start again with a new output, or use a new --slot"
-            )));
+            return Err(no_snapshot_record(
+                slot,
+                "its publication (--publication) holds no record of a snapshot",
+            ));
         }
         if wanted && matches!(config.slot, SlotMode::Permanent(_)) {
             tracing::warn!(
@@ -849,74 +915,29 @@ async fn backfill_for(
         }
         return Ok(Continue::With(None));
     };
-    let state = record.lock().await.backfill.clone();
-    let (tables, read) = match (created, feed, state) {
-        // A new slot reads its exported snapshot: keep its progress from an empty record.
-        (true, Some(feed), _) => (feed.tables.clone(), false),
-        (true, None, None) | (false, _, None) if !wanted => return Ok(Continue::With(None)),
-        (true, None, _) => {
-            // A new slot without a snapshot: forget one an older slot of this name had.
+    let old = record.lock().await.backfill.clone();
+    let read = match next_step(config, slot, (created, feed.is_some()), old.as_ref())? {
+        Step::Nothing => return Ok(Continue::With(None)),
+        Step::Taken => return Ok(Continue::Taken),
+        Step::Forget => {
             let mut r = record.lock().await;
             r.backfill = None;
-            publication::write_record(&connect_meta(config).await?, &publications.names, &r)
-                .await?;
+            publication::write_record(meta, &publications.names, &r).await?;
             return Ok(Continue::With(None));
         }
-        (false, _, None) => {
-            return Err(Error::Snapshot(format!(
-                "--snapshot: slot {slot} already exists and was created without a snapshot: \
-                 the rows that meet its changes exactly could only be read when it was \
-                 created. To stream its changes, run without --snapshot; to take a snapshot, \
-                 drop the slot (walwatch slots drop {slot}) and start again with a new \
-                 output, or use a new --slot"
-            )));
-        }
-        (false, _, Some(state)) if state.complete() => {
-            tracing::info!("the snapshot of slot {slot} is complete");
-            return Ok(if config.snapshot == SnapshotMode::Only {
-                Continue::Taken
-            } else {
-                Continue::With(None)
-            });
-        }
-        (false, _, Some(_)) if !wanted => {
-            tracing::warn!(
-                "the snapshot of slot {slot} is not complete; run with --snapshot initial to \
-                 read the rest of it while streaming"
-            );
-            return Ok(Continue::With(None));
-        }
-        (false, _, Some(_)) => {
-            let client = connect_meta(config).await?;
-            let tables = snapshot_plan(
-                config,
-                &client,
-                server_version,
-                types,
-                publications,
-                watched,
-            )
-            .await?;
-            (tables, true)
+        Step::Keep => false,
+        Step::Continue => true,
+    };
+    let reader = snapshot::ChunkReader::open(connect_meta(config).await?).await?;
+    let tables = match feed {
+        Some(feed) => feed.tables.clone(),
+        None => {
+            let client = reader.client();
+            snapshot_plan(config, client, server_version, types, publications, watched).await?
         }
     };
-    let old = record.lock().await.backfill.clone().unwrap_or_default();
-    let state: Vec<publication::TableBackfill> = tables
-        .iter()
-        .map(|t| {
-            let (schema, table) = (&*t.relation.namespace, &*t.relation.name);
-            old.tables
-                .iter()
-                .find(|o| o.schema == schema && o.table == table && read)
-                .cloned()
-                .unwrap_or_else(|| publication::TableBackfill {
-                    schema: schema.to_string(),
-                    table: table.to_string(),
-                    ..Default::default()
-                })
-        })
-        .collect();
-    let reader = snapshot::ChunkReader::open(connect_meta(config).await?).await?;
+    // A continued snapshot goes on from the record; an exported one starts afresh.
+    let state = aligned_progress(&tables, old.filter(|_| read).unwrap_or_default());
     {
         // Before any row is read: a stop from here on leaves the snapshot unfinished.
         let mut r = record.lock().await;
@@ -927,17 +948,7 @@ async fn backfill_for(
         publication::write_record(reader.client(), &publications.names, &r).await?;
     }
     if read {
-        let left: Vec<&publication::TableBackfill> = state.iter().filter(|t| !t.done).collect();
-        tracing::info!(
-            "continuing the snapshot of slot {slot}: {}",
-            left.iter()
-                .map(|t| match &t.after {
-                    Some(k) => format!("{}.{} after ({})", t.schema, t.table, k.join(", ")),
-                    None => format!("{}.{} from its start", t.schema, t.table),
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        log_continuation(slot, &state);
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -955,6 +966,44 @@ async fn backfill_for(
         prefix: crate::marker::scoped(crate::marker::BACKFILL_PREFIX, Some(slot)),
         run: format!("{:x}-{nanos:x}", std::process::id()),
     }))))
+}
+
+/// Each of `tables`' progress as `old` records it (by name), or none yet.
+fn aligned_progress(
+    tables: &[snapshot::SnapshotTable],
+    old: publication::BackfillRecord,
+) -> Vec<publication::TableBackfill> {
+    tables
+        .iter()
+        .map(|t| {
+            let (schema, table) = (&*t.relation.namespace, &*t.relation.name);
+            old.tables
+                .iter()
+                .find(|o| o.schema == schema && o.table == table)
+                .cloned()
+                .unwrap_or_else(|| publication::TableBackfill {
+                    schema: schema.to_string(),
+                    table: table.to_string(),
+                    ..Default::default()
+                })
+        })
+        .collect()
+}
+
+/// Says where a continued snapshot goes on from, table by table.
+fn log_continuation(slot: &str, state: &[publication::TableBackfill]) {
+    let left: Vec<String> = state
+        .iter()
+        .filter(|t| !t.done)
+        .map(|t| match &t.after {
+            Some(k) => format!("{}.{} after ({})", t.schema, t.table, k.join(", ")),
+            None => format!("{}.{} from its start", t.schema, t.table),
+        })
+        .collect();
+    tracing::info!(
+        "continuing the snapshot of slot {slot}: {}",
+        left.join("; ")
+    );
 }
 
 /// Reloads the type registry for types created after start-up. On a permanent slot, new

@@ -1100,6 +1100,102 @@ fn replay_upsert(events: &[Value], table: &str, key: &[&str]) -> (Replayed, usiz
     (out, reread)
 }
 
+/// Where each keyed table was durable up to, if it was part of the way: (table, key as (id,
+/// region), region empty for the keyed table).
+fn part_read(recorded: &Recorded) -> Vec<(String, (i64, String))> {
+    let Some((_, tables)) = recorded else {
+        return Vec::new();
+    };
+    tables
+        .iter()
+        .filter(|(_, rows, done, after)| *rows > 0 && !done && after.is_some())
+        .map(|(name, _, _, after)| {
+            let k = after.clone().unwrap();
+            let region = k.get(1).cloned().unwrap_or_default();
+            (name.clone(), (k[0].parse().unwrap(), region))
+        })
+        .collect()
+}
+
+/// Checks that the run whose output starts at line `from` of `out` read each table of
+/// `partial` on from its durable key, not from its start (its first READ row of it is past
+/// the key); returns how many of them it read.
+fn read_on_from_durable_keys(
+    out: &Path,
+    from: usize,
+    partial: &[(String, (i64, String))],
+    round: usize,
+    log: &str,
+) -> usize {
+    if partial.is_empty() {
+        return 0;
+    }
+    // A kill mid-write leaves a partial last line (the next run cuts it off).
+    let mut bytes = std::fs::read(out).unwrap();
+    bytes.truncate(bytes.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1));
+    let events = parse_jsonl(&bytes);
+    let mut continued = 0;
+    for (table, after) in partial {
+        let first = events[from.min(events.len())..]
+            .iter()
+            .find(|e| e["table"] == table.as_str() && e["op"] == "READ")
+            .map(|e| {
+                let region = e["data"]["region"].as_str().unwrap_or("");
+                (e["data"]["id"].as_i64().unwrap(), region.to_string())
+            });
+        if let Some(first) = first {
+            assert!(
+                first > *after,
+                "round {round} read {table} again from {first:?}, before its durable key \
+                 {after:?}; log:\n{log}"
+            );
+            continued += 1;
+        }
+    }
+    continued
+}
+
+/// Replays `events` by key (`replay_upsert`) and compares each table with its rows now;
+/// returns the READ rows read more than once.
+fn assert_upserts_replay_to_tables(events: &[Value], t: &Tables, logs: &str) -> usize {
+    let mut reread = 0;
+    let mut failures = Vec::new();
+    for (table, key, columns) in [
+        (&t.keyed, &["id"][..], &["id", "n", "doc"][..]),
+        (&t.keyless, &[][..], &["a", "b"][..]),
+        (&t.part, &["id", "region"][..], &["id", "region", "v"][..]),
+    ] {
+        let (mut r, again) = replay_upsert(events, table, key);
+        reread += again;
+        if key.is_empty() {
+            // A table without a key read again after a stop repeats the rows the output
+            // already had (walwatch cannot tell them apart): this one's rows are distinct and
+            // unchanged during the test, so a consumer (and this check) drops the repeats.
+            for rows in r.rows.values_mut() {
+                rows.truncate(1);
+            }
+        }
+        let got = lines(&r, columns);
+        let want = table_lines(table, columns);
+        if got != want {
+            let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).take(3).collect();
+            let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).take(3).collect();
+            failures.push(format!(
+                "{table}: replaying gives {} rows, the table has {}; missing (first 3): \
+                 {missing:?}; extra (first 3): {extra:?}",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\nlogs:\n{logs}",
+        failures.join("\n")
+    );
+    reread
+}
+
 /// SIGKILL five times, during the snapshot and during the stream, while a writer changes the
 /// tables, then a run to the end: replaying the output (by key: a snapshot continued between
 /// watermarks may bring a change before the row's READ) gives exactly each table. At least one
@@ -1149,22 +1245,7 @@ fn sigkill_during_the_snapshot_continues_from_the_last_durable_chunk() {
     for round in 1..=5 {
         let log = dir.path().join(format!("round{round}.log"));
         let before = recorded_progress(&slot);
-        // Where each keyed table was durable up to, if it was part of the way: (table, key
-        // as (id, region), region empty for the keyed table).
-        let partial: Vec<(String, (i64, String))> = before
-            .as_ref()
-            .map(|(_, tables)| {
-                tables
-                    .iter()
-                    .filter(|(_, rows, done, after)| *rows > 0 && !done && after.is_some())
-                    .map(|(name, _, _, after)| {
-                        let k = after.clone().unwrap();
-                        let region = k.get(1).cloned().unwrap_or_default();
-                        (name.clone(), (k[0].parse().unwrap(), region))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let partial = part_read(&before);
         let lines_before = std::fs::read(&out).map_or(0, |b| b.split(|c| *c == b'\n').count() - 1);
         let mut proc = args(&log);
         if round == 1 {
@@ -1192,31 +1273,8 @@ fn sigkill_during_the_snapshot_continues_from_the_last_durable_chunk() {
         proc.kill().expect("SIGKILL walwatch");
         proc.wait().expect("reap walwatch");
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if !partial.is_empty() {
-            // A kill mid-write leaves a partial last line (the next run cuts it off).
-            let mut bytes = std::fs::read(&out).unwrap();
-            bytes.truncate(bytes.iter().rposition(|c| *c == b'\n').map_or(0, |i| i + 1));
-            let events = parse_jsonl(&bytes);
-            for (table, after) in &partial {
-                // This run read the table on from its durable key, not from its start: its
-                // first READ row of it is past that key.
-                let first = events[lines_before.min(events.len())..]
-                    .iter()
-                    .find(|e| e["table"] == table.as_str() && e["op"] == "READ")
-                    .map(|e| {
-                        let region = e["data"]["region"].as_str().unwrap_or("");
-                        (e["data"]["id"].as_i64().unwrap(), region.to_string())
-                    });
-                if let Some(first) = first {
-                    assert!(
-                        first > *after,
-                        "round {round} read {table} again from {first:?}, before its durable \
-                         key {after:?}; log:\n{text}"
-                    );
-                    continued_mid_table += 1;
-                }
-            }
-        }
+        continued_mid_table +=
+            read_on_from_durable_keys(&out, lines_before, &partial, round, &text);
         logs.push_str(&format!(
             "--- round {round} (record before: {before:?}) ---\n{text}"
         ));
@@ -1243,42 +1301,7 @@ fn sigkill_during_the_snapshot_continues_from_the_last_durable_chunk() {
         continued_mid_table > 0,
         "no run continued a table from its last durable key; logs:\n{logs}"
     );
-    let events = read_jsonl(&out);
-    let mut reread = 0;
-    let mut failures = Vec::new();
-    for (table, key, columns) in [
-        (&t.keyed, &["id"][..], &["id", "n", "doc"][..]),
-        (&t.keyless, &[][..], &["a", "b"][..]),
-        (&t.part, &["id", "region"][..], &["id", "region", "v"][..]),
-    ] {
-        let (mut r, again) = replay_upsert(&events, table, key);
-        reread += again;
-        if key.is_empty() {
-            // A table without a key read again after a stop repeats the rows the output
-            // already had (walwatch cannot tell them apart): this one's rows are distinct and
-            // unchanged during the test, so a consumer (and this check) drops the repeats.
-            for rows in r.rows.values_mut() {
-                rows.truncate(1);
-            }
-        }
-        let got = lines(&r, columns);
-        let want = table_lines(table, columns);
-        if got != want {
-            let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).take(3).collect();
-            let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).take(3).collect();
-            failures.push(format!(
-                "{table}: replaying gives {} rows, the table has {}; missing (first 3): \
-                 {missing:?}; extra (first 3): {extra:?}",
-                got.len(),
-                want.len()
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{}\nlogs:\n{logs}",
-        failures.join("\n")
-    );
+    let reread = assert_upserts_replay_to_tables(&read_jsonl(&out), &t, &logs);
     eprintln!(
         "{continued_mid_table} runs continued a table mid-way; {reread} READ rows were read \
          more than once over 5 kills"

@@ -54,26 +54,26 @@ struct AckBoard {
 
 impl AckBoard {
     fn ack(&self, sink: usize, at: Lsn) {
-        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        if at <= acks[sink] {
-            return;
+        if let Some(least) = raise(&self.acks, sink, at) {
+            publish_durable(&self.progress, least);
         }
-        acks[sink] = at;
-        let least = acks.iter().copied().min().unwrap_or(at);
-        drop(acks);
-        publish_durable(&self.progress, least);
     }
 
     fn ack_batches(&self, sink: usize, n: u64) {
-        let mut acks = self.batches.lock().unwrap_or_else(|p| p.into_inner());
-        if n <= acks[sink] {
-            return;
+        if let Some(least) = raise(&self.batches, sink, n) {
+            publish_batches(&self.progress, least);
         }
-        acks[sink] = n;
-        let least = acks.iter().copied().min().unwrap_or(n);
-        drop(acks);
-        publish_batches(&self.progress, least);
     }
+}
+
+/// Raises `sink`'s entry of `acks` to `to`: the least entry after, when it was raised.
+fn raise<T: Copy + Ord>(acks: &Mutex<Vec<T>>, sink: usize, to: T) -> Option<T> {
+    let mut acks = acks.lock().unwrap_or_else(|p| p.into_inner());
+    if to <= acks[sink] {
+        return None;
+    }
+    acks[sink] = to;
+    acks.iter().copied().min()
 }
 
 /// Raises the count of batches durable in every sink.
