@@ -161,6 +161,37 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Add, remove or list the fault rules of a running `walwatch proxy` (its --control API).
     Fault(FaultArgs),
+    /// Ask the walwatch streaming --slot to read the rows the tables hold now (a snapshot on
+    /// demand, or backfill) while it goes on streaming; print the request's WAL position.
+    /// The rows arrive as READ events, between the stream's changes.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SnapshotArgs {
+    /// The slot of the walwatch to ask (its --slot). A request made while none runs waits in
+    /// the slot for the next one.
+    #[arg(long, value_name = "NAME")]
+    pub slot: String,
+
+    /// Tables to read, comma-separated: orders, sales.orders, 'sales.*'. The slot must
+    /// stream them (they are in its walwatch's --tables).
+    #[arg(short, long, value_name = "TABLES", required = true)]
+    pub tables: Vec<String>,
+
+    /// Connection string (else the libpq variables).
+    #[arg(long, value_name = "DSN", global = true)]
+    pub dsn: Option<String>,
+
+    /// Wait until every table's rows are durable in the walwatch's outputs; exit 2 if one
+    /// could not be read. Needs walwatch's own publications (not --publication), whose
+    /// record shows the progress.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait, give up after this long (5m, 1h): exit 2, the request goes on.
+    #[arg(long, value_name = "DURATION", requires = "wait")]
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -892,6 +923,7 @@ mod tests {
             None => cli.watch.dsn.as_deref(),
             Some(Command::Watch(w) | Command::Record(w)) => w.dsn.as_deref(),
             Some(Command::Slots(s)) => s.dsn.as_deref(),
+            Some(Command::Snapshot(s)) => s.dsn.as_deref(),
             Some(Command::Mark(m)) => m.dsn.as_deref(),
             Some(Command::Assert(a)) => match &a.kind {
                 AssertKind::Eventually { common, .. }

@@ -30,6 +30,7 @@ pub mod recording;
 pub mod replay;
 pub mod session;
 pub mod sink;
+pub mod snapshot_request;
 pub mod spill;
 mod watch;
 

@@ -5,6 +5,7 @@ mod demo;
 mod fault_proxy;
 mod harness;
 mod slots;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -164,6 +165,7 @@ fn main() -> ExitCode {
             Some(Command::Mark(args)) => harness::mark(&args).await,
             Some(Command::Assert(args)) => harness::assert(&args).await,
             Some(Command::Slots(args)) => slots::run(&args).await,
+            Some(Command::Snapshot(args)) => snapshot::run(&args).await,
             Some(Command::Proxy(args)) => fault_proxy::run(&args, shutdown_signal()).await,
             Some(Command::Fault(args)) => fault_proxy::fault(&args).await,
             Some(Command::Replay(args)) => {

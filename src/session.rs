@@ -441,7 +441,7 @@ async fn stream_with_publication(
     )
     .await?
     {
-        Continue::With(b) => b,
+        Continue::With(b) => *b,
         Continue::Taken => return Ok(Outcome::idle(StopReason::SnapshotTaken, start, slot_name)),
     };
     let Some(endpos) = end_position(&config, meta, (created, feed.is_some()), start).await? else {
@@ -484,7 +484,7 @@ async fn stream_with_publication(
     let slot = plan.slot.clone();
     let mut setup = plan.setup(&config, publications, sinks, recorder);
     setup.snapshot = feed;
-    setup.backfill = backfill.map(|b| *b);
+    setup.backfill = Some(backfill);
     let outcome = pipeline::run_stream(stream, setup, retry, shutdown).await;
     monitor.abort();
     let outcome = outcome?;
@@ -600,7 +600,10 @@ async fn open_slot(
                 // Before the slot exists: a stop from its creation on leaves its snapshot to
                 // be read, not a slot that looks like it never had one.
                 let mut r = record.lock().await;
-                r.backfill = Some(publication::BackfillRecord::default());
+                r.backfill = Some(publication::BackfillRecord {
+                    initial: true,
+                    ..Default::default()
+                });
                 publication::write_record(meta, publications, &r).await?;
             }
             tracing::info!("creating replication slot {name}");
@@ -822,13 +825,14 @@ async fn end_position(
 
 /// What a run does about the slot's snapshot besides streaming.
 enum Continue {
-    /// Keep its progress (and read what is left of it) with this, if anything.
-    With(Option<Box<pipeline::Backfill>>),
+    /// Keep its progress (and read what is left of it), and take requests, with this.
+    With(Box<pipeline::Backfill>),
     /// `--snapshot only`, and the slot's snapshot is complete: nothing to do.
     Taken,
 }
 
 /// What a run does about the slot's snapshot record.
+#[derive(Debug, PartialEq, Eq)]
 enum Step {
     /// Nothing to keep or read.
     Nothing,
@@ -838,8 +842,9 @@ enum Step {
     Taken,
     /// A new slot reads its exported snapshot: keep its progress.
     Keep,
-    /// The slot's snapshot is unfinished: read the rest between watermarks.
-    Continue,
+    /// Read what is left between watermarks: of every table (`--snapshot` on a slot whose
+    /// snapshot is unfinished), or of the tables asked for (`walwatch snapshot`) alone.
+    Continue { all: bool },
 }
 
 /// The step for a slot this run `created` (with an `exported` snapshot) or found, whose record
@@ -851,28 +856,40 @@ fn next_step(
     state: Option<&publication::BackfillRecord>,
 ) -> Result<Step> {
     let wanted = config.snapshot != SnapshotMode::Never;
+    let without = || no_snapshot_record(slot, "was created without a snapshot");
     Ok(match (created, state) {
         (true, _) if exported => Step::Keep,
         (true, Some(_)) => Step::Forget,
-        (_, None) if !wanted => Step::Nothing,
         (true, None) => Step::Nothing,
-        (false, None) => return Err(no_snapshot_record(slot, "was created without a snapshot")),
+        (false, None) if wanted => return Err(without()),
+        (false, None) => Step::Nothing,
+        (false, Some(state)) if wanted && !state.initial => return Err(without()),
         (false, Some(state)) if state.complete() => {
-            tracing::info!("the snapshot of slot {slot} is complete");
+            if wanted {
+                tracing::info!("the snapshot of slot {slot} is complete");
+            }
             if config.snapshot == SnapshotMode::Only {
                 Step::Taken
             } else {
                 Step::Nothing
             }
         }
-        (false, Some(_)) if !wanted => {
-            tracing::warn!(
-                "the snapshot of slot {slot} is not complete; run with --snapshot initial to \
-                 read the rest of it while streaming"
-            );
-            Step::Nothing
+        (false, Some(_)) if wanted => Step::Continue { all: true },
+        (false, Some(state)) => {
+            let own_left = state.initial
+                && (!state.planned || state.tables.iter().any(|t| t.request.is_none() && !t.done));
+            if own_left {
+                tracing::warn!(
+                    "the snapshot of slot {slot} is not complete; run with --snapshot initial \
+                     to read the rest of it while streaming"
+                );
+            }
+            if state.requests_left() {
+                Step::Continue { all: false }
+            } else {
+                Step::Nothing
+            }
         }
-        (false, Some(_)) => Step::Continue,
     })
 }
 
@@ -886,9 +903,10 @@ fn no_snapshot_record(slot: &str, why: &str) -> Error {
     ))
 }
 
-/// The snapshot's progress to keep for a permanent slot with walwatch's own publications
-/// (their record holds it), and, for a slot whose snapshot a stopped run left unfinished,
-/// what is left to read while the stream runs.
+/// The run's backfill: the snapshot's progress to keep, for a permanent slot with walwatch's
+/// own publications (their record holds it); for a slot whose snapshot a stopped run left
+/// unfinished, or with tables asked for and not read yet, what is left to read while the
+/// stream runs; and what a request heard while streaming is planned with.
 async fn backfill_for(
     config: &Config,
     (meta, record): (&Client, Option<&pipeline::SharedRecord>),
@@ -899,6 +917,11 @@ async fn backfill_for(
     watched: Option<&[(String, String)]>,
 ) -> Result<Continue> {
     let wanted = config.snapshot != SnapshotMode::Never;
+    let mut b = new_backfill(config, publications, slot, server_version, watched);
+    if let Some(feed) = feed {
+        b.tables = feed.tables.clone();
+        b.state = aligned_progress(&b.tables, Default::default());
+    }
     let Some(record) = record else {
         if wanted && !created {
             return Err(no_snapshot_record(
@@ -913,59 +936,113 @@ async fn backfill_for(
                  continue it; it would need a new slot"
             );
         }
-        return Ok(Continue::With(None));
+        return Ok(Continue::With(Box::new(b)));
     };
+    b.record = Some((record.clone(), publications.names.clone()));
     let old = record.lock().await.backfill.clone();
-    let read = match next_step(config, slot, (created, feed.is_some()), old.as_ref())? {
-        Step::Nothing => return Ok(Continue::With(None)),
+    let step = next_step(config, slot, (created, feed.is_some()), old.as_ref())?;
+    let old = old.unwrap_or_default();
+    (b.initial, b.taken) = (old.initial, Lsn(old.taken));
+    match step {
         Step::Taken => return Ok(Continue::Taken),
+        Step::Nothing => {
+            b.others = old.tables;
+            return Ok(Continue::With(Box::new(b)));
+        }
         Step::Forget => {
             let mut r = record.lock().await;
             r.backfill = None;
             publication::write_record(meta, &publications.names, &r).await?;
-            return Ok(Continue::With(None));
+            (b.initial, b.taken) = (false, Lsn::ZERO);
+            return Ok(Continue::With(Box::new(b)));
         }
-        Step::Keep => false,
-        Step::Continue => true,
-    };
-    let reader = snapshot::ChunkReader::open(connect_meta(config).await?).await?;
-    let tables = match feed {
-        Some(feed) => feed.tables.clone(),
-        None => {
+        Step::Keep => (b.initial, b.taken) = (true, Lsn::ZERO),
+        Step::Continue { all } => {
+            let reader = snapshot::ChunkReader::open(connect_meta(config).await?).await?;
             let client = reader.client();
-            snapshot_plan(config, client, server_version, types, publications, watched).await?
+            let mut tables =
+                snapshot_plan(config, client, server_version, types, publications, watched).await?;
+            if !all {
+                tables.retain(|t| {
+                    old.tables.iter().any(|o| {
+                        o.request.is_some()
+                            && !o.done
+                            && o.schema == *t.relation.namespace
+                            && o.table == *t.relation.name
+                    })
+                });
+            }
+            b.state = aligned_progress(&tables, old.clone());
+            b.others = if all {
+                Vec::new()
+            } else {
+                old.tables
+                    .into_iter()
+                    .filter(|o| {
+                        !b.state
+                            .iter()
+                            .any(|t| t.schema == o.schema && t.table == o.table)
+                    })
+                    .collect()
+            };
+            b.tables = tables;
+            b.reader = Some(reader);
+            b.read = true;
+            log_continuation(slot, &b.state);
         }
-    };
-    // A continued snapshot goes on from the record; an exported one starts afresh.
-    let state = aligned_progress(&tables, old.filter(|_| read).unwrap_or_default());
-    {
-        // Before any row is read: a stop from here on leaves the snapshot unfinished.
-        let mut r = record.lock().await;
-        r.backfill = Some(publication::BackfillRecord {
-            planned: true,
-            tables: state.clone(),
-        });
-        publication::write_record(reader.client(), &publications.names, &r).await?;
     }
-    if read {
-        log_continuation(slot, &state);
-    }
+    // Before any row is read: a stop from here on leaves the snapshot unfinished.
+    let mut r = record.lock().await;
+    r.backfill = Some(publication::BackfillRecord {
+        planned: true,
+        initial: b.initial,
+        taken: b.taken.0,
+        tables: [b.state.as_slice(), b.others.as_slice()].concat(),
+    });
+    publication::write_record(meta, &publications.names, &r).await?;
+    drop(r);
+    Ok(Continue::With(Box::new(b)))
+}
+
+/// A backfill with nothing to keep or read yet, ready to take requests.
+fn new_backfill(
+    config: &Config,
+    publications: &Publications,
+    slot: &str,
+    server_version: u32,
+    watched: Option<&[(String, String)]>,
+) -> pipeline::Backfill {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    Ok(Continue::With(Some(Box::new(pipeline::Backfill {
-        record: record.clone(),
+    let for_reader = config.clone();
+    let connect: pipeline::Connect = std::sync::Arc::new(move || {
+        let config = for_reader.clone();
+        Box::pin(async move { connect_meta(&config).await })
+    });
+    pipeline::Backfill {
+        record: None,
+        reader: None,
+        connect,
         publications: publications.names.clone(),
-        reader,
-        tables,
-        state,
-        read,
+        // walwatch's own publications hold exactly the watched tables; a given one may hold
+        // more.
+        watched: watched
+            .filter(|_| config.publication.is_some())
+            .map(<[_]>::to_vec),
+        server_version,
+        tables: Vec::new(),
+        state: Vec::new(),
+        others: Vec::new(),
+        initial: false,
+        taken: Lsn::ZERO,
+        read: false,
         chunk: config.snapshot_chunk,
         only: config.snapshot == SnapshotMode::Only,
         progress: config.progress,
-        prefix: crate::marker::scoped(crate::marker::BACKFILL_PREFIX, Some(slot)),
+        slot: slot.to_string(),
         run: format!("{:x}-{nanos:x}", std::process::id()),
-    }))))
+    }
 }
 
 /// Each of `tables`' progress as `old` records it (by name), or none yet.

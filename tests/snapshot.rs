@@ -1309,3 +1309,357 @@ fn sigkill_during_the_snapshot_continues_from_the_last_durable_chunk() {
     drop_slot(&slot);
     t.drop();
 }
+
+/// A table of the slot's record: (table, rows, done, request, failed).
+type RecordedTable = (String, u64, bool, Option<String>, Option<String>);
+
+/// The tables of the slot's record.
+fn requested(slot: &str) -> Vec<RecordedTable> {
+    let comment = sql(&format!(
+        "SELECT obj_description(oid, 'pg_publication') FROM pg_publication \
+         WHERE pubname = 'walwatch_{slot}';"
+    ));
+    let Ok(record) = serde_json::from_str::<Value>(comment.trim()) else {
+        return Vec::new();
+    };
+    record["backfill"]["tables"]
+        .as_array()
+        .map(|tables| {
+            tables
+                .iter()
+                .map(|t| {
+                    (
+                        t["table"].as_str().unwrap_or("").to_string(),
+                        t["rows"].as_u64().unwrap_or(0),
+                        t["done"].as_bool().unwrap_or(false),
+                        t["request"].as_str().map(str::to_string),
+                        t["failed"].as_str().map(str::to_string),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts walwatch streaming `tables` on `slot` into `out` (no snapshot of its own), chunks of
+/// 50 rows for what it is asked to read; returns once it streams.
+fn stream_into(slot: &str, tables: &str, out: &Path, log: &Path, extra: &[&str]) -> harness::Proc {
+    let ready = log.with_extension("ready");
+    let _ = std::fs::remove_file(&ready);
+    let dsn = dsn();
+    let mut args = vec![
+        "--dsn",
+        &dsn,
+        "--slot",
+        slot,
+        "--snapshot-chunk",
+        "50",
+        "--output",
+        out.to_str().unwrap(),
+        "--ready-file",
+        ready.to_str().unwrap(),
+    ];
+    if !tables.is_empty() {
+        args.extend(["--tables", tables]);
+    }
+    args.extend(extra);
+    let proc = harness::spawn_logged(&args, log);
+    support::wait_until("walwatch streaming", Duration::from_secs(60), || {
+        ready.exists().then_some(())
+    });
+    proc
+}
+
+/// `walwatch snapshot --slot S --tables ...` asks the walwatch streaming S to read the tables
+/// while it streams, and `--wait` follows it to the end. The request survives a SIGKILL of
+/// that walwatch in the middle of the reading (made certain: killed once the record shows
+/// rows of the request durable and the request not done), the next run continues it from
+/// its record, and replaying the output by key gives exactly each table while a writer
+/// changed them the whole time.
+#[test]
+fn a_snapshot_asked_for_while_streaming_is_read_and_survives_a_sigkill() {
+    let t = Tables::create("snapask");
+    // 40,000 more rows: at 50 a chunk, the request takes seconds, long enough to kill it
+    // part of the way.
+    sql(&format!(
+        "INSERT INTO {} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g \
+         FROM generate_series(1000001, 1040000) g;",
+        t.part
+    ));
+    let slot = support::unique_name("snapask");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let writer = Writer::start_with(&t, 0x5EED_0F0F_1234_9876, false);
+    let first_log = dir.path().join("first.log");
+    let mut first = stream_into(&slot, &t.list(), &out, &first_log, &[]);
+    writer.wait_for(20);
+    let asker = walwatch()
+        .args([
+            "snapshot",
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t.list(),
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch snapshot");
+    let mid = support::wait_until(
+        "rows of the request durable",
+        Duration::from_secs(120),
+        || {
+            let r = requested(&slot);
+            let rows: u64 = r.iter().map(|t| t.1).sum();
+            (rows > 0).then_some(r)
+        },
+    );
+    assert!(
+        mid.iter().any(|t| !t.2),
+        "the request was done before walwatch could be killed in its middle: {mid:?}"
+    );
+    assert!(mid.iter().all(|t| t.3.is_some()), "{mid:?}");
+    first.kill().expect("SIGKILL walwatch");
+    first.wait().expect("reap walwatch");
+    let second_log = dir.path().join("second.log");
+    let mut second = stream_into(&slot, &t.list(), &out, &second_log, &[]);
+    let asked = asker.wait_with_output().expect("walwatch snapshot ends");
+    let mut logs = format!(
+        "--- first ---\n{}\n--- second ---\n{}\n--- snapshot ---\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default(),
+        std::fs::read_to_string(&second_log).unwrap_or_default(),
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    assert_eq!(asked.status.code(), Some(0), "{logs}");
+    assert!(
+        String::from_utf8_lossy(&asked.stdout)
+            .trim()
+            .parse::<walwatch::Lsn>()
+            .is_ok(),
+        "walwatch snapshot prints the request's position: {:?}",
+        asked.stdout
+    );
+    assert!(
+        logs.contains("continuing the snapshot of slot"),
+        "the second run did not continue the request: {logs}"
+    );
+    writer.finish();
+    let end = harness::current_lsn();
+    support::wait_until("every change confirmed", Duration::from_secs(120), || {
+        (slot_confirmed(&slot) >= end).then_some(())
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    let status = second.wait().expect("wait for walwatch");
+    logs.push_str(&std::fs::read_to_string(&second_log).unwrap_or_default());
+    assert_eq!(status.code(), Some(0), "{logs}");
+    let done = requested(&slot);
+    assert!(
+        done.len() == 3 && done.iter().all(|t| t.2 && t.4.is_none()),
+        "every table of the request done: {done:?}"
+    );
+    let reread = assert_upserts_replay_to_tables(&read_jsonl(&out), &t, &logs);
+    eprintln!("{reread} READ rows were read more than once after the kill");
+    drop_slot(&slot);
+    t.drop();
+}
+
+/// A table added to a given publication while walwatch streams it is read on request: its
+/// rows arrive as READ events between the stream's changes, and replaying gives the table.
+/// `--wait` cannot follow a request to a walwatch with --publication: it says so, exit 2,
+/// and the request is read all the same.
+#[test]
+fn a_table_added_to_the_publication_while_streaming_is_backfilled_on_request() {
+    let (a, b) = (
+        support::unique_name("addpub_a"),
+        support::unique_name("addpub_b"),
+    );
+    let publication = support::unique_name("addpub");
+    sql(&format!(
+        "CREATE TABLE {a} (id int PRIMARY KEY, v text);
+         CREATE TABLE {b} (id int PRIMARY KEY, v text);
+         INSERT INTO {b} SELECT g, 'old ' || g FROM generate_series(1, 700) g;
+         CREATE PUBLICATION {publication} FOR TABLE {a};"
+    ));
+    let slot = support::unique_name("addpub");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let log = dir.path().join("walwatch.log");
+    let mut proc = stream_into(&slot, "", &out, &log, &["--publication", &publication]);
+    sql(&format!(
+        "INSERT INTO {a} VALUES (1, 'a');
+         ALTER PUBLICATION {publication} ADD TABLE {b};
+         UPDATE {b} SET v = 'changed' WHERE id <= 10;
+         DELETE FROM {b} WHERE id BETWEEN 11 AND 20;"
+    ));
+    let asked = harness::run_expecting(
+        &[
+            "snapshot",
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &b,
+            "--wait",
+        ],
+        2,
+    );
+    assert!(
+        harness::stderr(&asked).contains("--publication"),
+        "{}",
+        harness::stderr(&asked)
+    );
+    sql(&format!(
+        "UPDATE {b} SET v = 'after' WHERE id BETWEEN 21 AND 30;
+         INSERT INTO {b} VALUES (1001, 'new');"
+    ));
+    let want = table_lines(&b, &["id", "v"]);
+    let got = support::wait_until_or(
+        "the table's rows replayed from the output",
+        Duration::from_secs(60),
+        || {
+            let (r, _) = replay_upsert(&read_jsonl(&out), &b, &["id"]);
+            format!(
+                "replayed {} rows, the table has {}; log:\n{}",
+                lines(&r, &["id", "v"]).len(),
+                want.len(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+        || {
+            let (r, _) = replay_upsert(&read_jsonl(&out), &b, &["id"]);
+            let got = lines(&r, &["id", "v"]);
+            (got == want).then_some(got)
+        },
+    );
+    assert_eq!(got.len(), 691);
+    // The rows nobody changed came from the request alone, once each.
+    let mut reads: BTreeMap<i64, usize> = BTreeMap::new();
+    for e in read_jsonl(&out)
+        .iter()
+        .filter(|e| e["table"] == b.as_str() && e["op"] == "READ")
+    {
+        *reads.entry(e["data"]["id"].as_i64().unwrap()).or_default() += 1;
+    }
+    let untouched: Vec<_> = (31..=700).map(|id| reads.get(&id).copied()).collect();
+    assert!(
+        untouched.iter().all(|n| *n == Some(1)),
+        "rows 31..=700 read once each: {reads:?}"
+    );
+    proc.kill().expect("stop walwatch");
+    proc.wait().expect("reap walwatch");
+    drop_slot(&slot);
+    sql(&format!(
+        "DROP PUBLICATION {publication}; DROP TABLE {a}, {b};"
+    ));
+}
+
+/// Bad requests are named errors, exit 2, and a table that cannot be read any more (dropped
+/// while it is read) is left out of the request, reported, while the stream goes on.
+#[test]
+fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
+    let (watched, other) = (
+        support::unique_name("badask_w"),
+        support::unique_name("badask_o"),
+    );
+    sql(&format!(
+        "CREATE TABLE {watched} (id int PRIMARY KEY, v text);
+         CREATE TABLE {other} (id int PRIMARY KEY);
+         INSERT INTO {watched} SELECT g, 'x' FROM generate_series(1, 30000) g;"
+    ));
+    let slot = support::unique_name("badask");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let log = dir.path().join("walwatch.log");
+    let ask = |slot: &str, table: &str| {
+        harness::run_expecting(
+            &[
+                "snapshot",
+                "--dsn",
+                &dsn(),
+                "--slot",
+                slot,
+                "--tables",
+                table,
+                "--wait",
+            ],
+            2,
+        )
+    };
+    let e = ask("no_such_slot", &watched);
+    assert!(
+        harness::stderr(&e).contains("there is no replication slot `no_such_slot`"),
+        "{}",
+        harness::stderr(&e)
+    );
+    let mut proc = stream_into(&slot, &watched, &out, &log, &[]);
+    let e = ask(&slot, "no_such_table_anywhere");
+    assert!(
+        harness::stderr(&e).contains("no_such_table_anywhere"),
+        "{}",
+        harness::stderr(&e)
+    );
+    let e = ask(&slot, &other);
+    assert!(
+        harness::stderr(&e).contains(&format!("does not watch public.{other}")),
+        "{}",
+        harness::stderr(&e)
+    );
+    // Dropped while it is read: 30,000 rows at 50 a chunk take a while.
+    let asker = walwatch()
+        .args([
+            "snapshot",
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &watched,
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch snapshot");
+    support::wait_until(
+        "rows of the request durable",
+        Duration::from_secs(60),
+        || requested(&slot).iter().any(|t| t.1 > 0).then_some(()),
+    );
+    sql(&format!("DROP TABLE {watched};"));
+    let asked = asker.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&asked.stderr);
+    assert_eq!(asked.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("left out") && text.contains(&watched),
+        "{text}"
+    );
+    // The stream goes on: a mark still arrives.
+    assert!(proc.try_wait().unwrap().is_none(), "walwatch stopped");
+    harness::run_expecting(&["mark", "--dsn", &dsn(), "after-drop"], 0);
+    support::wait_until(
+        "walwatch confirms past the drop",
+        Duration::from_secs(60),
+        || {
+            let end = harness::current_lsn();
+            (slot_confirmed(&slot) >= end).then_some(())
+        },
+    );
+    assert!(
+        proc.try_wait().unwrap().is_none(),
+        "walwatch stopped: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    drop_slot(&slot);
+    sql(&format!("DROP TABLE IF EXISTS {other};"));
+}

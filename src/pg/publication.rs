@@ -197,8 +197,9 @@ pub struct Record {
     /// User types resolved on this slot (permanent slots only): OID and kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<(u32, crate::decode::TypeKind)>,
-    /// The slot's snapshot (`--snapshot`), while and after it is read: how far each table
-    /// is durable in every sink, so a run that stops mid-snapshot is continued, not redone.
+    /// The slot's snapshot (`--snapshot`) and the tables asked for since (`walwatch
+    /// snapshot`), while and after they are read: how far each table is durable in every
+    /// sink, so a run that stops mid-snapshot continues it, not redoes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backfill: Option<BackfillRecord>,
 }
@@ -211,13 +212,31 @@ pub struct BackfillRecord {
     /// tables are known: a stop then leaves every table to read).
     #[serde(default)]
     pub planned: bool,
+    /// The slot was created with a snapshot (`--snapshot`); false when every table here was
+    /// asked for later (`walwatch snapshot`).
+    #[serde(default = "created_with_snapshot")]
+    pub initial: bool,
+    /// The stream position of the last request taken (`walwatch snapshot`): one the server
+    /// sends again after a stop is not taken twice.
+    #[serde(default)]
+    pub taken: u64,
     pub tables: Vec<TableBackfill>,
+}
+
+/// A record from before requests existed was made by `--snapshot`.
+fn created_with_snapshot() -> bool {
+    true
 }
 
 impl BackfillRecord {
     /// Whether every table is read.
     pub fn complete(&self) -> bool {
         self.planned && self.tables.iter().all(|t| t.done)
+    }
+
+    /// Whether a table asked for with `walwatch snapshot` is not read yet.
+    pub fn requests_left(&self) -> bool {
+        self.tables.iter().any(|t| t.request.is_some() && !t.done)
     }
 }
 
@@ -233,6 +252,14 @@ pub struct TableBackfill {
     /// Rows durable so far.
     pub rows: u64,
     pub done: bool,
+    /// The id of the request that asked for it (`walwatch snapshot`); none for the slot's
+    /// own snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Why a requested table could not be read (it was dropped, the role may not read it):
+    /// it is done, without its rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl Record {
@@ -833,12 +860,16 @@ mod tests {
             types: vec![(16_400, crate::decode::TypeKind::Enum)],
             backfill: Some(BackfillRecord {
                 planned: true,
+                initial: false,
+                taken: 0x1_0000_0010,
                 tables: vec![TableBackfill {
                     schema: "public".into(),
                     table: "orders".into(),
                     after: Some(vec!["42".into()]),
                     rows: 42,
                     done: false,
+                    request: Some("r1".into()),
+                    failed: None,
                 }],
             }),
         };
@@ -846,6 +877,13 @@ mod tests {
         assert!(json.starts_with("{\"walwatch\":1,"), "{json}");
         assert_eq!(parse_record(&json), Some(r));
         assert_eq!(parse_record("orders for the shop"), None);
+        // A record from before requests: its snapshot was the slot's own.
+        let old = parse_record(
+            "{\"walwatch\":1,\"slot\":\"s\",\"temporary\":false,\"backend_pid\":1,\
+             \"backend_start\":\"x\",\"backfill\":{\"planned\":true,\"tables\":[]}}",
+        )
+        .and_then(|r| r.backfill);
+        assert!(old.is_some_and(|b| b.initial && b.taken == 0));
         assert_eq!(parse_record("{\"walwatch\":2,\"slot\":\"s\"}"), None);
     }
 

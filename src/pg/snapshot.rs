@@ -629,6 +629,14 @@ impl SnapshotReader {
     }
 }
 
+/// The errors reading a table that are about the table, not the connection or the server.
+const TABLE_ERRORS: &[tokio_postgres::error::SqlState] = &[
+    tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE,
+    tokio_postgres::error::SqlState::UNDEFINED_TABLE,
+    tokio_postgres::error::SqlState::UNDEFINED_COLUMN,
+    tokio_postgres::error::SqlState::WRONG_OBJECT_TYPE,
+];
+
 /// A table that could not be read: named, with what to do.
 fn read_error(table: &TableName, e: tokio_postgres::Error) -> Error {
     let what = match e.code() {
@@ -677,11 +685,14 @@ impl ChunkReader {
                 &[&prefix, &content],
             )
             .await
-            .map_err(|e| {
-                Error::Snapshot(format!(
-                    "could not emit a snapshot watermark: {e}; the role needs to be allowed \
-                     pg_logical_emit_message (a replication role is)"
-                ))
+            .map_err(|e| match e.code() {
+                Some(c) if *c == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+                    Error::Snapshot(format!(
+                        "could not emit a snapshot watermark: {e}; the role needs to be \
+                         allowed pg_logical_emit_message (a replication role is)"
+                    ))
+                }
+                _ => Error::Meta(e),
             })?;
         Ok(())
     }
@@ -736,7 +747,12 @@ impl ChunkReader {
             Ok::<_, tokio_postgres::Error>(lines)
         }
         .await
-        .map_err(|e| read_error(&table.name(), e));
+        .map_err(|e| match e.code() {
+            // The table's own trouble (the backfill may leave a requested table out); else the
+            // connection's, which ends the run.
+            Some(c) if TABLE_ERRORS.contains(c) => read_error(&table.name(), e),
+            _ => Error::Meta(e),
+        });
         let lines = match lines {
             Ok(lines) => lines,
             Err(e) => {

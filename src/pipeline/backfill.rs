@@ -1,6 +1,7 @@
 //! The replication side of a snapshot's progress: how far each table is durable in every sink,
-//! kept in the slot's record, and, for a snapshot continued after a stop, the reading of the
-//! rest between watermarks while the stream runs (the decode side is `windows.rs`).
+//! kept in the slot's record; for a snapshot continued after a stop, and for tables asked for
+//! while streaming (`walwatch snapshot`, `crate::snapshot_request`), the reading of the rows
+//! between watermarks while the stream runs (the decode side is `windows.rs`).
 //!
 //! Why it looks like this:
 //! - Progress must never be ahead of the output. The decode thread says which batch holds
@@ -16,21 +17,39 @@
 //!   watermark, in key order from the last durable key (`WHERE (key) > (…) ORDER BY key
 //!   LIMIT n`), or by heap pages for a table without a key.
 //! - One chunk is in flight at a time: the decode thread holds it until its high watermark.
+//! - A request is taken into the record before the decode thread goes past it in the stream
+//!   (it waits), so no stop can lose it once the slot could be confirmed past it; the record
+//!   also remembers the last one taken, so one the server sends again is not taken twice.
+//! - A requested table that cannot be read (dropped, not readable by the role) is recorded
+//!   as failed and left out: a request never stops the stream. A table of the slot's own
+//!   snapshot that cannot be read stops the run, as at its start.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_postgres::Client;
 
 use super::progress::SnapshotProgress;
 use super::windows::{Note, Watermark};
 use super::{Frame, Frames, Progress};
 use crate::error::{Error, Result};
+use crate::event::Lsn;
+use crate::pg::catalog;
 use crate::pg::publication::{self, BackfillRecord, Record, TableBackfill};
-use crate::pg::snapshot::{ChunkReader, Range, SnapshotTable};
+use crate::pg::snapshot::{self, ChunkReader, Range, SnapshotTable};
+use crate::snapshot_request::Request;
 
 /// The slot's record, shared by everything that writes it (the type loader, the backfill).
 pub type SharedRecord = Arc<tokio::sync::Mutex<Record>>;
+
+/// Opens a connection for the backfill's reader, when it first needs one (most runs never
+/// read a snapshot, and should not hold a connection for it).
+pub type Connect =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Client>> + Send>> + Send + Sync>;
 
 /// How often, at most, progress is written to the record while a snapshot is read: what a
 /// stop makes read again (a record write is a catalog update, so not at every chunk).
@@ -39,16 +58,31 @@ const RECORD_EVERY: Duration = Duration::from_millis(250);
 /// Pages per chunk of a table without a key whose size is not known.
 const DEFAULT_PAGES: u64 = 64;
 
-/// A snapshot's progress to keep, and the tables to read between watermarks if any.
+/// A snapshot's progress to keep, the tables to read between watermarks if any, and what
+/// tables asked for while streaming are planned with.
 pub struct Backfill {
-    pub record: SharedRecord,
-    /// The publications whose comment holds the record.
+    /// The slot's record and the publications whose comment holds it. None for a temporary
+    /// slot or with `--publication`: progress is not kept, and a stop loses it.
+    pub record: Option<(SharedRecord, Vec<String>)>,
+    /// Its own connection: the record is written with it, and chunks read. Opened with
+    /// `connect` when first needed.
+    pub reader: Option<ChunkReader>,
+    pub connect: Connect,
+    /// What the stream reads: the tables a request can ask for are the publications' among
+    /// the watched ones (`None`: every table the publications publish).
     pub publications: Vec<String>,
-    /// Its own connection: the record is written with it, and chunks read.
-    pub reader: ChunkReader,
+    pub watched: Option<Vec<(String, String)>>,
+    pub server_version: u32,
     pub tables: Vec<SnapshotTable>,
     /// How far each of `tables` is (same order).
     pub state: Vec<TableBackfill>,
+    /// The record's other tables, kept as they are (the unfinished snapshot of the slot's own
+    /// on a run without `--snapshot`), until a request asks for one.
+    pub others: Vec<TableBackfill>,
+    /// The slot was created with a snapshot (the record's `initial`).
+    pub initial: bool,
+    /// The position of the last request taken.
+    pub taken: Lsn,
     /// Read what `state` says is not done, between watermarks (a continued snapshot); else
     /// the slot's exported snapshot is being read by the replication task, and this only
     /// keeps its progress.
@@ -57,8 +91,8 @@ pub struct Backfill {
     /// `--snapshot only`: the run stops once every table is durable.
     pub only: bool,
     pub progress: bool,
-    /// The watermarks' prefix, scoped to the slot.
-    pub prefix: String,
+    /// The slot: watermarks and requests carry its name.
+    pub slot: String,
     /// This run's id in its watermarks.
     pub run: String,
 }
@@ -79,25 +113,52 @@ struct Waiting {
     done: bool,
 }
 
+/// How reading a table ended.
+enum Reading {
+    /// Every row is handed on.
+    Handed,
+    /// The decode thread stopped.
+    Stopped,
+    /// The table could not be read (dropped, not readable by the role).
+    Unreadable(Error),
+}
+
+/// A request heard from the decode thread, to take.
+struct Heard {
+    request: Request,
+    at: Lsn,
+    taken: oneshot::Sender<()>,
+}
+
 /// The running backfill.
 struct Keeper {
     b: Backfill,
     notes: mpsc::UnboundedReceiver<Note>,
     progress: watch::Receiver<Progress>,
     waiting: Vec<Waiting>,
+    /// Per table: this run reads it (else the replication task does, from the exported
+    /// snapshot), and all its rows are handed on.
+    reads: Vec<bool>,
+    handed: Vec<bool>,
+    requests: VecDeque<Heard>,
     dirty: bool,
     written: tokio::time::Instant,
     bars: SnapshotProgress,
     /// Writes what became durable when the sinks go quiet.
     tick: tokio::time::Interval,
-    /// Rows read again after a discarded chunk, and chunks discarded.
+    /// Every table is durable, and that was said.
+    settled: bool,
+    /// Rows read again after a discarded chunk, chunks discarded, and rows of chunks the
+    /// stream's changes stood for.
     reread: u64,
     discarded: u64,
+    superseded: u64,
 }
 
 impl Backfill {
-    /// Runs until every table is durable and recorded (or the decode thread stops), reading
-    /// with `frames` when it reads. Says so on `verdict` when the run should stop for it.
+    /// Runs until the decode thread stops: keeps the progress of every table, reads those it
+    /// reads with `frames`, and takes the requests the decode thread hears. Says so on
+    /// `verdict` when the run should stop for it.
     pub(super) async fn run(
         self,
         notes: mpsc::UnboundedReceiver<Note>,
@@ -105,70 +166,84 @@ impl Backfill {
         frames: Option<mpsc::WeakSender<Frames>>,
         verdict: oneshot::Sender<Verdict>,
     ) {
-        let bars = SnapshotProgress::new(self.progress && self.read, &self.tables);
+        let bars = SnapshotProgress::new(self.progress, &self.tables);
+        let n = self.tables.len();
+        let read = self.read;
         let mut k = Keeper {
             b: self,
             notes,
             progress,
             waiting: Vec::new(),
+            reads: vec![read; n],
+            handed: vec![!read; n],
+            requests: VecDeque::new(),
             dirty: false,
             written: tokio::time::Instant::now(),
             bars,
             tick: tokio::time::interval(RECORD_EVERY),
+            settled: false,
             reread: 0,
             discarded: 0,
+            superseded: 0,
         };
-        let res = k.work(frames).await;
+        let mut verdict = Some(verdict);
+        let res = k.work(frames, &mut verdict).await;
         // What became durable meanwhile is recorded even when the run stops.
         let kept = k.settle().await;
-        let res = match (res, kept) {
-            (Ok(done), Ok(())) => Ok(done),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        match res {
-            Ok(true) => {
-                if k.reread > 0 {
-                    tracing::info!(
-                        "snapshot: {} chunks read again ({} rows) after changes in their window",
-                        k.discarded,
-                        k.reread
-                    );
+        if let Err(e) = res.and(kept) {
+            match verdict.take() {
+                Some(v) => {
+                    let _ = v.send(Verdict::Failed(e));
                 }
-                if k.b.only {
-                    let _ = verdict.send(Verdict::Done);
-                }
-            }
-            Ok(false) => {}
-            Err(e) => {
-                let _ = verdict.send(Verdict::Failed(e));
+                None => tracing::error!("snapshot: {e}"),
             }
         }
     }
 }
 
 impl Keeper {
-    /// Reads what there is to read, then waits for it all to be durable: `true` once every
-    /// table is recorded done.
-    async fn work(&mut self, frames: Option<mpsc::WeakSender<Frames>>) -> Result<bool> {
-        if self.b.read
-            && let Some(frames) = frames
-        {
-            let mut chunk = 0;
-            for i in 0..self.b.tables.len() {
-                if !self.b.state[i].done && !self.read_table(i, &frames, &mut chunk).await? {
-                    return Ok(false);
+    /// Reads what there is to read and keeps what becomes durable, until the decode thread
+    /// stops.
+    async fn work(
+        &mut self,
+        frames: Option<mpsc::WeakSender<Frames>>,
+        verdict: &mut Option<oneshot::Sender<Verdict>>,
+    ) -> Result<()> {
+        let mut chunk = 0;
+        loop {
+            self.serve().await?;
+            if let Some(frames) = &frames
+                && let Some(i) = self.next_table()
+            {
+                match self.read_table(i, frames, &mut chunk).await? {
+                    Reading::Handed => self.handed[i] = true,
+                    Reading::Stopped => return Ok(()),
+                    Reading::Unreadable(e) => self.unreadable(i, e)?,
+                }
+                continue;
+            }
+            if !self.settled && !self.b.state.is_empty() && self.complete() {
+                self.settled = true;
+                self.write().await?;
+                if self.reread > 0 || self.superseded > 0 {
+                    tracing::info!(
+                        "snapshot: {} chunks read again ({} rows) after changes in their \
+                         window; {} rows came from the stream, changed while their chunk was read",
+                        self.discarded,
+                        self.reread,
+                        self.superseded
+                    );
+                }
+                if self.b.only
+                    && let Some(v) = verdict.take()
+                {
+                    let _ = v.send(Verdict::Done);
                 }
             }
-        }
-        // Every row is handed on (or the exported snapshot is being read): wait until it is
-        // durable.
-        while !self.complete() {
             if !self.step().await? {
-                return Ok(false);
+                return Ok(());
             }
         }
-        self.write().await?;
-        Ok(true)
     }
 
     /// Whether every table is recorded done.
@@ -176,20 +251,33 @@ impl Keeper {
         self.b.state.iter().all(|t| t.done)
     }
 
-    /// Reads table `i` chunk after chunk from where it is durable; `false` when the decode
-    /// thread stopped.
+    /// The next table this run reads that is not read yet.
+    fn next_table(&self) -> Option<usize> {
+        (0..self.b.state.len()).find(|&i| self.reads[i] && !self.handed[i] && !self.b.state[i].done)
+    }
+
+    /// The reader, opened on first use.
+    async fn reader(&mut self) -> Result<&ChunkReader> {
+        let reader = match self.b.reader.take() {
+            Some(r) => r,
+            None => ChunkReader::open((self.b.connect)().await?).await?,
+        };
+        Ok(self.b.reader.insert(reader))
+    }
+
+    /// Reads table `i` chunk after chunk from where it is durable.
     async fn read_table(
         &mut self,
         i: usize,
         frames: &mpsc::WeakSender<Frames>,
         chunk: &mut u64,
-    ) -> Result<bool> {
+    ) -> Result<Reading> {
         let table = self.b.tables[i].clone();
         let mut after = self.b.state[i].after.clone();
         let limit = self.b.chunk;
         let keyless = table.key.is_empty();
         let (pages, per_chunk) = if keyless {
-            let pages = self.b.reader.pages(&table).await?;
+            let pages = self.reader().await?.pages(&table).await?;
             (pages, pages_per_chunk(&table, pages, limit))
         } else {
             (0, 0)
@@ -220,7 +308,11 @@ impl Keeper {
                 }
             };
             self.watermark(*chunk, table.relation.oid, false).await?;
-            let mut rows = self.b.reader.read(i, &table, range, *chunk).await?;
+            let mut rows = match self.reader().await?.read(i, &table, range, *chunk).await {
+                Ok(rows) => rows,
+                Err(e @ Error::Snapshot(_)) => return Ok(Reading::Unreadable(e)),
+                Err(e) => return Err(e),
+            };
             rows.last = if keyless {
                 page + per_chunk >= pages
             } else {
@@ -233,19 +325,15 @@ impl Keeper {
             };
             // Queued before the high watermark exists, so the decode thread has the chunk
             // before it decodes the watermark.
-            let Some(frames) = frames.upgrade() else {
-                return Ok(false);
-            };
-            if frames.send(frame).await.is_err() {
-                return Ok(false);
+            if !self.queue(frame, frames).await? {
+                return Ok(Reading::Stopped);
             }
-            drop(frames);
             self.watermark(*chunk, table.relation.oid, true).await?;
             match self.outcome(*chunk).await? {
-                None => return Ok(false),
+                None => return Ok(Reading::Stopped),
                 Some(true) => {
                     if last {
-                        return Ok(true);
+                        return Ok(Reading::Handed);
                     }
                     if keyless {
                         page += per_chunk;
@@ -261,7 +349,32 @@ impl Keeper {
         }
     }
 
-    async fn watermark(&self, chunk: u64, rel: u32, high: bool) -> Result<()> {
+    /// Hands a chunk to the decode thread; `false` when it stopped. While the hand-off is
+    /// full, requests are still taken: the decode thread waits for them.
+    async fn queue(&mut self, frame: Frames, frames: &mpsc::WeakSender<Frames>) -> Result<bool> {
+        let Some(frames) = frames.upgrade() else {
+            return Ok(false);
+        };
+        let permit = loop {
+            tokio::select! {
+                permit = frames.reserve() => match permit {
+                    Ok(p) => break p,
+                    Err(_) => return Ok(false),
+                },
+                note = self.notes.recv() => match note {
+                    Some(note) => {
+                        self.take(note, 0);
+                        self.serve().await?;
+                    }
+                    None => return Ok(false),
+                },
+            }
+        };
+        permit.send(frame);
+        Ok(true)
+    }
+
+    async fn watermark(&mut self, chunk: u64, rel: u32, high: bool) -> Result<()> {
         let w = Watermark {
             run: self.b.run.clone(),
             chunk,
@@ -269,7 +382,8 @@ impl Keeper {
             rel,
         };
         let content = serde_json::to_string(&w).unwrap_or_default();
-        self.b.reader.watermark(&self.b.prefix, &content).await
+        let prefix = crate::marker::scoped(crate::marker::BACKFILL_PREFIX, Some(&self.b.slot));
+        self.reader().await?.watermark(&prefix, &content).await
     }
 
     /// Waits for the decode thread's word on chunk `chunk`: `Some(true)` handed on,
@@ -291,7 +405,9 @@ impl Keeper {
                 }
             };
             let Some(note) = next else { return Ok(None) };
-            if let Some(verdict) = self.take(note, chunk) {
+            let verdict = self.take(note, chunk);
+            self.serve().await?;
+            if let Some(verdict) = verdict {
                 return Ok(Some(verdict));
             }
         }
@@ -324,12 +440,16 @@ impl Keeper {
                 table,
                 chunk: c,
                 rows,
-                dropped: _,
+                dropped,
                 after,
                 done,
                 seq,
             } => {
-                self.bars.advance(table, rows);
+                self.superseded += dropped;
+                // The exported snapshot's reader draws its own.
+                if self.reads[table] {
+                    self.bars.advance(table, rows);
+                }
                 self.waiting.push(Waiting {
                     seq,
                     table,
@@ -352,7 +472,131 @@ impl Keeper {
                 );
                 (c == chunk).then_some(false)
             }
+            Note::Request { request, at, taken } => {
+                self.requests.push_back(Heard { request, at, taken });
+                None
+            }
         }
+    }
+
+    /// Takes the requests heard: their tables planned and in the record before the decode
+    /// thread goes on. One the record says was taken (sent again after a stop) is not taken
+    /// twice.
+    async fn serve(&mut self) -> Result<()> {
+        while let Some(heard) = self.requests.pop_front() {
+            if heard.at > self.b.taken {
+                self.accept(&heard.request).await?;
+                self.b.taken = heard.at;
+                self.write().await?;
+            }
+            let _ = heard.taken.send(());
+        }
+        Ok(())
+    }
+
+    /// Plans a request's tables, among those the stream reads.
+    async fn accept(&mut self, request: &Request) -> Result<()> {
+        let watched = self.b.watched.clone();
+        let asked = |s: &str, t: &str| {
+            let is = |(ws, wt): &(String, String)| ws == s && wt == t;
+            request.tables.iter().any(is) && watched.as_ref().is_none_or(|w| w.iter().any(is))
+        };
+        let (publications, version) = (self.b.publications.clone(), self.b.server_version);
+        let record = self.b.record.as_ref().map(|(r, _)| r.clone());
+        let client = self.reader().await?.client();
+        let mut types = catalog::load_types(client).await?;
+        if let Some(r) = record {
+            r.lock().await.restore_types(&mut types);
+        }
+        let planned = snapshot::plan(client, &publications, version, &types, asked).await?;
+        let names: Vec<String> = request
+            .tables
+            .iter()
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
+        if planned.is_empty() {
+            tracing::warn!(
+                "snapshot request {}: slot {}'s stream has none of {}: nothing to read",
+                request.request,
+                self.b.slot,
+                names.join(", ")
+            );
+            return Ok(());
+        }
+        tracing::info!(
+            "snapshot request {}: reading {} while streaming",
+            request.request,
+            names.join(", ")
+        );
+        for table in planned {
+            self.schedule(table, &request.request);
+        }
+        Ok(())
+    }
+
+    /// Puts `table` on the list to read for request `id`: from its start, or from where an
+    /// unfinished read of it is durable.
+    fn schedule(&mut self, table: SnapshotTable, id: &str) {
+        let fresh = || TableBackfill {
+            schema: table.relation.namespace.to_string(),
+            table: table.relation.name.to_string(),
+            request: Some(id.to_string()),
+            ..TableBackfill::default()
+        };
+        self.settled = false;
+        let oid = table.relation.oid;
+        if let Some(i) = self.b.tables.iter().position(|t| t.relation.oid == oid) {
+            if self.b.state[i].done {
+                self.b.state[i] = fresh();
+                self.b.tables[i] = table;
+                self.reads[i] = true;
+                self.handed[i] = false;
+            } else {
+                // Being read: it goes on to its end.
+                self.b.state[i].request = Some(id.to_string());
+            }
+            return;
+        }
+        let left = self
+            .b
+            .others
+            .iter()
+            .position(|o| o.schema == *table.relation.namespace && o.table == *table.relation.name)
+            .map(|j| self.b.others.remove(j))
+            .filter(|o| !o.done);
+        let state = match left {
+            Some(o) => TableBackfill {
+                request: Some(id.to_string()),
+                failed: None,
+                ..o
+            },
+            None => fresh(),
+        };
+        self.bars.add(&table);
+        self.b.tables.push(table);
+        self.b.state.push(state);
+        self.reads.push(true);
+        self.handed.push(false);
+    }
+
+    /// Table `i` could not be read: a requested one is recorded as failed and left out,
+    /// one of the slot's own snapshot stops the run.
+    fn unreadable(&mut self, i: usize, e: Error) -> Result<()> {
+        let t = &mut self.b.state[i];
+        let Some(id) = t.request.clone() else {
+            return Err(e);
+        };
+        tracing::error!(
+            "snapshot request {id}: {e}; {}.{} is left out, streaming goes on",
+            t.schema,
+            t.table
+        );
+        t.failed = Some(e.to_string());
+        t.done = true;
+        self.handed[i] = true;
+        self.dirty = true;
+        self.written = tokio::time::Instant::now() - RECORD_EVERY;
+        Ok(())
     }
 
     /// Moves what the sinks made durable into the state, and writes it when due.
@@ -399,6 +643,9 @@ impl Keeper {
         while let Ok(note) = self.notes.try_recv() {
             self.take(note, 0);
         }
+        // The decode thread is gone: a request heard last is left to the next run (the slot
+        // is not confirmed past it).
+        self.requests.clear();
         self.written = tokio::time::Instant::now() - RECORD_EVERY;
         self.durable().await?;
         if self.dirty {
@@ -407,17 +654,23 @@ impl Keeper {
         Ok(())
     }
 
-    /// Writes the state into the record.
+    /// Writes the state into the record (when the slot has one).
     async fn write(&mut self) -> Result<()> {
-        let mut record = self.b.record.lock().await;
-        record.backfill = Some(BackfillRecord {
-            planned: true,
-            tables: self.b.state.clone(),
-        });
-        publication::write_record(self.b.reader.client(), &self.b.publications, &record).await?;
         self.dirty = false;
         self.written = tokio::time::Instant::now();
-        Ok(())
+        let Some((record, publications)) = self.b.record.clone() else {
+            return Ok(());
+        };
+        let backfill = BackfillRecord {
+            planned: true,
+            initial: self.b.initial,
+            taken: self.b.taken.0,
+            tables: [self.b.state.as_slice(), self.b.others.as_slice()].concat(),
+        };
+        let client = self.reader().await?.client();
+        let mut record = record.lock().await;
+        record.backfill = Some(backfill);
+        publication::write_record(client, &publications, &record).await
     }
 }
 

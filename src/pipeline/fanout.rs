@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::budget::footprint;
 use super::lookups::{Partitions, PrimaryKeys};
 use super::sinks::SinkSet;
-use super::windows::{Note, Ready, Windows};
+use super::windows::{Note, Ready, Seen, Windows};
 use super::{Frame, Frames, KeyLookup, PartitionLookup, Progress, StreamSetup, Tap, TypeLoader};
 use crate::decode::{Decoder, TypeRegistry};
 use crate::error::{Error, Result};
@@ -28,6 +28,7 @@ use crate::marker;
 use crate::pg::snapshot::SnapshotRows;
 use crate::pg::stream::ReplMessage;
 use crate::sink::resume::{Resume, Tally};
+use crate::snapshot_request::Request;
 
 /// How long the decode thread may hold events back while busy.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -38,9 +39,13 @@ const BATCH_EVENTS: usize = 4096;
 /// ... or this many bytes (estimated, `budget::footprint`).
 const BATCH_BYTES: usize = 1 << 20;
 
-/// Where a run with a backfill has the decode thread report the snapshot rows it hands on,
-/// and the run's id in its watermarks.
-pub(super) type Reports = (tokio::sync::mpsc::UnboundedSender<Note>, String);
+/// Where a run with a backfill has the decode thread report the snapshot rows it hands on and
+/// the requests it finds, the run's id in its watermarks, and the slot requests are for.
+pub(super) struct Reports {
+    pub notes: tokio::sync::mpsc::UnboundedSender<Note>,
+    pub run: String,
+    pub slot: String,
+}
 
 /// Starts the decode thread: it decodes, filters and batches what `rx` brings, and publishes
 /// on `progress` that it stopped when it ends (what is durable, the sinks publish).
@@ -317,9 +322,10 @@ impl Output {
     }
 
     fn with_backfill(mut self, reports: Option<Reports>) -> Output {
-        if let Some((notes, run)) = reports {
-            self.notes = Some(notes);
-            self.windows.run = Some(run);
+        if let Some(r) = reports {
+            self.notes = Some(r.notes);
+            self.windows.run = Some(r.run);
+            self.windows.slot = Some(r.slot);
         }
         self
     }
@@ -337,6 +343,24 @@ impl Output {
             done: rows.last,
             seq,
         });
+    }
+
+    /// Hands a snapshot request to the backfill, and waits until it has it in the slot's
+    /// record: only then may anything after it in the stream go to the sinks, whose
+    /// acknowledgements would let the slot's position pass the request. Requests are rare and
+    /// taking one is a catalog write, so the wait is short.
+    fn hand_over(&mut self, request: Request, at: Lsn) {
+        let (taken, wait) = tokio::sync::oneshot::channel();
+        self.note(Note::Request { request, at, taken });
+        // Gone without a word: the backfill stopped, and cannot take it. Going on would let
+        // the slot be confirmed past the request and lose it.
+        if wait.blocking_recv().is_err() {
+            self.fail(Error::Snapshot(
+                "a snapshot request came while the backfill was stopping: run walwatch again \
+                 to take it"
+                    .into(),
+            ));
+        }
     }
 
     fn note(&mut self, note: Note) {
@@ -453,8 +477,12 @@ impl Output {
         }
         // Every change counts for an open window, whatever the filter says of it; a
         // watermark is for no one else.
-        if self.notes.is_some() && self.windows.observe(&ev) {
-            return;
+        if self.notes.is_some() {
+            match self.windows.observe(&ev) {
+                Seen::Other => {}
+                Seen::Own => return,
+                Seen::Request(request, at) => return self.hand_over(request, at),
+            }
         }
         match ev.op {
             Op::Begin => {

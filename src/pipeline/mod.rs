@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
-pub use backfill::{Backfill, SharedRecord};
+pub use backfill::{Backfill, Connect, SharedRecord};
 pub use budget::Reservation;
 pub use retry::{Reopen, Retry};
 
@@ -179,7 +179,11 @@ pub async fn run_stream(
     let feed = setup.snapshot.take();
     let backfill = setup.backfill.take();
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
-    let reports = backfill.as_ref().map(|b| (notes_tx, b.run.clone()));
+    let reports = backfill.as_ref().map(|b| fanout::Reports {
+        notes: notes_tx,
+        run: b.run.clone(),
+        slot: b.slot.clone(),
+    });
     let mut pump = Pump::new(&setup, tx, progress.subscribe());
     let worker = fanout::spawn(setup, reports, rx, Arc::clone(&progress))?;
     // The backfill runs beside the stream; when it says the run should stop (`--snapshot

@@ -43,6 +43,17 @@ impl SnapshotProgress {
         }
     }
 
+    /// A table more, read later (a snapshot request).
+    pub(super) fn add(&mut self, table: &SnapshotTable) {
+        self.bars.push(None);
+        self.estimates
+            .push(u64::try_from(table.estimate).unwrap_or(0));
+        self.names.push(format!(
+            "{}.{}",
+            table.relation.namespace, table.relation.name
+        ));
+    }
+
     /// `rows` more rows of table `i` were handed on.
     pub(super) fn advance(&mut self, i: usize, rows: u64) {
         let bar = self.bars[i].get_or_insert_with(|| {

@@ -472,7 +472,11 @@ impl WindowRun {
             backfill: None,
         };
         let (tx, notes) = tokio::sync::mpsc::unbounded_channel();
-        let reports = Some((tx, "run-1".to_string()));
+        let reports = Some(super::fanout::Reports {
+            notes: tx,
+            run: "run-1".into(),
+            slot: "s".into(),
+        });
         let fanout = super::fanout::Fanout::new(setup, reports, progress()).unwrap();
         WindowRun {
             fanout,
@@ -734,4 +738,64 @@ fn batches_count_as_durable_only_once_no_sink_holds_them_back() {
     flush.store(true, std::sync::atomic::Ordering::SeqCst);
     wait_for("the three batches durable", || p.borrow().batches == 3);
     sinks.finish().unwrap();
+}
+
+/// A request for this slot stops the decode thread until the backfill has taken it: nothing
+/// after it in the stream goes on before, so the slot cannot be confirmed past a request that
+/// a stop would lose. A request for another slot is not taken.
+#[test]
+fn a_snapshot_request_holds_the_stream_until_the_backfill_has_it() {
+    use crate::decode::tests::fx;
+    let request = |slot: &str| {
+        let r = crate::snapshot_request::Request {
+            request: "r1".into(),
+            tables: vec![("public".into(), "t".into())],
+        };
+        let content = serde_json::to_vec(&r).unwrap();
+        fx::message(
+            None,
+            true,
+            0,
+            &format!("walwatch.backfill@{slot}"),
+            &content,
+        )
+    };
+    let mut run = WindowRun::new();
+    run.transaction(4, vec![request("another_slot")]);
+    assert!(
+        run.notes.try_recv().is_err(),
+        "a request for another slot was taken"
+    );
+    let insert = fx::insert(None, WindowRun::OID, &[fx::T("9"), fx::T("z")]);
+    let (_idle, other) = tokio::sync::mpsc::unbounded_channel();
+    let mut notes = std::mem::replace(&mut run.notes, other);
+    let (run, heard) = std::thread::scope(|s| {
+        let decode = s.spawn(move || {
+            run.transaction(5, vec![request("s")]);
+            run.transaction(6, vec![insert]);
+            run
+        });
+        let note = notes.blocking_recv();
+        let Some(super::windows::Note::Request { request, taken, .. }) = note else {
+            panic!("no request heard: {note:?}");
+        };
+        // Must not happen: the decode thread going on (to the INSERT and the end) first.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(300) {
+            assert!(
+                !decode.is_finished(),
+                "the decode thread went on before the request was taken"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        taken.send(()).unwrap();
+        (decode.join().unwrap(), request)
+    });
+    assert_eq!(heard.tables, vec![("public".to_string(), "t".to_string())]);
+    let (out, _) = run.finish();
+    assert_eq!(
+        out,
+        vec!["INSERT Int(9)=Text(\"z\")"],
+        "the stream went on after"
+    );
 }

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Lsn, Op, Row, Timestamp};
 use crate::pg::snapshot::SnapshotRows;
+use crate::snapshot_request::Request;
 
 /// Transactions remembered as committed before a low watermark (the race above is between
 /// transactions committing at the same moment, so the last few thousand cover it).
@@ -45,8 +46,9 @@ pub struct Watermark {
     pub rel: u32,
 }
 
-/// What the decode thread tells the backfill of the rows it handed on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the decode thread tells the backfill: the rows it handed on, and the requests for
+/// more it found in the stream.
+#[derive(Debug)]
 pub enum Note {
     /// Rows of the plan's table `table` were handed on, `rows` of them, up to the chunk key
     /// `after` (`done`: its last); every one is in batch `seq` or an earlier one. `chunk` is
@@ -67,6 +69,25 @@ pub enum Note {
         chunk: u64,
         why: &'static str,
     },
+    /// A snapshot request for this slot (`walwatch snapshot`), committed at `at`. The decode
+    /// thread waits for `taken` before it goes on, so the stream cannot be confirmed past the
+    /// request before the backfill has it in the slot's record.
+    Request {
+        request: Request,
+        at: Lsn,
+        taken: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// What a decoded event was to the windows.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// Not one of walwatch's snapshot messages: it goes on.
+    Other,
+    /// A watermark, or a request for another slot: for no one else to see.
+    Own,
+    /// A request for this slot, committed at the position.
+    Request(Request, Lsn),
 }
 
 /// A window open between a low watermark and its high one.
@@ -99,6 +120,8 @@ pub(super) struct Ready {
 pub(super) struct Windows {
     /// This run's watermarks say this: others' (a run before a crash) are ignored.
     pub run: Option<String>,
+    /// The slot: requests for it are taken, others' ignored.
+    pub slot: Option<String>,
     /// Chunks read, waiting for their high watermark.
     pending: HashMap<u64, SnapshotRows>,
     open: Option<Window>,
@@ -120,9 +143,8 @@ impl Windows {
         }
     }
 
-    /// Notes what a decoded event says about the open window; `true` when it was one of this
-    /// run's watermarks (for no one else to see).
-    pub fn observe(&mut self, ev: &Event) -> bool {
+    /// Notes what a decoded event says about the open window, and what it is.
+    pub fn observe(&mut self, ev: &Event) -> Seen {
         match ev.op {
             Op::Begin => self.xid = ev.xid,
             Op::Commit => {
@@ -138,13 +160,18 @@ impl Windows {
                 if let Some(content) = crate::marker::backfill_content(ev) {
                     if let Ok(w) = serde_json::from_str::<Watermark>(content) {
                         self.watermark(ev, w);
+                    } else if let Ok(r) = serde_json::from_str::<Request>(content)
+                        && self.slot.is_some()
+                        && crate::marker::scope_of(ev) == self.slot.as_deref()
+                    {
+                        return Seen::Request(r, ev.commit_lsn);
                     }
-                    return true;
+                    return Seen::Own;
                 }
             }
             _ => {}
         }
-        false
+        Seen::Other
     }
 
     fn change(&mut self, ev: &Event) {
