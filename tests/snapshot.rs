@@ -1663,3 +1663,93 @@ fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
     drop_slot(&slot);
     sql(&format!("DROP TABLE IF EXISTS {other};"));
 }
+
+/// The server sends a request again when the slot was not confirmed past it before a stop
+/// (made certain: the first run confirms nothing past where it started, a test-only setting).
+/// The next run does not take it twice: each row is read once in all.
+#[test]
+fn a_request_sent_again_after_a_stop_is_not_taken_twice() {
+    let table = support::unique_name("askonce");
+    sql(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, v text);
+         INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 300) g;"
+    ));
+    let slot = support::unique_name("askonce");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let ready = dir.path().join("ready");
+    let first_log = dir.path().join("first.log");
+    let mut first = harness::Proc(
+        walwatch()
+            .args([
+                "--dsn",
+                &dsn(),
+                "--slot",
+                &slot,
+                "--tables",
+                &table,
+                "--output",
+            ])
+            .arg(&out)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("WALWATCH_TEST_HOLD_CONFIRM", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&first_log).unwrap())
+            .spawn()
+            .expect("spawn walwatch"),
+    );
+    support::wait_until("walwatch streaming", Duration::from_secs(60), || {
+        ready.exists().then_some(())
+    });
+    let held_at = slot_confirmed(&slot);
+    harness::run_expecting(
+        &[
+            "snapshot",
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &table,
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        0,
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        slot_confirmed(&slot),
+        held_at,
+        "the slot was confirmed past the request"
+    );
+    let second_log = dir.path().join("second.log");
+    let mut second = stream_into(&slot, &table, &out, &second_log, &[]);
+    let end = harness::current_lsn();
+    support::wait_until("the replay confirmed", Duration::from_secs(60), || {
+        (slot_confirmed(&slot) >= end).then_some(())
+    });
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    let mut reads: BTreeMap<i64, usize> = BTreeMap::new();
+    for e in read_jsonl(&out).iter().filter(|e| e["op"] == "READ") {
+        *reads.entry(e["data"]["id"].as_i64().unwrap()).or_default() += 1;
+    }
+    let logs = format!(
+        "{}\n--- second ---\n{}",
+        std::fs::read_to_string(&first_log).unwrap_or_default(),
+        std::fs::read_to_string(&second_log).unwrap_or_default()
+    );
+    assert!(
+        reads.len() == 300 && reads.values().all(|n| *n == 1),
+        "each row read once: {} rows, {} read more than once; logs:\n{logs}",
+        reads.len(),
+        reads.values().filter(|n| **n > 1).count()
+    );
+    drop_slot(&slot);
+    sql(&format!("DROP TABLE {table};"));
+}
