@@ -877,7 +877,11 @@ fn next_step(
         (false, Some(_)) if wanted => Step::Continue { all: true },
         (false, Some(state)) => {
             let own_left = state.initial
-                && (!state.planned || state.tables.iter().any(|t| t.request.is_none() && !t.done));
+                && (!state.planned
+                    || state
+                        .tables
+                        .iter()
+                        .any(|t| t.requests.is_empty() && !t.done));
             if own_left {
                 tracing::warn!(
                     "the snapshot of slot {slot} is not complete; run with --snapshot initial \
@@ -942,7 +946,8 @@ async fn backfill_for(
     let old = record.lock().await.backfill.clone();
     let step = next_step(config, slot, (created, feed.is_some()), old.as_ref())?;
     let old = old.unwrap_or_default();
-    (b.initial, b.taken) = (old.initial, Lsn(old.taken));
+    (b.initial, b.planned, b.taken) = (old.initial, old.planned, Lsn(old.taken));
+    b.requests = old.requests.clone();
     match step {
         Step::Taken => return Ok(Continue::Taken),
         Step::Nothing => {
@@ -953,11 +958,23 @@ async fn backfill_for(
             let mut r = record.lock().await;
             r.backfill = None;
             publication::write_record(meta, &publications.names, &r).await?;
-            (b.initial, b.taken) = (false, Lsn::ZERO);
+            (b.initial, b.planned, b.taken) = (false, false, Lsn::ZERO);
+            b.requests.clear();
             return Ok(Continue::With(Box::new(b)));
         }
-        Step::Keep => (b.initial, b.taken) = (true, Lsn::ZERO),
+        Step::Keep => {
+            (b.initial, b.planned, b.taken) = (true, true, Lsn::ZERO);
+            b.requests.clear();
+        }
         Step::Continue { all } => {
+            if server_version < MESSAGES_SINCE {
+                return Err(Error::Snapshot(format!(
+                    "slot {slot} has a snapshot to continue, which needs PostgreSQL 14 or \
+                     later: the rest is read between watermarks, logical messages that \
+                     pgoutput sends from 14 on. Drop the slot and take the snapshot again \
+                     without stopping (walwatch slots drop {slot})"
+                )));
+            }
             let reader = snapshot::ChunkReader::open(connect_meta(config).await?).await?;
             let client = reader.client();
             let mut tables =
@@ -965,7 +982,7 @@ async fn backfill_for(
             if !all {
                 tables.retain(|t| {
                     old.tables.iter().any(|o| {
-                        o.request.is_some()
+                        !o.requests.is_empty()
                             && !o.done
                             && o.schema == *t.relation.namespace
                             && o.table == *t.relation.name
@@ -973,35 +990,62 @@ async fn backfill_for(
                 });
             }
             b.state = aligned_progress(&tables, old.clone());
-            b.others = if all {
-                Vec::new()
-            } else {
-                old.tables
-                    .into_iter()
-                    .filter(|o| {
-                        !b.state
-                            .iter()
-                            .any(|t| t.schema == o.schema && t.table == o.table)
-                    })
-                    .collect()
-            };
+            b.others = others_of(old.tables, &b.state, all);
             b.tables = tables;
             b.reader = Some(reader);
-            b.read = true;
+            (b.read, b.planned) = (true, b.planned || all);
             log_continuation(slot, &b.state);
         }
     }
     // Before any row is read: a stop from here on leaves the snapshot unfinished.
     let mut r = record.lock().await;
     r.backfill = Some(publication::BackfillRecord {
-        planned: true,
+        planned: b.planned,
         initial: b.initial,
         taken: b.taken.0,
+        requests: b.requests.clone(),
         tables: [b.state.as_slice(), b.others.as_slice()].concat(),
     });
     publication::write_record(meta, &publications.names, &r).await?;
     drop(r);
     Ok(Continue::With(Box::new(b)))
+}
+
+/// The first server version whose pgoutput sends logical messages (`messages`, slot.rs): the
+/// watermarks and requests a backfill needs.
+const MESSAGES_SINCE: u32 = 140_000;
+
+/// The record's tables a run continuing a snapshot does not read (not in `state`): kept as
+/// they are when it reads the requests alone (`all` false: the slot's own unfinished snapshot
+/// waits for a run with --snapshot), dropped when it reads everything; a requested one that is
+/// not done is failed either way, for its table is no longer streamed (dropped, or no longer
+/// in --tables), so whoever follows the request hears of it.
+fn others_of(
+    old: Vec<publication::TableBackfill>,
+    state: &[publication::TableBackfill],
+    all: bool,
+) -> Vec<publication::TableBackfill> {
+    old.into_iter()
+        .filter(|o| {
+            !state
+                .iter()
+                .any(|t| t.schema == o.schema && t.table == o.table)
+        })
+        .filter(|o| !all || !o.requests.is_empty())
+        .map(|mut o| {
+            if !o.requests.is_empty() && !o.done {
+                tracing::warn!(
+                    "a snapshot request asked for {}.{}, which this slot's walwatch no longer \
+                     streams: it is left out",
+                    o.schema,
+                    o.table
+                );
+                o.failed = Some("no longer streamed by the slot's walwatch".into());
+                o.done = true;
+            }
+            o
+        })
+        .collect()
 }
 
 /// A backfill with nothing to keep or read yet, ready to take requests.
@@ -1035,7 +1079,9 @@ fn new_backfill(
         state: Vec::new(),
         others: Vec::new(),
         initial: false,
+        planned: false,
         taken: Lsn::ZERO,
+        requests: Vec::new(),
         read: false,
         chunk: config.snapshot_chunk,
         only: config.snapshot == SnapshotMode::Only,
@@ -1322,4 +1368,119 @@ async fn create_slot_noisily(
         }
     );
     create.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::publication::{BackfillRecord, TableBackfill};
+
+    fn config(snapshot: SnapshotMode) -> Config {
+        let conn = crate::pg::params::ConnParams::resolve(Some("host=h"), &|_| None, None);
+        Config {
+            snapshot,
+            ..Config::new(conn.expect("a DSN"))
+        }
+    }
+
+    fn table(name: &str, done: bool, requests: &[&str]) -> TableBackfill {
+        TableBackfill {
+            schema: "public".into(),
+            table: name.into(),
+            done,
+            requests: requests.iter().map(|r| r.to_string()).collect(),
+            ..TableBackfill::default()
+        }
+    }
+
+    fn record(initial: bool, tables: Vec<TableBackfill>) -> BackfillRecord {
+        BackfillRecord {
+            planned: true,
+            initial,
+            tables,
+            ..BackfillRecord::default()
+        }
+    }
+
+    /// What a run does with the record it finds: the slot's own unfinished snapshot only with
+    /// --snapshot, requested tables with or without it, and --snapshot refused on a slot that
+    /// never had one of its own, even when tables were requested on it.
+    #[test]
+    fn the_record_decides_what_a_run_continues() {
+        use SnapshotMode::{Initial, Never, Only};
+        let step = |mode, created, exported, r: Option<&BackfillRecord>| {
+            next_step(&config(mode), "s", (created, exported), r)
+        };
+        let own_left = record(true, vec![table("a", false, &[]), table("b", true, &[])]);
+        let asked_left = record(false, vec![table("a", false, &["r1"])]);
+        let both_left = record(
+            true,
+            vec![table("a", false, &[]), table("b", false, &["r1"])],
+        );
+        let all_done = record(true, vec![table("a", true, &[]), table("b", true, &["r1"])]);
+        let unplanned = BackfillRecord {
+            initial: true,
+            ..BackfillRecord::default()
+        };
+        assert_eq!(step(Initial, true, true, None).unwrap(), Step::Keep);
+        assert_eq!(
+            step(Never, true, false, Some(&own_left)).unwrap(),
+            Step::Forget
+        );
+        assert_eq!(step(Never, false, false, None).unwrap(), Step::Nothing);
+        assert!(step(Initial, false, false, None).is_err());
+        assert!(step(Initial, false, false, Some(&asked_left)).is_err());
+        assert_eq!(
+            step(Never, false, false, Some(&own_left)).unwrap(),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(Initial, false, false, Some(&own_left)).unwrap(),
+            Step::Continue { all: true }
+        );
+        assert_eq!(
+            step(Never, false, false, Some(&asked_left)).unwrap(),
+            Step::Continue { all: false }
+        );
+        assert_eq!(
+            step(Never, false, false, Some(&both_left)).unwrap(),
+            Step::Continue { all: false }
+        );
+        assert_eq!(
+            step(Only, false, false, Some(&all_done)).unwrap(),
+            Step::Taken
+        );
+        assert_eq!(
+            step(Initial, false, false, Some(&all_done)).unwrap(),
+            Step::Nothing
+        );
+        assert_eq!(
+            step(Initial, false, false, Some(&unplanned)).unwrap(),
+            Step::Continue { all: true }
+        );
+    }
+
+    /// The tables a continuing run does not read: kept when it reads the requests alone,
+    /// dropped when it reads everything, and a requested one it cannot read (no longer
+    /// streamed) failed either way, so that `--wait` hears of it.
+    #[test]
+    fn tables_no_longer_streamed_fail_their_requests() {
+        let old = vec![
+            table("read", false, &["r1"]),
+            table("own", false, &[]),
+            table("gone", false, &["r2"]),
+            table("done", true, &["r0"]),
+        ];
+        let state = vec![table("read", false, &["r1"])];
+        let kept = others_of(old.clone(), &state, false);
+        let names: Vec<_> = kept.iter().map(|t| t.table.as_str()).collect();
+        assert_eq!(names, ["own", "gone", "done"]);
+        assert!(kept[0].failed.is_none() && !kept[0].done);
+        assert!(kept[1].failed.is_some() && kept[1].done);
+        assert!(kept[2].failed.is_none());
+        let all = others_of(old, &state, true);
+        let names: Vec<_> = all.iter().map(|t| t.table.as_str()).collect();
+        assert_eq!(names, ["gone", "done"]);
+        assert!(all[0].failed.is_some());
+    }
 }

@@ -43,6 +43,14 @@ pub async fn run(args: &SnapshotArgs) -> anyhow::Result<Verdict> {
             args.slot
         );
     }
+    if !sent.recorded {
+        tracing::warn!(
+            "slot {} has no walwatch publication (its walwatch runs with --publication, or \
+             the slot is temporary): nothing keeps the request if that walwatch stops before \
+             the tables are read",
+            args.slot
+        );
+    }
     if !args.wait {
         return Ok(Verdict::Done);
     }

@@ -46,6 +46,20 @@ pub struct Sent {
 /// Asks the walwatch on slot `slot` to read `tables` (resolved names) while it streams.
 pub async fn send(client: &Client, slot: &str, tables: &[(String, String)]) -> Result<Sent> {
     let row = check_slot(client, slot).await?;
+    let version: i32 = column(
+        &client
+            .query_one("SELECT current_setting('server_version_num')::int4", &[])
+            .await?,
+        "snapshot_request::send",
+        0,
+    )?;
+    if version < 140_000 {
+        return Err(Error::Snapshot(
+            "a snapshot request needs PostgreSQL 14 or later: it reaches walwatch as a \
+             logical message, which pgoutput sends from 14 on"
+                .into(),
+        ));
+    }
     let main = publication::main_name(slot);
     let recorded = publication::read_record(client, &main)
         .await?
@@ -80,7 +94,8 @@ pub async fn send(client: &Client, slot: &str, tables: &[(String, String)]) -> R
 
 /// The progress of request `sent` on slot `slot`, table by table, as the slot's record has it
 /// (what is durable in every output): `None` while the slot's walwatch has not taken the
-/// request; empty when it took it and streams none of its tables.
+/// request (the record keeps the ids of the last few taken); empty when it took it and
+/// streams none of its tables.
 pub async fn progress(
     client: &Client,
     slot: &str,
@@ -95,13 +110,16 @@ pub async fn progress(
     let Some(backfill) = record.backfill else {
         return Ok(None);
     };
-    let tables: Vec<TableBackfill> = backfill
-        .tables
-        .into_iter()
-        .filter(|t| t.request.as_deref() == Some(sent.id.as_str()))
-        .collect();
-    let taken = backfill.taken >= sent.lsn.0 || !tables.is_empty();
-    Ok(taken.then_some(tables))
+    if !backfill.requests.contains(&sent.id) {
+        return Ok(None);
+    }
+    Ok(Some(
+        backfill
+            .tables
+            .into_iter()
+            .filter(|t| t.requests.contains(&sent.id))
+            .collect(),
+    ))
 }
 
 /// The slot, checked to be a logical slot of this database.

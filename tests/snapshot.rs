@@ -1332,7 +1332,11 @@ fn requested(slot: &str) -> Vec<RecordedTable> {
                         t["table"].as_str().unwrap_or("").to_string(),
                         t["rows"].as_u64().unwrap_or(0),
                         t["done"].as_bool().unwrap_or(false),
-                        t["request"].as_str().map(str::to_string),
+                        t["requests"]
+                            .as_array()
+                            .and_then(|r| r.last())
+                            .and_then(Value::as_str)
+                            .map(str::to_string),
                         t["failed"].as_str().map(str::to_string),
                     )
                 })
@@ -1344,6 +1348,20 @@ fn requested(slot: &str) -> Vec<RecordedTable> {
 /// Starts walwatch streaming `tables` on `slot` into `out` (no snapshot of its own), chunks of
 /// 50 rows for what it is asked to read; returns once it streams.
 fn stream_into(slot: &str, tables: &str, out: &Path, log: &Path, extra: &[&str]) -> harness::Proc {
+    stream_gated(slot, tables, out, log, extra, None)
+}
+
+/// [`stream_into`], reading no chunk after its first while the file `gate` exists (a test-only
+/// setting of walwatch's): what a test does then happens in the middle of the reading, for
+/// certain.
+fn stream_gated(
+    slot: &str,
+    tables: &str,
+    out: &Path,
+    log: &Path,
+    extra: &[&str],
+    gate: Option<&Path>,
+) -> harness::Proc {
     let ready = log.with_extension("ready");
     let _ = std::fs::remove_file(&ready);
     let dsn = dsn();
@@ -1363,7 +1381,15 @@ fn stream_into(slot: &str, tables: &str, out: &Path, log: &Path, extra: &[&str])
         args.extend(["--tables", tables]);
     }
     args.extend(extra);
-    let proc = harness::spawn_logged(&args, log);
+    let mut cmd = walwatch();
+    cmd.args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    if let Some(gate) = gate {
+        cmd.env("WALWATCH_TEST_BACKFILL_GATE", gate);
+    }
+    let proc = harness::Proc(cmd.spawn().expect("spawn walwatch"));
     support::wait_until("walwatch streaming", Duration::from_secs(60), || {
         ready.exists().then_some(())
     });
@@ -1372,26 +1398,21 @@ fn stream_into(slot: &str, tables: &str, out: &Path, log: &Path, extra: &[&str])
 
 /// `walwatch snapshot --slot S --tables ...` asks the walwatch streaming S to read the tables
 /// while it streams, and `--wait` follows it to the end. The request survives a SIGKILL of
-/// that walwatch in the middle of the reading (made certain: killed once the record shows
-/// rows of the request durable and the request not done), the next run continues it from
-/// its record, and replaying the output by key gives exactly each table while a writer
-/// changed them the whole time.
+/// that walwatch in the middle of the reading (made certain: the first run reads one chunk,
+/// then waits on a test-only gate until it is killed, once the record shows that chunk
+/// durable), the next run continues it from its record, and replaying the output by key
+/// gives exactly each table while a writer changed them the whole time.
 #[test]
 fn a_snapshot_asked_for_while_streaming_is_read_and_survives_a_sigkill() {
     let t = Tables::create("snapask");
-    // 40,000 more rows: at 50 a chunk, the request takes seconds, long enough to kill it
-    // part of the way.
-    sql(&format!(
-        "INSERT INTO {} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g \
-         FROM generate_series(1000001, 1040000) g;",
-        t.part
-    ));
     let slot = support::unique_name("snapask");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
     let writer = Writer::start_with(&t, 0x5EED_0F0F_1234_9876, false);
     let first_log = dir.path().join("first.log");
-    let mut first = stream_into(&slot, &t.list(), &out, &first_log, &[]);
+    let mut first = stream_gated(&slot, &t.list(), &out, &first_log, &[], Some(&gate));
     writer.wait_for(20);
     let asker = walwatch()
         .args([
@@ -1571,7 +1592,7 @@ fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
     sql(&format!(
         "CREATE TABLE {watched} (id int PRIMARY KEY, v text);
          CREATE TABLE {other} (id int PRIMARY KEY);
-         INSERT INTO {watched} SELECT g, 'x' FROM generate_series(1, 30000) g;"
+         INSERT INTO {watched} SELECT g, 'x' FROM generate_series(1, 1000) g;"
     ));
     let slot = support::unique_name("badask");
     let dir = tempfile::tempdir().unwrap();
@@ -1598,7 +1619,9 @@ fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
         "{}",
         harness::stderr(&e)
     );
-    let mut proc = stream_into(&slot, &watched, &out, &log, &[]);
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let mut proc = stream_gated(&slot, &watched, &out, &log, &[], Some(&gate));
     let e = ask(&slot, "no_such_table_anywhere");
     assert!(
         harness::stderr(&e).contains("no_such_table_anywhere"),
@@ -1611,7 +1634,7 @@ fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
         "{}",
         harness::stderr(&e)
     );
-    // Dropped while it is read: 30,000 rows at 50 a chunk take a while.
+    // Dropped while it is read: after its first chunk (the gate holds the second).
     let asker = walwatch()
         .args([
             "snapshot",
@@ -1635,6 +1658,7 @@ fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
         || requested(&slot).iter().any(|t| t.1 > 0).then_some(()),
     );
     sql(&format!("DROP TABLE {watched};"));
+    std::fs::remove_file(&gate).unwrap();
     let asked = asker.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&asked.stderr);
     assert_eq!(asked.status.code(), Some(2), "{text}");
@@ -1752,4 +1776,87 @@ fn a_request_sent_again_after_a_stop_is_not_taken_twice() {
     );
     drop_slot(&slot);
     sql(&format!("DROP TABLE {table};"));
+}
+
+/// Two requests for one table, the second made while the first reads it (made certain by the
+/// gate): each `--wait` follows its own to the end, and the table is read once more only if
+/// it was done.
+#[test]
+fn two_requests_for_one_table_are_each_followed_to_the_end() {
+    let (a, b) = (
+        support::unique_name("twoask_a"),
+        support::unique_name("twoask_b"),
+    );
+    sql(&format!(
+        "CREATE TABLE {a} (id int PRIMARY KEY); CREATE TABLE {b} (id int PRIMARY KEY);
+         INSERT INTO {a} SELECT generate_series(1, 200); INSERT INTO {b} SELECT generate_series(1, 200);"
+    ));
+    let slot = support::unique_name("twoask");
+    let dir = tempfile::tempdir().unwrap();
+    let (out, log, gate) = (
+        dir.path().join("out.jsonl"),
+        dir.path().join("walwatch.log"),
+        dir.path().join("gate"),
+    );
+    std::fs::write(&gate, "").unwrap();
+    let tables = format!("{a},{b}");
+    let mut proc = stream_gated(&slot, &tables, &out, &log, &[], Some(&gate));
+    let ask = |tables: &str| {
+        walwatch()
+            .args([
+                "snapshot",
+                "--dsn",
+                &dsn(),
+                "--slot",
+                &slot,
+                "--tables",
+                tables,
+            ])
+            .args(["--wait", "--timeout", "60s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn walwatch snapshot")
+    };
+    let first = ask(&tables);
+    support::wait_until("the first request taken", Duration::from_secs(30), || {
+        (requested(&slot).len() == 2).then_some(())
+    });
+    let second = ask(&b);
+    support::wait_until("the second request taken", Duration::from_secs(30), || {
+        let comment = sql(&format!(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication \
+             WHERE pubname = 'walwatch_{slot}';"
+        ));
+        let record: Value = serde_json::from_str(comment.trim()).ok()?;
+        let taken = record["backfill"]["requests"].as_array()?.len();
+        (taken == 2).then_some(())
+    });
+    std::fs::remove_file(&gate).unwrap();
+    for (which, child) in [("first", first), ("second", second)] {
+        let done = child.wait_with_output().unwrap();
+        let state = requested(&slot);
+        assert_eq!(
+            done.status.code(),
+            Some(0),
+            "{which}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        assert!(
+            state.iter().all(|t| t.2),
+            "the {which} request's --wait ended before every table of it was done: {state:?}"
+        );
+    }
+    let reads = read_jsonl(&out)
+        .iter()
+        .filter(|e| e["op"] == "READ")
+        .count();
+    assert_eq!(
+        reads, 400,
+        "each row read once: b was being read when asked for again"
+    );
+    proc.kill().unwrap();
+    proc.wait().unwrap();
+    drop_slot(&slot);
+    sql(&format!("DROP TABLE {a}, {b};"));
 }

@@ -220,8 +220,14 @@ pub struct BackfillRecord {
     /// sends again after a stop is not taken twice.
     #[serde(default)]
     pub taken: u64,
+    /// The ids of the last requests taken ([`TAKEN_KEPT`]), for whoever follows one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<String>,
     pub tables: Vec<TableBackfill>,
 }
+
+/// How many request ids a record keeps.
+pub const TAKEN_KEPT: usize = 32;
 
 /// A record from before requests existed was made by `--snapshot`.
 fn created_with_snapshot() -> bool {
@@ -236,7 +242,9 @@ impl BackfillRecord {
 
     /// Whether a table asked for with `walwatch snapshot` is not read yet.
     pub fn requests_left(&self) -> bool {
-        self.tables.iter().any(|t| t.request.is_some() && !t.done)
+        self.tables
+            .iter()
+            .any(|t| !t.requests.is_empty() && !t.done)
     }
 }
 
@@ -252,10 +260,10 @@ pub struct TableBackfill {
     /// Rows durable so far.
     pub rows: u64,
     pub done: bool,
-    /// The id of the request that asked for it (`walwatch snapshot`); none for the slot's
-    /// own snapshot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request: Option<String>,
+    /// The ids of the requests that asked for it (`walwatch snapshot`), the last few; none
+    /// for the slot's own snapshot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<String>,
     /// Why a requested table could not be read (it was dropped, the role may not read it):
     /// it is done, without its rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -862,13 +870,14 @@ mod tests {
                 planned: true,
                 initial: false,
                 taken: 0x1_0000_0010,
+                requests: vec!["r1".into()],
                 tables: vec![TableBackfill {
                     schema: "public".into(),
                     table: "orders".into(),
                     after: Some(vec!["42".into()]),
                     rows: 42,
                     done: false,
-                    request: Some("r1".into()),
+                    requests: vec!["r1".into()],
                     failed: None,
                 }],
             }),

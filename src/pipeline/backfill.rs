@@ -39,7 +39,7 @@ use super::{Frame, Frames, Progress};
 use crate::error::{Error, Result};
 use crate::event::Lsn;
 use crate::pg::catalog;
-use crate::pg::publication::{self, BackfillRecord, Record, TableBackfill};
+use crate::pg::publication::{self, BackfillRecord, Record, TAKEN_KEPT, TableBackfill};
 use crate::pg::snapshot::{self, ChunkReader, Range, SnapshotTable};
 use crate::snapshot_request::Request;
 
@@ -57,6 +57,12 @@ const RECORD_EVERY: Duration = Duration::from_millis(250);
 
 /// Pages per chunk of a table without a key whose size is not known.
 const DEFAULT_PAGES: u64 = 64;
+
+/// See [`Keeper::gate_open`]. Never set it outside tests.
+const GATE_ENV: &str = "WALWATCH_TEST_BACKFILL_GATE";
+
+/// The request ids kept per table.
+const REQUESTS_PER_TABLE: usize = 8;
 
 /// A snapshot's progress to keep, the tables to read between watermarks if any, and what
 /// tables asked for while streaming are planned with.
@@ -79,10 +85,14 @@ pub struct Backfill {
     /// The record's other tables, kept as they are (the unfinished snapshot of the slot's own
     /// on a run without `--snapshot`), until a request asks for one.
     pub others: Vec<TableBackfill>,
-    /// The slot was created with a snapshot (the record's `initial`).
+    /// The slot was created with a snapshot (the record's `initial`), and its tables are
+    /// listed (`planned`: false while a stop right after the slot's creation left them to
+    /// list).
     pub initial: bool,
-    /// The position of the last request taken.
+    pub planned: bool,
+    /// The position of the last request taken, and the ids of the last ones.
     pub taken: Lsn,
+    pub requests: Vec<String>,
     /// Read what `state` says is not done, between watermarks (a continued snapshot); else
     /// the slot's exported snapshot is being read by the replication task, and this only
     /// keeps its progress.
@@ -210,19 +220,23 @@ impl Keeper {
         verdict: &mut Option<oneshot::Sender<Verdict>>,
     ) -> Result<()> {
         let mut chunk = 0;
+        let mut frames = frames;
         loop {
             self.serve().await?;
-            if let Some(frames) = &frames
+            if let Some(handoff) = &frames
                 && let Some(i) = self.next_table()
             {
-                match self.read_table(i, frames, &mut chunk).await? {
+                match self.read_table(i, handoff, &mut chunk).await? {
                     Reading::Handed => self.handed[i] = true,
-                    Reading::Stopped => return Ok(()),
+                    // The run is ending: the decode thread still works through what is
+                    // queued, and may hear a request there, to take into the record.
+                    Reading::Stopped => frames = None,
                     Reading::Unreadable(e) => self.unreadable(i, e)?,
                 }
                 continue;
             }
-            if !self.settled && !self.b.state.is_empty() && self.complete() {
+            let something = !self.b.state.is_empty() || self.b.only;
+            if !self.settled && something && self.complete() {
                 self.settled = true;
                 self.write().await?;
                 if self.reread > 0 || self.superseded > 0 {
@@ -295,6 +309,9 @@ impl Keeper {
         }
         let mut page = 0;
         loop {
+            if *chunk > 0 && !self.gate_open().await? {
+                return Ok(Reading::Stopped);
+            }
             *chunk += 1;
             let range = if keyless {
                 Range::Pages {
@@ -347,6 +364,22 @@ impl Keeper {
                 }
             }
         }
+    }
+
+    /// Test only: while the file `WALWATCH_TEST_BACKFILL_GATE` names exists, no chunk after a
+    /// run's first is read (progress is still recorded, requests still taken), so a test can
+    /// act in the middle of a backfill for certain. `false` when the decode thread stopped.
+    async fn gate_open(&mut self) -> Result<bool> {
+        let Some(gate) = std::env::var_os(GATE_ENV) else {
+            return Ok(true);
+        };
+        while std::path::Path::new(&gate).exists() {
+            if !self.step().await? {
+                return Ok(false);
+            }
+            self.serve().await?;
+        }
+        Ok(true)
     }
 
     /// Hands a chunk to the decode thread; `false` when it stopped. While the hand-off is
@@ -487,6 +520,7 @@ impl Keeper {
             if heard.at > self.b.taken {
                 self.accept(&heard.request).await?;
                 self.b.taken = heard.at;
+                remember(&mut self.b.requests, &heard.request.request, TAKEN_KEPT);
                 self.write().await?;
             }
             let _ = heard.taken.send(());
@@ -537,23 +571,36 @@ impl Keeper {
     /// Puts `table` on the list to read for request `id`: from its start, or from where an
     /// unfinished read of it is durable.
     fn schedule(&mut self, table: SnapshotTable, id: &str) {
-        let fresh = || TableBackfill {
-            schema: table.relation.namespace.to_string(),
-            table: table.relation.name.to_string(),
-            request: Some(id.to_string()),
+        let (schema, name) = (
+            table.relation.namespace.clone(),
+            table.relation.name.clone(),
+        );
+        let fresh = |requests: Vec<String>| TableBackfill {
+            schema: schema.to_string(),
+            table: name.to_string(),
+            requests,
             ..TableBackfill::default()
         };
         self.settled = false;
-        let oid = table.relation.oid;
-        if let Some(i) = self.b.tables.iter().position(|t| t.relation.oid == oid) {
-            if self.b.state[i].done {
-                self.b.state[i] = fresh();
+        // The same table, or one of its name (dropped and made again since).
+        let known = self.b.tables.iter().position(|t| {
+            t.relation.oid == table.relation.oid
+                || (t.relation.namespace == schema && t.relation.name == name)
+        });
+        if let Some(i) = known {
+            let mut requests = std::mem::take(&mut self.b.state[i].requests);
+            remember(&mut requests, id, REQUESTS_PER_TABLE);
+            if self.b.state[i].done || self.b.tables[i].relation.oid != table.relation.oid {
+                // Read again from its start: what was waiting to be durable of the old read
+                // must not move the new one.
+                self.waiting.retain(|w| w.table != i);
+                self.b.state[i] = fresh(requests);
                 self.b.tables[i] = table;
                 self.reads[i] = true;
                 self.handed[i] = false;
             } else {
                 // Being read: it goes on to its end.
-                self.b.state[i].request = Some(id.to_string());
+                self.b.state[i].requests = requests;
             }
             return;
         }
@@ -561,16 +608,20 @@ impl Keeper {
             .b
             .others
             .iter()
-            .position(|o| o.schema == *table.relation.namespace && o.table == *table.relation.name)
-            .map(|j| self.b.others.remove(j))
-            .filter(|o| !o.done);
+            .position(|o| o.schema == *schema && o.table == *name)
+            .map(|j| self.b.others.remove(j));
         let state = match left {
-            Some(o) => TableBackfill {
-                request: Some(id.to_string()),
-                failed: None,
-                ..o
-            },
-            None => fresh(),
+            Some(mut o) if !o.done => {
+                remember(&mut o.requests, id, REQUESTS_PER_TABLE);
+                o.failed = None;
+                o
+            }
+            Some(o) => {
+                let mut requests = o.requests;
+                remember(&mut requests, id, REQUESTS_PER_TABLE);
+                fresh(requests)
+            }
+            None => fresh(vec![id.to_string()]),
         };
         self.bars.add(&table);
         self.b.tables.push(table);
@@ -583,7 +634,7 @@ impl Keeper {
     /// one of the slot's own snapshot stops the run.
     fn unreadable(&mut self, i: usize, e: Error) -> Result<()> {
         let t = &mut self.b.state[i];
-        let Some(id) = t.request.clone() else {
+        let Some(id) = t.requests.last().cloned() else {
             return Err(e);
         };
         tracing::error!(
@@ -662,15 +713,25 @@ impl Keeper {
             return Ok(());
         };
         let backfill = BackfillRecord {
-            planned: true,
+            planned: self.b.planned,
             initial: self.b.initial,
             taken: self.b.taken.0,
+            requests: self.b.requests.clone(),
             tables: [self.b.state.as_slice(), self.b.others.as_slice()].concat(),
         };
         let client = self.reader().await?.client();
         let mut record = record.lock().await;
         record.backfill = Some(backfill);
         publication::write_record(client, &publications, &record).await
+    }
+}
+
+/// Adds `id` to `ids` (once), keeping the last `keep`.
+fn remember(ids: &mut Vec<String>, id: &str, keep: usize) {
+    ids.retain(|i| i != id);
+    ids.push(id.to_string());
+    if ids.len() > keep {
+        ids.drain(..ids.len() - keep);
     }
 }
 
