@@ -243,6 +243,32 @@ fn bench(c: &mut Criterion) {
 
     bench_expressions(&mut g, &decoded);
 
+    // A snapshot's rows as COPY sends them (`--snapshot`): one line per row, split into its
+    // fields (decode/copy_text.rs), before their values are parsed.
+    let lines: Vec<Vec<u8>> = (1..=ROWS)
+        .map(|g| {
+            format!(
+                "{g}\t{}\titem-{g}\tnew\t{}.{:02}\t2026-12-08 03:00:00.{:06}+00\n",
+                g % 1000,
+                g % 1000,
+                g % 100,
+                g % 1_000_000
+            )
+            .into_bytes()
+        })
+        .collect();
+    g.bench_function("copy text fields", |b| {
+        let mut fields = Vec::with_capacity(6);
+        b.iter(|| {
+            let mut n = 0usize;
+            for line in &lines {
+                walwatch::decode::copy_text::fields(line, 6, &mut fields).expect("a valid line");
+                n += fields.len();
+            }
+            black_box(n)
+        })
+    });
+
     // Every column null: the decoder's own per-event cost, without UTF-8 checks and value
     // parsing (value.rs) — parse, relation lookup, row/key building, Arc name clones.
     let nulls: Vec<(Lsn, Vec<u8>)> = msgs

@@ -8,339 +8,18 @@
 
 mod harness;
 mod support;
+mod workload;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use harness::{drop_slot, dsn, parse_jsonl, run_expecting, slot_confirmed, sql, walwatch};
 use serde_json::Value;
-
-/// The three tables of a test: keyed with a TOASTed column, keyless (REPLICA IDENTITY FULL),
-/// and partitioned by list (two partitions, rows moving between them).
-struct Tables {
-    keyed: String,
-    keyless: String,
-    part: String,
-}
-
-impl Tables {
-    fn create(prefix: &str) -> Tables {
-        let t = Tables {
-            keyed: support::unique_name(&format!("{prefix}_k")),
-            keyless: support::unique_name(&format!("{prefix}_nk")),
-            part: support::unique_name(&format!("{prefix}_p")),
-        };
-        let (k, nk, p) = (&t.keyed, &t.keyless, &t.part);
-        // doc: about 9.6 KB of hex, stored out of line (TOAST) even compressed; an UPDATE
-        // that leaves it alone sends it as unchanged.
-        sql(&format!(
-            "CREATE TABLE {k} (id int PRIMARY KEY, n int, doc text);
-             ALTER TABLE {k} ALTER COLUMN doc SET STORAGE EXTERNAL;
-             CREATE TABLE {nk} (a int, b text);
-             ALTER TABLE {nk} REPLICA IDENTITY FULL;
-             CREATE TABLE {p} (id int, region text, v int, PRIMARY KEY (id, region))
-               PARTITION BY LIST (region);
-             CREATE TABLE {p}_a PARTITION OF {p} FOR VALUES IN ('a');
-             CREATE TABLE {p}_b PARTITION OF {p} FOR VALUES IN ('b');
-             INSERT INTO {k} SELECT g, g, CASE WHEN g % 10 = 0 THEN
-                 (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 300) i)
-               ELSE 'short ' || g END FROM generate_series(1, 2000) g;
-             INSERT INTO {nk} SELECT g % 100, 'b' || g FROM generate_series(1, 500) g;
-             INSERT INTO {p} SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, g
-               FROM generate_series(1, 1000) g;"
-        ));
-        t
-    }
-
-    fn list(&self) -> String {
-        format!("{},{},{}", self.keyed, self.keyless, self.part)
-    }
-
-    fn drop(&self) {
-        sql(&format!(
-            "DROP TABLE IF EXISTS {}, {}, {};",
-            self.keyed, self.keyless, self.part
-        ));
-    }
-}
-
-/// A writer changing the three tables at random, one statement per transaction, until
-/// `stop`; counts the transactions it committed.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    committed: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(t: &Tables, seed: u64) -> Writer {
-        Writer::start_with(t, seed, true)
-    }
-
-    /// A writer that leaves the keyless table alone when `keyless` is false.
-    fn start_with(t: &Tables, seed: u64, keyless: bool) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let committed = Arc::new(AtomicU64::new(0));
-        let (k, nk, p) = (t.keyed.clone(), t.keyless.clone(), t.part.clone());
-        let (stop2, committed2) = (stop.clone(), committed.clone());
-        let dsn = dsn();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
-                    .await
-                    .expect("writer connects");
-                tokio::spawn(conn);
-                let mut rng = seed;
-                let mut next_id = 100_000;
-                while !stop2.load(Ordering::Relaxed) {
-                    // xorshift64: deterministic for a seed, no dependency.
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    let r = (rng % 2000) as i64 + 1;
-                    next_id += 1;
-                    let mut pick = rng % 11;
-                    if !keyless && (4..=6).contains(&pick) {
-                        pick = 1;
-                    }
-                    let stmt = match pick {
-                        0 => format!("INSERT INTO {k} VALUES ({next_id}, 0, 'new')"),
-                        1 => format!("UPDATE {k} SET n = n + 1 WHERE id = {r}"),
-                        2 => format!("UPDATE {k} SET doc = doc || 'x' WHERE id = {r}"),
-                        3 => format!("DELETE FROM {k} WHERE id = {r}"),
-                        4 => format!("INSERT INTO {nk} VALUES ({}, 'w{next_id}')", r % 100),
-                        5 => format!(
-                            "UPDATE {nk} SET b = b || 'u' WHERE ctid = \
-                             (SELECT ctid FROM {nk} WHERE a = {} LIMIT 1)",
-                            r % 100
-                        ),
-                        6 => format!(
-                            "DELETE FROM {nk} WHERE ctid = \
-                             (SELECT ctid FROM {nk} WHERE a = {} LIMIT 1)",
-                            r % 100
-                        ),
-                        7 => format!("INSERT INTO {p} VALUES ({next_id}, 'a', 0)"),
-                        8 => format!("UPDATE {p} SET v = v + 1 WHERE id = {}", r % 1000),
-                        9 => format!(
-                            "UPDATE {p} SET region = CASE region WHEN 'a' THEN 'b' ELSE 'a' END \
-                             WHERE id = {}",
-                            r % 1000
-                        ),
-                        _ => format!("DELETE FROM {p} WHERE id = {}", r % 1000),
-                    };
-                    c.batch_execute(&stmt).await.expect("writer statement");
-                    committed2.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        });
-        Writer {
-            stop,
-            committed,
-            thread: Some(thread),
-        }
-    }
-
-    fn committed(&self) -> u64 {
-        self.committed.load(Ordering::Relaxed)
-    }
-
-    /// Waits until the writer has committed `n` transactions in all.
-    fn wait_for(&self, n: u64) {
-        support::wait_until(
-            &format!("the writer's first {n} commits"),
-            Duration::from_secs(60),
-            || (self.committed() >= n).then_some(()),
-        );
-    }
-
-    /// Stops the writer and waits for it.
-    fn finish(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("writer thread");
-        }
-        self.committed()
-    }
-}
-
-/// What replaying a table's events found.
-#[derive(Default)]
-struct Replayed {
-    /// Row identity (the key, or the whole row for the keyless table) -> rows.
-    rows: BTreeMap<String, Vec<BTreeMap<String, Value>>>,
-    reads: usize,
-    /// Changes (UPDATE, DELETE) to rows that came from the snapshot.
-    changed_read_rows: usize,
-}
-
-fn object(v: &Value) -> BTreeMap<String, Value> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not a row: {v}"))
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// The row an UPDATE or DELETE changes: `old` (REPLICA IDENTITY FULL, or a key change), else
-/// the new row's key (UPDATE) or `data` (DELETE: the key or the whole old row).
-fn row_before(e: &Value) -> BTreeMap<String, Value> {
-    if e["old"].is_object() {
-        object(&e["old"])
-    } else if e["op"] == "DELETE" {
-        object(&e["data"])
-    } else {
-        object(&e["key"])
-    }
-}
-
-/// The identity of a row: its key columns, or all its columns.
-fn identity(row: &BTreeMap<String, Value>, key: &[&str]) -> String {
-    if key.is_empty() {
-        serde_json::to_string(row).unwrap()
-    } else {
-        key.iter()
-            .map(|k| row.get(*k).map(Value::to_string).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("|")
-    }
-}
-
-/// Replays `events` of `table` (key columns `key`, none for a keyless table).
-fn replay(events: &[Value], table: &str, key: &[&str]) -> Replayed {
-    let mut out = Replayed::default();
-    let mut from_read: std::collections::HashSet<String> = Default::default();
-    for (i, e) in events.iter().enumerate() {
-        if e["table"] != table {
-            continue;
-        }
-        let op = e["op"].as_str().unwrap();
-        let here = || format!("event {i} ({op} on {table}): {e}");
-        match op {
-            "READ" | "INSERT" => {
-                let row = object(&e["data"]);
-                let id = identity(&row, key);
-                let rows = out.rows.entry(id.clone()).or_default();
-                if !key.is_empty() {
-                    assert!(
-                        rows.is_empty(),
-                        "overlap: the row is already there: {}",
-                        here()
-                    );
-                }
-                rows.push(row);
-                if op == "READ" {
-                    out.reads += 1;
-                    from_read.insert(id);
-                }
-            }
-            "UPDATE" | "DELETE" => {
-                let before = row_before(e);
-                let id = identity(&before, key);
-                if from_read.contains(&id) {
-                    out.changed_read_rows += 1;
-                }
-                let rows = out
-                    .rows
-                    .get_mut(&id)
-                    .unwrap_or_else(|| panic!("gap: no such row to change: {}", here()));
-                let at = if key.is_empty() {
-                    rows.iter()
-                        .position(|r| *r == before)
-                        .unwrap_or_else(|| panic!("gap: no such row to change: {}", here()))
-                } else {
-                    0
-                };
-                let old = rows.remove(at);
-                if rows.is_empty() {
-                    out.rows.remove(&id);
-                }
-                if op == "UPDATE" {
-                    let mut row = object(&e["data"]);
-                    // An unchanged TOASTed value is not sent: it keeps its value.
-                    for c in e["unchanged"].as_array().unwrap() {
-                        let c = c.as_str().unwrap();
-                        row.insert(c.to_string(), old[c].clone());
-                    }
-                    let new_id = identity(&row, key);
-                    let rows = out.rows.entry(new_id).or_default();
-                    if !key.is_empty() {
-                        assert!(rows.is_empty(), "overlap: updated onto a row: {}", here());
-                    }
-                    rows.push(row);
-                }
-            }
-            "TRUNCATE" => panic!("no TRUNCATE in this workload: {}", here()),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The replayed rows as sorted text lines `c1|c2|…` of `columns`, comparable with psql -At.
-fn lines(r: &Replayed, columns: &[&str]) -> Vec<String> {
-    let mut out: Vec<String> = r
-        .rows
-        .values()
-        .flatten()
-        .map(|row| {
-            columns
-                .iter()
-                .map(|c| match &row[*c] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => String::new(),
-                    v => v.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("|")
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The table's rows as sorted `psql -At` lines of `columns`.
-fn table_lines(table: &str, columns: &[&str]) -> Vec<String> {
-    let out = sql(&format!("SELECT {} FROM {table};", columns.join(", ")));
-    let mut v: Vec<String> = out.lines().map(str::to_string).collect();
-    v.sort();
-    v
-}
-
-/// Checks each table's replayed events against its rows now; returns (READ rows, changes to
-/// rows the snapshot read) over the three tables.
-fn assert_replays_to_tables(events: &[Value], t: &Tables) -> (usize, usize) {
-    let mut reads = 0;
-    let mut changed = 0;
-    for (table, key, columns) in [
-        (&t.keyed, &["id"][..], &["id", "n", "doc"][..]),
-        (&t.keyless, &[][..], &["a", "b"][..]),
-        (&t.part, &["id", "region"][..], &["id", "region", "v"][..]),
-    ] {
-        let r = replay(events, table, key);
-        let got = lines(&r, columns);
-        let want = table_lines(table, columns);
-        if got != want {
-            let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).take(5).collect();
-            let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).take(5).collect();
-            panic!(
-                "{table}: replaying READ + changes gives {} rows, the table has {}; \
-                 missing (first 5): {missing:?}; extra (first 5): {extra:?}",
-                got.len(),
-                want.len()
-            );
-        }
-        reads += r.reads;
-        changed += r.changed_read_rows;
-    }
-    (reads, changed)
-}
+use workload::{
+    Replayed, Tables, Writer, assert_replays_to_tables, identity, lines, object, row_before,
+    table_lines,
+};
 
 /// The lines of the JSONL file at `path`, each validated against the schema.
 fn read_jsonl(path: &Path) -> Vec<Value> {
@@ -1348,7 +1027,8 @@ fn requested(slot: &str) -> Vec<RecordedTable> {
 /// Starts walwatch streaming `tables` on `slot` into `out` (no snapshot of its own), chunks of
 /// 50 rows for what it is asked to read; returns once it streams.
 fn stream_into(slot: &str, tables: &str, out: &Path, log: &Path, extra: &[&str]) -> harness::Proc {
-    stream_gated(slot, tables, out, log, extra, None)
+    let sink = ["--output", out.to_str().unwrap()];
+    stream_gated(slot, tables, &sink, log, extra, None)
 }
 
 /// [`stream_into`], reading no chunk after its first while the file `gate` exists (a test-only
@@ -1357,7 +1037,7 @@ fn stream_into(slot: &str, tables: &str, out: &Path, log: &Path, extra: &[&str])
 fn stream_gated(
     slot: &str,
     tables: &str,
-    out: &Path,
+    sink: &[&str],
     log: &Path,
     extra: &[&str],
     gate: Option<&Path>,
@@ -1372,11 +1052,10 @@ fn stream_gated(
         slot,
         "--snapshot-chunk",
         "50",
-        "--output",
-        out.to_str().unwrap(),
         "--ready-file",
         ready.to_str().unwrap(),
     ];
+    args.extend(sink);
     if !tables.is_empty() {
         args.extend(["--tables", tables]);
     }
@@ -1390,9 +1069,12 @@ fn stream_gated(
         cmd.env("WALWATCH_TEST_BACKFILL_GATE", gate);
     }
     let proc = harness::Proc(cmd.spawn().expect("spawn walwatch"));
-    support::wait_until("walwatch streaming", Duration::from_secs(60), || {
-        ready.exists().then_some(())
-    });
+    support::wait_until_or(
+        "walwatch streaming",
+        Duration::from_secs(60),
+        || std::fs::read_to_string(log).unwrap_or_default(),
+        || ready.exists().then_some(()),
+    );
     proc
 }
 
@@ -1404,15 +1086,29 @@ fn stream_gated(
 /// gives exactly each table while a writer changed them the whole time.
 #[test]
 fn a_snapshot_asked_for_while_streaming_is_read_and_survives_a_sigkill() {
+    asked_for_while_streaming_survives_a_sigkill(Output::Jsonl);
+}
+
+/// [`a_snapshot_asked_for_while_streaming_is_read_and_survives_a_sigkill`] into Arrow files,
+/// read back: an Arrow sink holds rows back until it closes a file, so the record moves only
+/// then, and the files hold each change once across the kill.
+#[test]
+fn a_snapshot_asked_for_while_streaming_into_arrow_files_survives_a_sigkill() {
+    asked_for_while_streaming_survives_a_sigkill(Output::Arrow);
+}
+
+fn asked_for_while_streaming_survives_a_sigkill(output: Output) {
     let t = Tables::create("snapask");
     let slot = support::unique_name("snapask");
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.jsonl");
+    let out = dir.path().join("out");
+    let sink = output.args(&out);
+    let sink: Vec<&str> = sink.iter().map(String::as_str).collect();
     let gate = dir.path().join("gate");
     std::fs::write(&gate, "").unwrap();
     let writer = Writer::start_with(&t, 0x5EED_0F0F_1234_9876, false);
     let first_log = dir.path().join("first.log");
-    let mut first = stream_gated(&slot, &t.list(), &out, &first_log, &[], Some(&gate));
+    let mut first = stream_gated(&slot, &t.list(), &sink, &first_log, &[], Some(&gate));
     writer.wait_for(20);
     let asker = walwatch()
         .args([
@@ -1448,7 +1144,7 @@ fn a_snapshot_asked_for_while_streaming_is_read_and_survives_a_sigkill() {
     first.kill().expect("SIGKILL walwatch");
     first.wait().expect("reap walwatch");
     let second_log = dir.path().join("second.log");
-    let mut second = stream_into(&slot, &t.list(), &out, &second_log, &[]);
+    let mut second = stream_gated(&slot, &t.list(), &sink, &second_log, &[], None);
     let asked = asker.wait_with_output().expect("walwatch snapshot ends");
     let mut logs = format!(
         "--- first ---\n{}\n--- second ---\n{}\n--- snapshot ---\n{}",
@@ -1484,7 +1180,7 @@ fn a_snapshot_asked_for_while_streaming_is_read_and_survives_a_sigkill() {
         done.len() == 3 && done.iter().all(|t| t.2 && t.4.is_none()),
         "every table of the request done: {done:?}"
     );
-    let reread = assert_upserts_replay_to_tables(&read_jsonl(&out), &t, &logs);
+    let reread = assert_upserts_replay_to_tables(&output.events(&out, &t), &t, &logs);
     eprintln!("{reread} READ rows were read more than once after the kill");
     drop_slot(&slot);
     t.drop();
@@ -1621,7 +1317,7 @@ fn bad_snapshot_requests_are_named_errors_and_never_stop_the_stream() {
     );
     let gate = dir.path().join("gate");
     std::fs::write(&gate, "").unwrap();
-    let mut proc = stream_gated(&slot, &watched, &out, &log, &[], Some(&gate));
+    let mut proc = stream_gated(&slot, &watched, &jsonl(&out), &log, &[], Some(&gate));
     let e = ask(&slot, "no_such_table_anywhere");
     assert!(
         harness::stderr(&e).contains("no_such_table_anywhere"),
@@ -1800,7 +1496,7 @@ fn two_requests_for_one_table_are_each_followed_to_the_end() {
     );
     std::fs::write(&gate, "").unwrap();
     let tables = format!("{a},{b}");
-    let mut proc = stream_gated(&slot, &tables, &out, &log, &[], Some(&gate));
+    let mut proc = stream_gated(&slot, &tables, &jsonl(&out), &log, &[], Some(&gate));
     let ask = |tables: &str| {
         walwatch()
             .args([
@@ -1859,4 +1555,176 @@ fn two_requests_for_one_table_are_each_followed_to_the_end() {
     proc.wait().unwrap();
     drop_slot(&slot);
     sql(&format!("DROP TABLE {a}, {b};"));
+}
+
+/// `--output FILE` for [`stream_gated`].
+fn jsonl(out: &Path) -> [&str; 2] {
+    ["--output", out.to_str().unwrap()]
+}
+
+/// Where a test's events go, and how they are read back.
+#[derive(Clone, Copy)]
+enum Output {
+    Jsonl,
+    /// Arrow IPC files, with the old values of UPDATEs (`old=true`), closed every 300 rows or
+    /// second.
+    Arrow,
+}
+
+impl Output {
+    fn args(self, out: &Path) -> Vec<String> {
+        match self {
+            Output::Jsonl => vec!["--output".into(), out.display().to_string()],
+            Output::Arrow => vec![
+                "--sink".into(),
+                format!("arrow:{}?old=true&rows=300&seconds=1", out.display()),
+            ],
+        }
+    }
+
+    /// The events of `t`'s tables, in the stream's order per table.
+    fn events(self, out: &Path, t: &Tables) -> Vec<Value> {
+        match self {
+            Output::Jsonl => read_jsonl(out),
+            Output::Arrow => [&t.keyed, &t.keyless, &t.part]
+                .into_iter()
+                .flat_map(|table| arrow_events(out, table))
+                .collect(),
+        }
+    }
+}
+
+/// The rows an Arrow sink wrote for `table` under `dir`, as the events the JSONL replay reads
+/// (`table`, `op`, `data`, `key`, `old`, `unchanged`), in the stream's order: files by their
+/// first and last commit position, then the number a same-named file got.
+fn arrow_events(dir: &Path, table: &str) -> Vec<Value> {
+    let sub = dir.join(format!("public.{table}"));
+    let mut files: Vec<((u64, u64, u32), std::path::PathBuf)> = std::fs::read_dir(&sub)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let path = e.ok()?.path();
+                    let stem = path
+                        .file_name()?
+                        .to_str()?
+                        .strip_suffix(".arrow")?
+                        .to_string();
+                    let (range, k) = match stem.split_once('_') {
+                        Some((range, k)) => (range.to_string(), k.parse().ok()?),
+                        None => (stem, 0),
+                    };
+                    let (first, last) = range.split_once('-')?;
+                    let first = u64::from_str_radix(first, 16).ok()?;
+                    let last = u64::from_str_radix(last, 16).ok()?;
+                    Some(((first, last, k), path))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let mut out = Vec::new();
+    for (_, path) in files {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = arrow_ipc::reader::FileReader::try_new(file, None)
+            .unwrap_or_else(|e| panic!("{} is not a complete Arrow file: {e}", path.display()));
+        for batch in reader {
+            rows_as_events(&batch.unwrap(), table, &mut out);
+        }
+    }
+    out
+}
+
+/// One event per row of `batch` (see [`arrow_events`]).
+fn rows_as_events(batch: &arrow_array::RecordBatch, table: &str, out: &mut Vec<Value>) {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int8Type, Int32Type, Int64Type};
+    use arrow_array::{Array, ArrayRef};
+    use arrow_schema::DataType;
+    let value = |col: &ArrayRef, i: usize| -> Value {
+        if col.is_null(i) {
+            return Value::Null;
+        }
+        match col.data_type() {
+            DataType::Int32 => col.as_primitive::<Int32Type>().value(i).into(),
+            DataType::Int64 => col.as_primitive::<Int64Type>().value(i).into(),
+            DataType::Utf8 => col.as_string::<i32>().value(i).into(),
+            other => panic!("this test reads no {other} column"),
+        }
+    };
+    let schema = batch.schema();
+    let ops = batch
+        .column_by_name("_op")
+        .unwrap()
+        .as_dictionary::<Int8Type>();
+    let unchanged = batch.column_by_name("_unchanged").unwrap().as_list::<i32>();
+    for i in 0..batch.num_rows() {
+        let op = ops
+            .values()
+            .as_string::<i32>()
+            .value(ops.keys().value(i) as usize);
+        let (mut data, mut old) = (serde_json::Map::new(), serde_json::Map::new());
+        for (field, col) in schema.fields().iter().zip(batch.columns()) {
+            let name = field.name();
+            if let Some(c) = name.strip_prefix("_old_") {
+                if !col.is_null(i) {
+                    old.insert(c.to_string(), value(col, i));
+                }
+            } else if !name.starts_with('_') {
+                data.insert(name.clone(), value(col, i));
+            }
+        }
+        if op == "DELETE" {
+            // The old key (or whole row): the other columns are null.
+            data.retain(|_, v| !v.is_null());
+        }
+        let names = unchanged.value(i);
+        let names: Vec<Value> = (0..names.len())
+            .map(|j| names.as_string::<i32>().value(j).into())
+            .collect();
+        out.push(serde_json::json!({
+            "table": table,
+            "op": op,
+            "data": data,
+            "key": data,
+            "old": if old.is_empty() { Value::Null } else { Value::Object(old) },
+            "unchanged": names,
+        }));
+    }
+}
+
+/// `--snapshot initial` into Arrow files while the writer runs: the files read back replay to
+/// exactly each table, as the JSONL file does.
+#[test]
+fn initial_snapshot_into_arrow_files_meets_the_stream_exactly() {
+    let t = Tables::create("snaparrow");
+    let slot = support::unique_name("snaparrow");
+    let dir = tempfile::tempdir().unwrap();
+    let (out, log) = (dir.path().join("files"), dir.path().join("walwatch.log"));
+    let writer = Writer::start(&t, 0x2545_F491_4F6C_DD1D);
+    writer.wait_for(50);
+    let sink = Output::Arrow.args(&out);
+    let mut args: Vec<&str> = sink.iter().map(String::as_str).collect();
+    args.extend(["--snapshot", "initial"]);
+    let mut proc = stream_gated(&slot, &t.list(), &[], &log, &args, None);
+    let at_ready = writer.committed();
+    writer.wait_for(at_ready + 200);
+    writer.finish();
+    let end = harness::current_lsn();
+    support::wait_until(
+        "the slot confirmed every change",
+        Duration::from_secs(60),
+        || (slot_confirmed(&slot) >= end).then_some(()),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(proc.id() as i32, libc::SIGTERM) };
+    let status = proc.wait().expect("wait for walwatch");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "log:\n{log_text}");
+    let (reads, changed) = assert_replays_to_tables(&Output::Arrow.events(&out, &t), &t);
+    assert!(
+        reads > 3000 && changed > 0,
+        "reads {reads}, changes to read rows {changed}\nlog:\n{log_text}"
+    );
+    drop_slot(&slot);
+    t.drop();
 }

@@ -31,8 +31,21 @@ pub fn fields<'a>(
     if width == 0 && line.is_empty() {
         return Ok(());
     }
-    for raw in line.split(|&b| b == b'\t') {
-        out.push(field(raw)?);
+    // The server sends text in the client encoding (UTF-8) and escapes only ASCII, so a line
+    // is valid UTF-8 as a whole: checked once, not field by field (a third of the time spent
+    // on short fields was the per-call overhead). A line that is not is taken apart bytewise,
+    // where each field's own check names the trouble.
+    match std::str::from_utf8(line) {
+        Ok(text) => {
+            for raw in text.split('\t') {
+                out.push(text_field(raw)?);
+            }
+        }
+        Err(_) => {
+            for raw in line.split(|&b| b == b'\t') {
+                out.push(field(raw)?);
+            }
+        }
     }
     if out.len() != width {
         return Err(CopyTextError::Width {
@@ -41,6 +54,17 @@ pub fn fields<'a>(
         });
     }
     Ok(())
+}
+
+/// A field of a line known to be UTF-8.
+fn text_field(raw: &str) -> Result<Option<Cow<'_, str>>, CopyTextError> {
+    if raw == "\\N" {
+        return Ok(None);
+    }
+    if !raw.contains('\\') {
+        return Ok(Some(Cow::Borrowed(raw)));
+    }
+    field(raw.as_bytes())
 }
 
 fn field(raw: &[u8]) -> Result<Option<Cow<'_, str>>, CopyTextError> {

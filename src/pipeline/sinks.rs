@@ -353,9 +353,12 @@ impl Runner {
             if due {
                 let at = self.sink.acknowledge(self.written)?;
                 self.board.ack(self.slot, at);
-                if !self.sink.holds_back() {
-                    self.board.ack_batches(self.slot, self.batches);
-                }
+                // The batches before the oldest one the sink still holds rows of are durable.
+                let durable = self
+                    .sink
+                    .held_from()
+                    .map_or(self.batches, |n| n.saturating_sub(1));
+                self.board.ack_batches(self.slot, durable);
                 dirty = false;
                 last_ack = Instant::now();
             }

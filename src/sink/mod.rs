@@ -86,11 +86,14 @@ pub trait Sink: Send {
     /// closes what is due). A sink that only delivers (stdout, memory) acknowledges at once.
     fn acknowledge(&mut self, written: Lsn) -> Result<Lsn>;
 
-    /// Whether some event written is not durable yet after the last acknowledgement (an open
-    /// Arrow batch, a Kafka message without its delivery report). The position acknowledged
-    /// cannot say so when many batches share it, as a snapshot's rows do.
-    fn holds_back(&self) -> bool {
-        false
+    /// The oldest batch (counting `write` calls from 1) some event of which is not durable
+    /// yet after the last acknowledgement (in an open Arrow batch, a Kafka message without its
+    /// delivery report); `None` when every event written is. The position acknowledged cannot
+    /// say so when many batches share it, as a snapshot's rows do; and "some batch is held"
+    /// is not enough either: under steady writes some batch always is, and the batches before
+    /// it must count as durable.
+    fn held_from(&self) -> Option<u64> {
+        None
     }
 
     /// The run ends: write out everything held (partial batches) and make it durable.

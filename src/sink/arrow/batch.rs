@@ -363,6 +363,8 @@ pub(crate) struct TableBuilder {
     pub(crate) rows: usize,
     pub(crate) bytes: usize,
     pub(crate) opened: Instant,
+    /// The sink's `write` call that brought the first row (`Sink::held_from`).
+    pub(crate) since: u64,
     /// Commit positions of the first and last row.
     pub(crate) first: Lsn,
     pub(crate) last: Lsn,
@@ -444,6 +446,7 @@ impl TableBuilder {
             rows: 0,
             bytes: 0,
             opened: Instant::now(),
+            since: 0,
             first: Lsn::ZERO,
             last: Lsn::ZERO,
         })

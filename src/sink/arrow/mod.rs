@@ -87,6 +87,8 @@ pub struct ArrowSink {
     held: Option<Tally>,
     dims: Option<DimsLookup>,
     dims_cache: HashMap<String, Dims>,
+    /// `write` calls so far (`Sink::held_from`).
+    writes: u64,
 }
 
 impl ArrowSink {
@@ -111,6 +113,7 @@ impl ArrowSink {
             },
             options: spec.options.clone(),
             open: HashMap::new(),
+            writes: 0,
             tallies,
             resume,
             held,
@@ -144,6 +147,7 @@ impl ArrowSink {
             target: Target::Channel(tx),
             options,
             open: HashMap::new(),
+            writes: 0,
             tallies: HashMap::new(),
             resume: HashMap::new(),
             held: None,
@@ -280,6 +284,9 @@ impl ArrowSink {
         let Some(b) = self.open.get_mut(&key) else {
             return Ok(());
         };
+        if b.rows == 0 {
+            b.since = self.writes;
+        }
         b.push(ev);
         let full = b.rows >= self.options.rows || b.bytes >= self.options.bytes;
         self.tallies.entry(key.clone()).or_default().note(ev);
@@ -317,6 +324,7 @@ impl ArrowSink {
 
 impl Sink for ArrowSink {
     fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.writes += 1;
         batch.events.iter().try_for_each(|e| self.put(e))
     }
 
@@ -330,8 +338,12 @@ impl Sink for ArrowSink {
         Ok(self.holding().map_or(written, |h| h.min(written)))
     }
 
-    fn holds_back(&self) -> bool {
-        self.holding().is_some()
+    fn held_from(&self) -> Option<u64> {
+        self.open
+            .values()
+            .filter(|b| b.rows > 0)
+            .map(|b| b.since)
+            .min()
     }
 
     fn finish(&mut self, written: Lsn) -> Result<Lsn> {

@@ -447,6 +447,47 @@ fn batches_close_at_the_row_bound_and_after_the_window() {
     assert_eq!(sink.holding(), None);
 }
 
+/// What the sink holds back is said by the oldest write it still holds rows of: the writes
+/// before it are durable once acknowledged, even while another table's batch stays open.
+#[test]
+fn the_oldest_write_held_back_is_that_of_the_oldest_open_row() {
+    let a = rel(4, &[("id", ColumnKind::Int4, -1, true)]);
+    let b = Arc::new(Relation {
+        oid: 5,
+        name: Arc::from("u"),
+        ..(*a).clone()
+    });
+    let (mut sink, _rx) = collect(ArrowOptions {
+        rows: 2,
+        ..ArrowOptions::default()
+    });
+    let write = |sink: &mut ArrowSink, r: &Arc<Relation>, i: i64| {
+        let data = row(r, vec![("id", Value::Int(i))]);
+        let e = ev(Op::Insert, r, 0x10 + i as u64, 0x8, Some(data));
+        sink.write(&Batch::new(vec![e], Lsn(0x10 + i as u64)))
+            .unwrap();
+    };
+    assert_eq!(sink.held_from(), None);
+    write(&mut sink, &a, 1);
+    assert_eq!(sink.held_from(), Some(1));
+    write(&mut sink, &b, 2);
+    assert_eq!(
+        sink.held_from(),
+        Some(1),
+        "table t's open row is the oldest"
+    );
+    write(&mut sink, &a, 3);
+    assert_eq!(
+        sink.held_from(),
+        Some(2),
+        "t's batch closed at 2 rows: u's row is held"
+    );
+    write(&mut sink, &b, 4);
+    assert_eq!(sink.held_from(), None, "both batches closed");
+    write(&mut sink, &a, 5);
+    assert_eq!(sink.held_from(), Some(5));
+}
+
 #[test]
 fn a_nan_in_a_decimal_column_is_null_not_a_failure() {
     let r = rel(5, &[("n", ColumnKind::Numeric, NUMERIC_10_2, false)]);

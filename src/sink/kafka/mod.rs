@@ -507,8 +507,9 @@ impl Sink for KafkaSink {
         })
     }
 
-    fn holds_back(&self) -> bool {
-        !self.unacked.is_empty()
+    fn held_from(&self) -> Option<u64> {
+        // `batch` counts write calls from 1 (wrapping at usize::MAX, never reached).
+        self.unacked.front().map(|&(batch, _, _)| batch as u64)
     }
 
     /// The end: waits for every delivery report.
