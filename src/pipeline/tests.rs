@@ -752,9 +752,9 @@ fn batches_count_as_durable_up_to_the_oldest_one_a_sink_holds_back() {
 #[test]
 fn a_snapshot_request_holds_the_stream_until_the_backfill_has_it() {
     use crate::decode::tests::fx;
-    let request = |slot: &str| {
+    let request = |slot: &str, id: &str| {
         let r = crate::snapshot_request::Request {
-            request: "r1".into(),
+            request: id.into(),
             tables: vec![("public".into(), "t".into())],
         };
         let content = serde_json::to_vec(&r).unwrap();
@@ -767,23 +767,31 @@ fn a_snapshot_request_holds_the_stream_until_the_backfill_has_it() {
         )
     };
     let mut run = WindowRun::new();
-    run.transaction(4, vec![request("another_slot")]);
-    assert!(
-        run.notes.try_recv().is_err(),
-        "a request for another slot was taken"
-    );
     let insert = fx::insert(None, WindowRun::OID, &[fx::T("9"), fx::T("z")]);
     let (_idle, other) = tokio::sync::mpsc::unbounded_channel();
     let mut notes = std::mem::replace(&mut run.notes, other);
-    let (run, heard) = std::thread::scope(|s| {
+    let (run, heard, others) = std::thread::scope(|s| {
         let decode = s.spawn(move || {
-            run.transaction(5, vec![request("s")]);
+            run.transaction(4, vec![request("another_slot", "r0")]);
+            run.transaction(5, vec![request("s", "r1")]);
             run.transaction(6, vec![insert]);
             run
         });
-        let note = notes.blocking_recv();
-        let Some(super::windows::Note::Request { request, taken, .. }) = note else {
-            panic!("no request heard: {note:?}");
+        // Every request heard is answered (a wrong one too: nothing here may leave the decode
+        // thread waiting for ever); only ours is looked at.
+        let mut others = Vec::new();
+        let (request, taken) = loop {
+            match notes.blocking_recv() {
+                Some(super::windows::Note::Request { request, taken, .. }) => {
+                    if request.request == "r1" {
+                        break (request, taken);
+                    }
+                    others.push(request.request);
+                    let _ = taken.send(());
+                }
+                Some(_) => {}
+                None => panic!("no request heard"),
+            }
         };
         // Must not happen: the decode thread going on (to the INSERT and the end) first.
         let start = std::time::Instant::now();
@@ -795,8 +803,12 @@ fn a_snapshot_request_holds_the_stream_until_the_backfill_has_it() {
             std::thread::sleep(Duration::from_millis(5));
         }
         taken.send(()).unwrap();
-        (decode.join().unwrap(), request)
+        (decode.join().unwrap(), request, others)
     });
+    assert!(
+        others.is_empty(),
+        "a request for another slot was taken: {others:?}"
+    );
     assert_eq!(heard.tables, vec![("public".to_string(), "t".to_string())]);
     let (out, _) = run.finish();
     assert_eq!(
