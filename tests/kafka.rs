@@ -1368,3 +1368,129 @@ fn initial_snapshot_into_kafka_meets_the_stream_exactly() {
     drop_slot(&slot);
     t.drop();
 }
+
+/// A snapshot asked for while streaming into Kafka (`walwatch snapshot --wait`), walwatch
+/// SIGKILLed in the middle of the reading (made certain by the test-only gate: the first run
+/// reads one chunk, then waits until it is killed) and started again: the messages consumed
+/// back, in stream order, replay by key to exactly each table. Kafka delivers at least once:
+/// an exact repeat is dropped, and a row read again is an upsert, as for any consumer.
+#[test]
+#[ignore = "after the SIGKILL, Tansu acknowledged about 100 messages a second (4,700 took ~60 s), \
+            so the run sometimes outlasts the deadline; whether Tansu or walwatch's producer \
+            after a restart is the cause is not known yet (issue 17's note)"]
+fn a_snapshot_asked_for_into_kafka_survives_a_sigkill() {
+    let broker = Tansu::start();
+    let t = workload::Tables::create("kask");
+    let slot = support::unique_name("kask");
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let file = dir.path().join("events.jsonl");
+    let sink = format!("kafka://{}?topic=a.{{table}}", broker.addr);
+    let writer = workload::Writer::start_with(&t, 0x1234_5678_9ABC_DEF1, false);
+    let start = |log: &Path, gated: bool| {
+        let ready = log.with_extension("ready");
+        let mut cmd = harness::walwatch();
+        cmd.args(["--dsn", &dsn(), "--slot", &slot, "--tables", &t.list()])
+            .args(["--snapshot-chunk", "50", "--sink", &sink, "--output"])
+            .arg(&file)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        if gated {
+            cmd.env("WALWATCH_TEST_BACKFILL_GATE", &gate);
+        }
+        let proc = Proc(cmd.spawn().expect("spawn walwatch"));
+        wait_until("walwatch streaming", Duration::from_secs(60), || {
+            ready.exists().then_some(())
+        });
+        proc
+    };
+    let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
+    let mut first = start(&first_log, true);
+    writer.wait_for(20);
+    let asker = harness::walwatch()
+        .args([
+            "snapshot",
+            "--dsn",
+            &dsn(),
+            "--slot",
+            &slot,
+            "--tables",
+            &t.list(),
+        ])
+        .args(["--wait", "--timeout", "90s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn walwatch snapshot");
+    let recorded_rows = || {
+        let comment = sql(&format!(
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication \
+             WHERE pubname = 'walwatch_{slot}';"
+        ));
+        let record: Value = serde_json::from_str(comment.trim()).unwrap_or(Value::Null);
+        record["backfill"]["tables"].as_array().map_or(0, |t| {
+            t.iter().filter_map(|t| t["rows"].as_u64()).sum::<u64>()
+        })
+    };
+    wait_until(
+        "rows of the request durable",
+        Duration::from_secs(60),
+        || (recorded_rows() > 0).then_some(()),
+    );
+    first.kill().expect("SIGKILL walwatch");
+    first.wait().expect("reap walwatch");
+    let mut second = start(&second_log, false);
+    let asked = asker.wait_with_output().expect("walwatch snapshot ends");
+    let logs = || {
+        format!(
+            "--- first ---\n{}\n--- second ---\n{}",
+            std::fs::read_to_string(&first_log).unwrap_or_default(),
+            std::fs::read_to_string(&second_log).unwrap_or_default()
+        )
+    };
+    assert_eq!(
+        asked.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&asked.stderr),
+        logs()
+    );
+    writer.finish();
+    let end = current_lsn();
+    support::wait_until_or(
+        "every change confirmed",
+        Duration::from_secs(60),
+        || format!("confirmed {} of {end}\n{}", slot_confirmed(&slot), logs()),
+        || (slot_confirmed(&slot) >= end).then_some(()),
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    assert_eq!(second.wait().unwrap().code(), Some(0), "{}", logs());
+    // The file holds every event once (its resume is exact): Kafka has at least as many.
+    let rows = harness::parse_jsonl(&std::fs::read(&file).unwrap())
+        .iter()
+        .filter(|e| e["table"].is_string())
+        .count();
+    let topics: Vec<String> = [&t.keyed, &t.keyless, &t.part]
+        .iter()
+        .map(|table| format!("a.{table}"))
+        .collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let msgs = consume(&broker.addr, &topics, rows, Duration::from_secs(120));
+    let lsn = |v: &Value, f: &str| v[f].as_str().and_then(|s| s.parse::<walwatch::Lsn>().ok());
+    let mut seen = std::collections::HashSet::new();
+    let mut events: Vec<Value> = msgs
+        .into_iter()
+        .filter_map(|m| m.value)
+        .filter(|v| seen.insert(v.to_string()))
+        .collect();
+    events.sort_by_key(|v| (lsn(v, "commit_lsn"), lsn(v, "lsn")));
+    let reread = workload::assert_upserts_replay_to_tables(&events, &t, &logs());
+    eprintln!("{reread} READ rows were read more than once after the kill");
+    drop_slot(&slot);
+    t.drop();
+}
