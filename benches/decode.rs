@@ -149,6 +149,34 @@ fn bench_expressions(g: &mut BenchmarkGroup<'_, WallTime>, decoded: &[walwatch::
     }
 }
 
+/// A snapshot's rows as COPY sends them (`--snapshot`): one line per row, split into its
+/// fields (decode/copy_text.rs), before their values are parsed.
+fn bench_copy_text(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let lines: Vec<Vec<u8>> = (1..=ROWS)
+        .map(|g| {
+            format!(
+                "{g}\t{}\titem-{g}\tnew\t{}.{:02}\t2026-12-08 03:00:00.{:06}+00\n",
+                g % 1000,
+                g % 1000,
+                g % 100,
+                g % 1_000_000
+            )
+            .into_bytes()
+        })
+        .collect();
+    g.bench_function("copy text fields", |b| {
+        let mut fields = Vec::with_capacity(6);
+        b.iter(|| {
+            let mut n = 0usize;
+            for line in &lines {
+                walwatch::decode::copy_text::fields(line, 6, &mut fields).expect("a valid line");
+                n += fields.len();
+            }
+            black_box(n)
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let msgs = stream();
     let events = ROWS + 2;
@@ -243,31 +271,7 @@ fn bench(c: &mut Criterion) {
 
     bench_expressions(&mut g, &decoded);
 
-    // A snapshot's rows as COPY sends them (`--snapshot`): one line per row, split into its
-    // fields (decode/copy_text.rs), before their values are parsed.
-    let lines: Vec<Vec<u8>> = (1..=ROWS)
-        .map(|g| {
-            format!(
-                "{g}\t{}\titem-{g}\tnew\t{}.{:02}\t2026-12-08 03:00:00.{:06}+00\n",
-                g % 1000,
-                g % 1000,
-                g % 100,
-                g % 1_000_000
-            )
-            .into_bytes()
-        })
-        .collect();
-    g.bench_function("copy text fields", |b| {
-        let mut fields = Vec::with_capacity(6);
-        b.iter(|| {
-            let mut n = 0usize;
-            for line in &lines {
-                walwatch::decode::copy_text::fields(line, 6, &mut fields).expect("a valid line");
-                n += fields.len();
-            }
-            black_box(n)
-        })
-    });
+    bench_copy_text(&mut g);
 
     // Every column null: the decoder's own per-event cost, without UTF-8 checks and value
     // parsing (value.rs) — parse, relation lookup, row/key building, Arc name clones.

@@ -1339,27 +1339,7 @@ fn initial_snapshot_into_kafka_meets_the_stream_exactly() {
     let status = proc.wait().expect("wait for walwatch");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status.code(), Some(0), "log:\n{log_text}");
-    let topics: Vec<String> = [&t.keyed, &t.keyless, &t.part]
-        .iter()
-        .map(|table| format!("w.{table}"))
-        .collect();
-    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let rows = harness::parse_jsonl(&std::fs::read(&file).unwrap())
-        .iter()
-        .filter(|e| e["table"].is_string())
-        .count();
-    let msgs = consume(&broker.addr, &topics, rows, Duration::from_secs(120));
-    // Stream order: by commit position, then position (a transaction's changes, the
-    // snapshot's rows all at the slot's consistent point). Kafka delivers at least once: an
-    // exact repeat is dropped.
-    let lsn = |v: &Value, f: &str| v[f].as_str().and_then(|s| s.parse::<walwatch::Lsn>().ok());
-    let mut seen = std::collections::HashSet::new();
-    let mut events: Vec<Value> = msgs
-        .into_iter()
-        .filter_map(|m| m.value)
-        .filter(|v| seen.insert(v.to_string()))
-        .collect();
-    events.sort_by_key(|v| (lsn(v, "commit_lsn"), lsn(v, "lsn")));
+    let events = workload_events(&broker, &t, "w", &file);
     let (reads, changed) = workload::assert_replays_to_tables(&events, &t);
     assert!(
         reads > 3000 && changed > 0,
@@ -1470,14 +1450,26 @@ fn a_snapshot_asked_for_into_kafka_survives_a_sigkill() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     assert_eq!(second.wait().unwrap().code(), Some(0), "{}", logs());
-    // The file holds every event once (its resume is exact): Kafka has at least as many.
-    let rows = harness::parse_jsonl(&std::fs::read(&file).unwrap())
+    let events = workload_events(&broker, &t, "a", &file);
+    let reread = workload::assert_upserts_replay_to_tables(&events, &t, &logs());
+    eprintln!("{reread} READ rows were read more than once after the kill");
+    drop_slot(&slot);
+    t.drop();
+}
+
+/// The workload's events in Kafka (topics `<prefix>.<table>`), consumed until there are as many
+/// as the run's JSONL `file` holds (its resume is exact; Kafka has at least as many: the
+/// topics may have several partitions, so no one message says a topic is complete), in stream
+/// order: by commit position, then position (a transaction's changes; a snapshot's rows share
+/// theirs). Kafka delivers at least once: an exact repeat is dropped.
+fn workload_events(broker: &Tansu, t: &workload::Tables, prefix: &str, file: &Path) -> Vec<Value> {
+    let rows = harness::parse_jsonl(&std::fs::read(file).unwrap())
         .iter()
         .filter(|e| e["table"].is_string())
         .count();
     let topics: Vec<String> = [&t.keyed, &t.keyless, &t.part]
         .iter()
-        .map(|table| format!("a.{table}"))
+        .map(|table| format!("{prefix}.{table}"))
         .collect();
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let msgs = consume(&broker.addr, &topics, rows, Duration::from_secs(120));
@@ -1489,8 +1481,5 @@ fn a_snapshot_asked_for_into_kafka_survives_a_sigkill() {
         .filter(|v| seen.insert(v.to_string()))
         .collect();
     events.sort_by_key(|v| (lsn(v, "commit_lsn"), lsn(v, "lsn")));
-    let reread = workload::assert_upserts_replay_to_tables(&events, &t, &logs());
-    eprintln!("{reread} READ rows were read more than once after the kill");
-    drop_slot(&slot);
-    t.drop();
+    events
 }
